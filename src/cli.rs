@@ -1,0 +1,291 @@
+//! Command-line arguments. Parsing only: values are validated into options structs by the
+//! command modules, which never see raw arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vlmbench",
+    version,
+    about = "Measure how fast vision-language and text models run: TTFT, TBT, TPS, latency and peak memory",
+    long_about = "Measure how fast vision-language and text models run.\n\n\
+        `vlmbench prepare` freezes benchmark inputs (COCO, MMBench, prompt sets, synthetic sets, \
+        JSONL) into JSON under perf_data/; `vlmbench run` loads a model in-process with candle, \
+        decodes greedily and reports time to first token, time between tokens, decode \
+        tokens/s, end-to-end latency and peak memory.",
+    after_help = "Examples:\n  \
+        vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
+        vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
+        vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_short.json --device cuda"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Freeze benchmark inputs into a JSON file under perf_data/.
+    #[command(subcommand)]
+    Prepare(PrepareCommand),
+    /// Run a model over a frozen set and report its speed.
+    Run(RunArgs),
+    /// Write a model with seeded random weights in the Hugging Face layout.
+    #[command(name = "synth-model")]
+    SynthModel(SynthModelArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrepareCommand {
+    /// A seeded subset of COCO val (captioning), from the annotation JSON + images or VLMEvalKit's COCO_VAL.tsv.
+    #[command(after_help = "Examples:\n  \
+        vlmbench prepare coco --annotations annotations/captions_val2014.json --images val2014/\n  \
+        vlmbench prepare coco --tsv ~/LMUData/COCO_VAL.tsv --num-samples 100 --seed 7")]
+    Coco(CocoArgs),
+    /// The whole MMBench DEV EN from VLMEvalKit's MMBench_DEV_EN.tsv.
+    #[command(
+        after_help = "Example:\n  vlmbench prepare mmbench --tsv ~/LMUData/MMBench_DEV_EN.tsv --originals-only"
+    )]
+    Mmbench(MmbenchArgs),
+    /// Text-only prompt sets: the built-in short/medium/long sets, or one prompt per line from a file.
+    #[command(after_help = "Examples:\n  \
+        vlmbench prepare prompts                         # writes prompts_short/medium/long.json\n  \
+        vlmbench prepare prompts --file my_prompts.txt --name support")]
+    Prompts(PromptsArgs),
+    /// Seeded synthetic image+text sets (image sizes and prompt lengths drawn from normal distributions).
+    #[command(after_help = "Example:\n  \
+        vlmbench prepare synthetic --num-samples 100 --image-width-mean 640 --image-width-stddev 64 \\\n    \
+        --image-height-mean 480 --input-tokens-mean 128 --tokenizer ./model/tokenizer.json")]
+    Synthetic(SyntheticArgs),
+    /// Your own data: a GenAI-Perf style input JSONL ({\"text_input\"|\"text\": ..., \"image\": ...} per line).
+    #[command(after_help = "Example:\n  vlmbench prepare jsonl --file inputs.jsonl --name my_set")]
+    Jsonl(JsonlArgs),
+}
+
+/// Where a prepared set goes.
+#[derive(Debug, Args, Clone)]
+pub struct OutArg {
+    /// Output JSON file, or a folder to write the set's default file name into.
+    #[arg(long, value_name = "PATH", default_value = "perf_data")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CocoArgs {
+    /// COCO captions annotation file (captions_val2014.json or captions_val2017.json).
+    #[arg(long, value_name = "FILE", requires = "images", conflicts_with = "tsv")]
+    pub annotations: Option<PathBuf>,
+    /// Folder holding the COCO images named in the annotation file.
+    #[arg(long, value_name = "DIR", requires = "annotations")]
+    pub images: Option<PathBuf>,
+    /// VLMEvalKit's COCO_VAL.tsv (index, base64 image, answer = list of reference captions).
+    #[arg(long, value_name = "FILE", required_unless_present = "annotations")]
+    pub tsv: Option<PathBuf>,
+    /// How many images to choose.
+    #[arg(long, default_value_t = 500)]
+    pub num_samples: usize,
+    /// Seed of the subset choice.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Prompt to use instead of VLMEvalKit's captioning instruction.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Args)]
+pub struct MmbenchArgs {
+    /// VLMEvalKit's MMBench_DEV_EN.tsv.
+    #[arg(long, value_name = "FILE")]
+    pub tsv: PathBuf,
+    /// Keep only the original questions (index < 1,000,000), not the option-rotated copies.
+    #[arg(long)]
+    pub originals_only: bool,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PromptsArgs {
+    /// Text file with one prompt per line (blank lines are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set name (default: the file's stem); the output is prompts_<name>.json.
+    #[arg(long, requires = "file")]
+    pub name: Option<String>,
+    /// Which built-in set(s) to write when no --file is given.
+    #[arg(long, value_enum, default_value_t = BuiltinPrompts::All, conflicts_with = "file")]
+    pub builtin: BuiltinPrompts,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuiltinPrompts {
+    Short,
+    Medium,
+    Long,
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct SyntheticArgs {
+    /// Number of samples.
+    #[arg(long, default_value_t = 100)]
+    pub num_samples: usize,
+    /// Seed for image sizes, image contents and prompt words.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Set name; the output is synthetic_<name>.json.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Text-only set: no images.
+    #[arg(long)]
+    pub no_images: bool,
+    #[arg(long, default_value_t = 512.0)]
+    pub image_width_mean: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub image_width_stddev: f64,
+    #[arg(long, default_value_t = 512.0)]
+    pub image_height_mean: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub image_height_stddev: f64,
+    #[arg(long, value_enum, default_value_t = ImageFormatArg::Png)]
+    pub image_format: ImageFormatArg,
+    /// Target prompt length in tokens (exact, against --tokenizer).
+    #[arg(long, default_value_t = 128.0)]
+    pub input_tokens_mean: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub input_tokens_stddev: f64,
+    /// Requested output length per sample, stored as `fields.output_tokens`; `run` caps that
+    /// sample's decode at it (and at --max-new-tokens).
+    #[arg(long)]
+    pub output_tokens_mean: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub output_tokens_stddev: f64,
+    /// tokenizer.json that prompt lengths are made exact against (default: the tokenizer of
+    /// vlmbench's random-weight presets).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormatArg {
+    Png,
+    Jpeg,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonlArgs {
+    /// Input JSONL: one object per line with `text_input` (or `text`) and optionally `image`
+    /// (a path relative to the JSONL file, or a base64 data URL).
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Set name (default: the file's stem); the output is jsonl_<name>.json.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench run                                                   # random:tiny-llama, built-in synthetic set\n  \
+    vlmbench run --model random:tiny-llama --data-file perf_data/prompts_short.json\n  \
+    vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_long.json --device cuda --dtype f16\n  \
+    vlmbench run --model-path ./model-q8_0.gguf --data-file perf_data/prompts_short.json --max-new-tokens 64 --ignore-eos")]
+pub struct RunArgs {
+    /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
+    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b).
+    #[arg(
+        long,
+        visible_alias = "model",
+        env = "VLMBENCH_MODEL_PATH",
+        value_name = "PATH|ID",
+        default_value = "random:tiny-llama"
+    )]
+    pub model_path: String,
+    /// Frozen data set from `vlmbench prepare` (default: a built-in synthetic image+text set).
+    #[arg(long, value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
+    /// Weight dtype for safetensors models (GGUF keeps its own): auto = f16 on CUDA, f32 on CPU.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub dtype: DtypeArg,
+    /// cpu, cuda or cuda:N (auto = cuda:0 when built with CUDA and a GPU is present, else cpu).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Upper bound on generated tokens per sample.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Keep decoding past end-of-sequence (fixed-length decode).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Untimed warm-up samples before measuring.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Use only the first N samples of the set.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run the set N times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// JSON report path (the per-sample CSV goes beside it with the same basename).
+    /// Default: reports/<model>_<set>_<UTC time>.json
+    #[arg(long, value_name = "FILE")]
+    pub report_file: Option<PathBuf>,
+    /// tokenizer.json to use instead of the one beside the model.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Seed for random:<preset> weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads for the model (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not print the summary table.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
+)]
+pub struct SynthModelArgs {
+    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b.
+    #[arg(long)]
+    pub preset: String,
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Weight dtype written to the safetensors.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand: validate arguments into options, call the library, print.
+
+pub mod prepare;
+pub mod run;
+pub mod synth_model;

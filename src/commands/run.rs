@@ -1,0 +1,283 @@
+//! `vlmbench run`: load the engine, run the set, write the reports.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{Cli, Command, DtypeArg, RunArgs};
+use crate::dataset::{synthetic, LoadedDataset};
+use crate::fsutil::sanitize_file_stem;
+use crate::memory::GpuSampler;
+use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus, RunSummary};
+use crate::runner::{self, RunOptions};
+
+/// Exit code when the run finished but some samples failed (their errors are in the report).
+pub const EXIT_SOME_FAILED: u8 = 3;
+/// Exit code after Ctrl-C (the report of what finished is still written).
+pub const EXIT_INTERRUPTED: u8 = 130;
+/// How often the GPU memory sampler reads NVML.
+const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
+
+/// The arguments `vlmbench` alone runs with.
+pub fn default_args() -> RunArgs {
+    match Cli::parse_from(["vlmbench", "run"]).command {
+        Some(Command::Run(args)) => args,
+        _ => unreachable!("`vlmbench run` parses to the run command"),
+    }
+}
+
+pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    if let Some(n) = args.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's CPU kernels size their thread pools from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+
+    // Installed before the model loads, so a Ctrl-C at any point still ends in a report.
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        // First Ctrl-C: finish the report with what is done. Second: leave at once.
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(EXIT_INTERRUPTED as i32);
+            }
+            eprintln!("\ninterrupted: stopping after the current step and writing the report (Ctrl-C again to quit now)");
+        });
+    }
+
+    let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
+    let options = crate::engine::load::EngineOptions {
+        model: args.model_path.clone(),
+        dtype: match args.dtype {
+            DtypeArg::Auto => None,
+            DtypeArg::F32 => Some(candle_core::DType::F32),
+            DtypeArg::F16 => Some(candle_core::DType::F16),
+            DtypeArg::Bf16 => Some(candle_core::DType::BF16),
+        },
+        device: args.device.clone(),
+        tokenizer: args.tokenizer.clone(),
+        seed: args.seed,
+    };
+    eprintln!("loading {} ...", args.model_path);
+    let mut engine = crate::engine::load::open_engine(&options)?;
+    let info = engine.info().clone();
+    if !info.vision && dataset.file.samples.iter().any(|s| s.image.is_some()) {
+        bail!(
+            "{} has images but {} ({}) is a text-only model; use a vision model (e.g. random:tiny-llava) or a text set (vlmbench prepare prompts)",
+            data_path.display(),
+            info.model,
+            info.architecture
+        );
+    }
+    let gpu_ordinal = info
+        .device
+        .strip_prefix("cuda:")
+        .and_then(|n| n.parse::<usize>().ok());
+
+    let opts = RunOptions {
+        max_new_tokens: args.max_new_tokens,
+        ignore_eos: args.ignore_eos,
+        warmup: args.warmup,
+        limit: args.limit,
+        repeat: args.repeat,
+    };
+    let total = dataset
+        .file
+        .samples
+        .len()
+        .min(args.limit.unwrap_or(usize::MAX))
+        * args.repeat;
+    let progress = progress_bar(total as u64);
+    let (started_iso, started_compact) = utc_now();
+    let environment = Environment::capture(gpu_ordinal);
+    let sampler = GpuSampler::start(gpu_ordinal, GPU_SAMPLE_INTERVAL_MS);
+    let outcome = runner::run(engine.as_mut(), &dataset, &opts, &cancel, &progress);
+    let memory = sampler.finish();
+    progress.finish_and_clear();
+
+    let report = Report {
+        schema_version: report::REPORT_SCHEMA_VERSION,
+        status: outcome.status,
+        status_detail: outcome.status_detail.clone(),
+        started_at: started_iso,
+        environment,
+        engine: info.clone(),
+        config: RunConfig {
+            max_new_tokens: opts.max_new_tokens,
+            ignore_eos: opts.ignore_eos,
+            warmup: opts.warmup,
+            limit: opts.limit,
+            repeat: opts.repeat,
+            decoding: "greedy (temperature 0)".into(),
+        },
+        dataset: DatasetRef {
+            path: data_path.display().to_string(),
+            set: dataset.file.set.clone(),
+            name: dataset.file.name.clone(),
+            sha256: dataset.sha256.clone(),
+            seed: dataset.file.seed,
+            num_samples: dataset.file.num_samples,
+        },
+        summary: RunSummary::from_samples(&outcome.samples, outcome.duration_s),
+        memory,
+        samples: outcome.samples,
+    };
+    let json_path = args
+        .report_file
+        .clone()
+        .unwrap_or_else(|| default_report_path(&info.model, &dataset.file.name, &started_compact));
+    let csv_path = json_path.with_extension("csv");
+    report::json::write(&report, &json_path)?;
+    report::csv::write(&report, &csv_path)?;
+    if !args.quiet {
+        print!("{}", report::table::render(&report));
+    }
+    eprintln!(
+        "report: {}\nper-sample CSV: {}",
+        json_path.display(),
+        csv_path.display()
+    );
+
+    Ok(match report.status {
+        RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
+        RunStatus::Aborted => {
+            bail!(
+                "{} (the report holds the {} samples that finished)",
+                report.status_detail.as_deref().unwrap_or("engine error"),
+                report.samples.len()
+            )
+        }
+        RunStatus::Complete if report.summary.failed > 0 => ExitCode::from(EXIT_SOME_FAILED),
+        RunStatus::Complete => ExitCode::SUCCESS,
+    })
+}
+
+/// The data set to run: the given file, or the built-in synthetic set (written on first use).
+fn load_dataset(path: Option<&Path>) -> Result<(PathBuf, LoadedDataset)> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from("perf_data").join(synthetic::default_file_name(BUILTIN_SET));
+            if !p.is_file() {
+                eprintln!("writing the built-in synthetic set to {} ...", p.display());
+                synthetic::prepare(&builtin_synthetic(), &p)?;
+            }
+            p
+        }
+    };
+    let dataset = LoadedDataset::load(&path)?;
+    if dataset.file.samples.is_empty() {
+        bail!("{} holds no samples", path.display());
+    }
+    Ok((path, dataset))
+}
+
+const BUILTIN_SET: &str = "builtin";
+
+/// The set `vlmbench run` uses without `--data-file`: 8 text prompts of 64±16 tokens.
+pub fn builtin_synthetic() -> synthetic::SyntheticOptions {
+    synthetic::SyntheticOptions {
+        name: BUILTIN_SET.into(),
+        num_samples: 8,
+        seed: 42,
+        images: None,
+        input_tokens_mean: 64.0,
+        input_tokens_stddev: 16.0,
+        output_tokens: None,
+        tokenizer: None,
+    }
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} samples  {elapsed_precise}  {msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn default_report_path(model: &str, set_name: &str, stamp: &str) -> PathBuf {
+    let model = model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(model);
+    PathBuf::from("reports").join(format!(
+        "{}_{}_{}.json",
+        sanitize_file_stem(model),
+        sanitize_file_stem(set_name),
+        stamp
+    ))
+}
+
+/// Current UTC time as ISO 8601 (`2026-11-23T23:40:05Z`) and compact (`20261123T234005Z`).
+pub fn utc_now() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let (h, mi, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    (
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"),
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn report_path_is_safe() {
+        let p = default_report_path("random:tiny-llava", "synthetic_builtin", "20260101T000000Z");
+        assert_eq!(
+            p,
+            PathBuf::from("reports/random_tiny-llava_synthetic_builtin_20260101T000000Z.json")
+        );
+        let p = default_report_path("meta-llama/Llama-2-7b-hf", "x", "t");
+        assert_eq!(p, PathBuf::from("reports/Llama-2-7b-hf_x_t.json"));
+    }
+}

@@ -1,0 +1,481 @@
+//! Finding a model and opening the right engine for it.
+//!
+//! `--model-path` may be:
+//! - `random:<preset>`: a real architecture with seeded random weights, built in memory;
+//! - a `.gguf` file (llama.cpp's format); its tokenizer is `tokenizer.json` beside it or
+//!   `--tokenizer`;
+//! - a local folder in the Hugging Face layout (`config.json`, `tokenizer.json`,
+//!   `model.safetensors` or shards with `model.safetensors.index.json`);
+//! - a Hugging Face hub id (`org/name`), downloaded with hf-hub into its cache when a network is
+//!   there.
+//!
+//! The architecture comes from `config.json` (`architectures` / `model_type`) or GGUF
+//! `general.architecture`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::candle_text::CandleTextEngine;
+use super::llama::{ids_of, safetensor_files, LlamaConfig, LlamaModel};
+use super::synth;
+use super::{Engine, EngineInfo};
+
+/// Architectures this build runs, for error messages.
+pub const SUPPORTED: &str =
+    "llama (LlamaForCausalLM, also Mistral-style MistralForCausalLM) from safetensors or GGUF";
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Path, hub id or `random:<preset>`.
+    pub model: String,
+    /// Weight/activation dtype for safetensors and random models; `None` = f16 on CUDA, f32 on CPU.
+    pub dtype: Option<DType>,
+    /// `auto`, `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// tokenizer.json overriding the model's.
+    pub tokenizer: Option<PathBuf>,
+    /// Seed of random weights.
+    pub seed: u64,
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if s == "auto" {
+        #[cfg(feature = "cuda")]
+        if let Ok(d) = Device::new_cuda(0) {
+            return Ok(d);
+        }
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| anyhow!("invalid device {s:?}: use cpu, cuda or cuda:N"))?,
+        None => bail!("invalid device {s:?}: use cpu, cuda or cuda:N"),
+    };
+    if cfg!(feature = "cuda") {
+        Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+    } else {
+        bail!("device {s} requested, but this vlmbench was built without CUDA: rebuild with `cargo build --release --features cuda` (see README, CUDA)")
+    }
+}
+
+/// `cpu` or `cuda:N`.
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => match d.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cuda".into(),
+        },
+        other => format!("{:?}", other.location()),
+    }
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    d.as_str()
+}
+
+/// Opens the engine for `opts.model`.
+pub fn open_engine(opts: &EngineOptions) -> Result<Box<dyn Engine>> {
+    let device = parse_device(&opts.device)?;
+    let dtype = opts.dtype.unwrap_or(if device.is_cuda() {
+        DType::F16
+    } else {
+        DType::F32
+    });
+    if let Some(preset) = opts.model.strip_prefix("random:") {
+        return open_random(preset, opts, &device, dtype);
+    }
+    let path = PathBuf::from(&opts.model);
+    if path.is_file() {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return open_gguf(&path, opts, &device);
+        }
+        bail!("{} is a file but not a .gguf model; give a model folder, a .gguf file, a hub id or random:<preset>", path.display());
+    }
+    let dir = if path.is_dir() {
+        path
+    } else if looks_like_hub_id(&opts.model) {
+        fetch_from_hub(&opts.model)?
+    } else {
+        bail!(
+            "model {:?} not found: it is not a local folder or .gguf file, and not a hub id (org/name)",
+            opts.model
+        );
+    };
+    open_hf_dir(&dir, opts, &device, dtype)
+}
+
+fn looks_like_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
+}
+
+/// Downloads the files a Llama checkpoint needs into the hf-hub cache.
+fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+    let api = hf_hub::api::sync::Api::new().context("cannot set up the Hugging Face hub client")?;
+    let repo = api.model(id.to_string());
+    let wanted =
+        "config.json, tokenizer.json, model.safetensors or model.safetensors.index.json + shards";
+    let offline = |e: hf_hub::api::sync::ApiError| {
+        anyhow!(
+            "cannot fetch {id} from the Hugging Face hub ({e}); looked for {wanted}. Without a network, download the model elsewhere and pass its local folder with --model-path"
+        )
+    };
+    let config = repo.get("config.json").map_err(offline)?;
+    repo.get("tokenizer.json").map_err(offline)?;
+    let _ = repo.get("generation_config.json");
+    match repo.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let v: Value = serde_json::from_slice(&std::fs::read(&index)?)?;
+            let mut files: Vec<String> = v["weight_map"]
+                .as_object()
+                .map(|m| {
+                    m.values()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            files.dedup();
+            for f in files {
+                repo.get(&f).map_err(offline)?;
+            }
+        }
+        Err(_) => {
+            repo.get("model.safetensors").map_err(offline)?;
+        }
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| {
+        anyhow!(
+            "cannot load tokenizer {}: {e} (expected a Hugging Face tokenizer.json)",
+            path.display()
+        )
+    })
+}
+
+/// What `config.json` says the model is.
+pub fn detect_architecture(config: &Value) -> Result<&'static str> {
+    let archs: Vec<&str> = config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let model_type = config
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let named = |n: &str| archs.contains(&n);
+    if named("LlamaForCausalLM")
+        || named("MistralForCausalLM")
+        || matches!(model_type, "llama" | "mistral") && archs.is_empty()
+    {
+        return Ok("llama");
+    }
+    if named("LlavaForConditionalGeneration")
+        || named("LlavaLlamaForCausalLM")
+        || model_type == "llava"
+    {
+        return Ok("llava");
+    }
+    if named("LlavaNextForConditionalGeneration") || model_type == "llava_next" {
+        return Ok("llava_next");
+    }
+    bail!(
+        "unsupported architecture {} (model_type {:?}); supported: {SUPPORTED}",
+        if archs.is_empty() {
+            "(none listed)".to_string()
+        } else {
+            archs.join(", ")
+        },
+        model_type
+    )
+}
+
+fn open_hf_dir(
+    dir: &Path,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let config_path = dir.join("config.json");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(&config_path).with_context(|| {
+            format!(
+                "no config.json in {} (looked for {})",
+                dir.display(),
+                config_path.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    let arch = detect_architecture(&config)?;
+    if arch != "llama" {
+        bail!(
+            "{} is a {arch} (vision) checkpoint; LLaVA support is not in this build yet; supported: {SUPPORTED}",
+            dir.display()
+        );
+    }
+    let cfg = LlamaConfig::from_hf_json(&config)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    if !tokenizer_path.is_file() {
+        bail!(
+            "no tokenizer: looked for {} (pass --tokenizer FILE for a tokenizer.json elsewhere)",
+            tokenizer_path.display()
+        );
+    }
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let files = safetensor_files(dir)?;
+    // SAFETY: the files are memory-mapped read-only; vlmbench does not modify them while
+    // running, and a user who rewrites a checkpoint mid-run gets garbage numbers, not UB in
+    // practice on Linux (pages keep the old contents or fault).
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+    let eos = eos_ids(dir, &config);
+    let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
+        .with_context(|| format!("loading the weights in {}", dir.display()))?;
+    let info = EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: "llama".into(),
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
+    };
+    Ok(Box::new(CandleTextEngine::new(
+        model, tokenizer, eos, info,
+    )?))
+}
+
+/// EOS ids from generation_config.json, else config.json.
+fn eos_ids(dir: &Path, config: &Value) -> Vec<u32> {
+    let gen: Option<Value> = std::fs::read(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let from_gen = gen
+        .as_ref()
+        .map(|g| ids_of(g.get("eos_token_id")))
+        .unwrap_or_default();
+    if from_gen.is_empty() {
+        ids_of(config.get("eos_token_id"))
+    } else {
+        from_gen
+    }
+}
+
+fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<dyn Engine>> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .map_err(|e| anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        bail!(
+            "{}: GGUF architecture {arch:?} is not supported; supported: {SUPPORTED}",
+            path.display()
+        );
+    }
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| path.with_file_name("tokenizer.json"));
+    if !tokenizer_path.is_file() {
+        bail!(
+            "no tokenizer for {}: looked for {}; put the model's tokenizer.json beside the .gguf or pass --tokenizer FILE",
+            path.display(),
+            tokenizer_path.display()
+        );
+    }
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let quant = content
+        .tensor_infos
+        .get("blk.0.attn_q.weight")
+        .map(|t| format!("{:?}", t.ggml_dtype).to_ascii_lowercase())
+        .unwrap_or_else(|| "unknown".into());
+    let model = LlamaModel::from_gguf(&content, &mut file, device)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let eos = model.config.eos_token_ids.clone();
+    let info = EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: "llama".into(),
+        dtype: quant,
+        device: device_name(device),
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
+    };
+    Ok(Box::new(CandleTextEngine::new(
+        model, tokenizer, eos, info,
+    )?))
+}
+
+fn open_random(
+    preset: &str,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let Some(shape) = synth::llama_preset(preset) else {
+        bail!(
+            "unknown preset random:{preset}; presets in this build: {}",
+            synth::TEXT_PRESETS
+                .iter()
+                .map(|p| format!("random:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(synth::tokenizer_json(shape.vocab_size, &[])?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let cfg = LlamaConfig::from_hf_json(&shape.hf_config(dtype))?;
+    let weights = shape.random_weights(opts.seed, dtype, device, "")?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
+    let info = EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: "llama".into(),
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
+    };
+    Ok(Box::new(CandleTextEngine::new(
+        model,
+        tokenizer,
+        vec![synth::EOS],
+        info,
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn architectures_are_detected_or_listed() {
+        assert_eq!(
+            detect_architecture(&json!({"architectures": ["LlamaForCausalLM"]})).unwrap(),
+            "llama"
+        );
+        assert_eq!(
+            detect_architecture(&json!({"model_type": "llava"})).unwrap(),
+            "llava"
+        );
+        assert_eq!(
+            detect_architecture(&json!({"architectures": ["LlavaNextForConditionalGeneration"]}))
+                .unwrap(),
+            "llava_next"
+        );
+        let err =
+            detect_architecture(&json!({"architectures": ["BertModel"], "model_type": "bert"}))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("BertModel") && err.to_string().contains("llama"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn devices() {
+        assert!(matches!(parse_device("cpu").unwrap(), Device::Cpu));
+        assert!(parse_device("tpu").is_err());
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda:1").unwrap_err().to_string();
+            assert!(e.contains("--features cuda"), "{e}");
+            assert!(matches!(parse_device("auto").unwrap(), Device::Cpu));
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions {
+            model: dir.path().display().to_string(),
+            dtype: None,
+            device: "cpu".into(),
+            tokenizer: None,
+            seed: 0,
+        };
+        let e = open_engine(&opts).err().unwrap().to_string();
+        assert!(e.contains("config.json"), "{e}");
+        synth::write_model("tiny-llama", dir.path(), DType::F32, 0).unwrap();
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        let e = format!("{:#}", open_engine(&opts).err().unwrap());
+        assert!(e.contains("model.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn written_preset_loads_and_matches_the_in_memory_one() {
+        use crate::engine::GenerationRequest;
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        synth::write_model("tiny-llama", dir.path(), DType::F32, 5).unwrap();
+        let cancel = AtomicBool::new(false);
+        let req = GenerationRequest {
+            prompt: "Hello world",
+            image: None,
+            max_new_tokens: 6,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let mut from_disk = open_engine(&EngineOptions {
+            model: dir.path().display().to_string(),
+            dtype: None,
+            device: "cpu".into(),
+            tokenizer: None,
+            seed: 0,
+        })
+        .unwrap();
+        let mut in_memory = open_engine(&EngineOptions {
+            model: "random:tiny-llama".into(),
+            dtype: None,
+            device: "cpu".into(),
+            tokenizer: None,
+            seed: 5,
+        })
+        .unwrap();
+        let a = from_disk.generate(&req).unwrap();
+        let b = in_memory.generate(&req).unwrap();
+        assert_eq!(a.output_token_ids, b.output_token_ids);
+        assert_eq!(a.output_token_ids.len(), 6);
+        assert_eq!(a.token_arrivals.len(), 6);
+        assert_eq!(from_disk.info().architecture, "llama");
+    }
+}

@@ -1,0 +1,111 @@
+//! Backends that turn a prompt (and maybe an image) into tokens, and say when each token
+//! arrived. One trait, one file per backend; an engine knows nothing about reports.
+//!
+//! Timing contract: every `Duration` in a [`Generation`] is measured from the moment
+//! [`Engine::generate`] was called, with the host clock read only after the device finished the
+//! work being timed (on CUDA: the model thread's stream is synchronised; reading a token id back
+//! to the host is itself a synchronisation point).
+
+pub mod candle_text;
+pub mod llama;
+pub mod load;
+pub mod openai;
+pub mod synth;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the runner asks an engine to do for one sample.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest<'a> {
+    /// Text of the user turn, before the model's chat template.
+    pub prompt: &'a str,
+    /// Image file for vision models; `None` for text-only samples.
+    pub image: Option<&'a Path>,
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// Keep decoding past end-of-sequence tokens (fixed-length decode).
+    pub ignore_eos: bool,
+    /// Set by the Ctrl-C handler; engines check it between decode steps.
+    pub cancel: &'a AtomicBool,
+}
+
+/// Why decoding stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token (it is counted as an output token).
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The model's context window is full.
+    ContextFull,
+}
+
+/// Everything an engine measured for one sample. Durations are offsets from request start.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Image load + resize + normalise + tokenize (prompt template included).
+    pub preprocess: Duration,
+    /// Vision tower + projector, for vision models with an image.
+    pub vision_encode: Option<Duration>,
+    /// Offset at which each generated token id was on the host; `[0]` is the TTFT.
+    pub token_arrivals: Vec<Duration>,
+    /// Offset at which the whole request finished (text detokenized).
+    pub end: Duration,
+    /// Prompt length in tokens as the model saw it, image tokens included.
+    pub input_tokens: usize,
+    /// Of `input_tokens`, how many stand for the image.
+    pub image_tokens: usize,
+    /// Generated token ids, in order.
+    pub output_token_ids: Vec<u32>,
+    /// Generated text (decoded from `output_token_ids`).
+    pub text: String,
+    pub stop_reason: StopReason,
+}
+
+/// Errors the runner treats differently: a failed sample is recorded and the run goes on;
+/// a cancellation ends the run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// This sample cannot be run (missing image, prompt longer than the context...).
+    #[error("{0}")]
+    Sample(String),
+    /// Ctrl-C arrived while this sample ran.
+    #[error("interrupted")]
+    Cancelled,
+    /// The engine itself is broken (device error...); the run stops.
+    #[error(transparent)]
+    Fatal(#[from] anyhow::Error),
+}
+
+/// Static facts about a loaded engine, recorded in the report's environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineInfo {
+    /// `candle` for in-process runs, `openai` for HTTP servers.
+    pub backend: String,
+    /// Model identifier as the user gave it (path, hub id or `random:<preset>`).
+    pub model: String,
+    /// Architecture detected from config.json / GGUF metadata, e.g. `llama`, `llava-1.5`.
+    pub architecture: String,
+    /// `f32`, `f16`, `bf16`, or a GGUF quantisation such as `q8_0`.
+    pub dtype: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Parameter count, where known.
+    pub parameters: Option<u64>,
+    /// Context window in tokens.
+    pub context_length: usize,
+    /// Whether the model takes images.
+    pub vision: bool,
+}
+
+/// A model that generates greedily and times itself.
+pub trait Engine {
+    fn info(&self) -> &EngineInfo;
+    /// Runs one request to completion (greedy, temperature 0).
+    fn generate(&mut self, request: &GenerationRequest<'_>) -> Result<Generation, EngineError>;
+}

@@ -1,0 +1,15 @@
+//! vlmbench: measure how fast vision-language and text models run.
+//!
+//! Data flows one way: [`dataset`] (frozen inputs) → [`engine`] (a model that times itself)
+//! → [`metrics`] (per-sample timings) → [`stats`] (aggregates) → [`report`] (JSON, CSV, table).
+
+pub mod cli;
+pub mod commands;
+pub mod dataset;
+pub mod engine;
+pub mod fsutil;
+pub mod memory;
+pub mod metrics;
+pub mod report;
+pub mod runner;
+pub mod stats;

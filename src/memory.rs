@@ -1,0 +1,242 @@
+//! Peak memory: host RSS from the kernel, GPU memory from NVML sampled on a background thread.
+//!
+//! A missing measurement is `None` with a reason, never a made-up zero.
+
+use serde::{Deserialize, Serialize};
+
+/// A memory figure that may be unavailable, with the reason why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MaybeBytes {
+    pub bytes: Option<u64>,
+    /// Why `bytes` is null (absent when it is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable_reason: Option<String>,
+}
+
+impl MaybeBytes {
+    pub fn known(bytes: u64) -> Self {
+        Self {
+            bytes: Some(bytes),
+            unavailable_reason: None,
+        }
+    }
+    pub fn unknown(reason: impl Into<String>) -> Self {
+        Self {
+            bytes: None,
+            unavailable_reason: Some(reason.into()),
+        }
+    }
+}
+
+/// Peak memory of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemoryReport {
+    /// Highest resident set size of this process over its lifetime (model load included),
+    /// from `VmHWM` in /proc/self/status (Linux) or `getrusage` elsewhere.
+    pub host_peak_rss: MaybeBytes,
+    /// Highest GPU memory used by this process, from NVML, sampled during the run.
+    pub gpu_peak_process: MaybeBytes,
+    /// Highest GPU memory used on the whole device (all processes), from NVML, sampled.
+    pub gpu_peak_device: MaybeBytes,
+    /// Sampling interval of the GPU sampler, in milliseconds (short spikes can be missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_sample_interval_ms: Option<u64>,
+}
+
+/// Peak resident set size of this process so far.
+pub fn host_peak_rss() -> MaybeBytes {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kb) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        {
+            return MaybeBytes::known(kb * 1024);
+        }
+    }
+    // SAFETY: getrusage only writes into the struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        // ru_maxrss is in kilobytes on Linux, bytes on macOS.
+        let raw = usage.ru_maxrss as u64;
+        let bytes = if cfg!(target_os = "macos") {
+            raw
+        } else {
+            raw * 1024
+        };
+        return MaybeBytes::known(bytes);
+    }
+    MaybeBytes::unknown("neither /proc/self/status nor getrusage is available")
+}
+
+/// Samples GPU memory while a run is in progress.
+pub struct GpuSampler {
+    #[cfg(feature = "cuda")]
+    inner: Option<nvml_sampler::Running>,
+    reason: Option<String>,
+}
+
+impl GpuSampler {
+    /// Starts sampling device `ordinal`, or records why it cannot (`ordinal` is `None` on CPU).
+    pub fn start(ordinal: Option<usize>, interval_ms: u64) -> Self {
+        let Some(ordinal) = ordinal else {
+            return Self::unavailable("the model runs on the CPU: no GPU memory is used");
+        };
+        #[cfg(feature = "cuda")]
+        {
+            match nvml_sampler::Running::start(ordinal, interval_ms) {
+                Ok(r) => Self {
+                    inner: Some(r),
+                    reason: None,
+                },
+                Err(e) => Self::unavailable(format!("NVML unavailable: {e}")),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (ordinal, interval_ms);
+            Self::unavailable("vlmbench was built without the `cuda` feature (no NVML)")
+        }
+    }
+
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            #[cfg(feature = "cuda")]
+            inner: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// Stops sampling and returns the peaks.
+    pub fn finish(self) -> MemoryReport {
+        #[cfg(feature = "cuda")]
+        if let Some(running) = self.inner {
+            let (process, device, interval) = running.stop();
+            return MemoryReport {
+                host_peak_rss: host_peak_rss(),
+                gpu_peak_process: process,
+                gpu_peak_device: device,
+                gpu_sample_interval_ms: Some(interval),
+            };
+        }
+        let reason = self.reason.unwrap_or_else(|| "not sampled".into());
+        MemoryReport {
+            host_peak_rss: host_peak_rss(),
+            gpu_peak_process: MaybeBytes::unknown(reason.clone()),
+            gpu_peak_device: MaybeBytes::unknown(reason),
+            gpu_sample_interval_ms: None,
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod nvml_sampler {
+    use super::MaybeBytes;
+    use nvml_wrapper::enums::device::UsedGpuMemory;
+    use nvml_wrapper::Nvml;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::Duration;
+
+    pub struct Running {
+        stop: Arc<AtomicBool>,
+        handle: JoinHandle<(MaybeBytes, MaybeBytes)>,
+        interval_ms: u64,
+    }
+
+    impl Running {
+        pub fn start(ordinal: usize, interval_ms: u64) -> Result<Self, String> {
+            let nvml = Nvml::init().map_err(|e| e.to_string())?;
+            // Fail now, not silently in the thread, if the device cannot be read.
+            nvml.device_by_index(ordinal as u32)
+                .and_then(|d| d.memory_info())
+                .map_err(|e| e.to_string())?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop_thread = stop.clone();
+            let pid = std::process::id();
+            let handle = std::thread::spawn(move || {
+                let mut peak_device = 0u64;
+                let mut peak_process: Option<u64> = None;
+                let mut process_reason = String::from("NVML reported no per-process usage");
+                loop {
+                    if let Ok(dev) = nvml.device_by_index(ordinal as u32) {
+                        if let Ok(m) = dev.memory_info() {
+                            peak_device = peak_device.max(m.used);
+                        }
+                        match dev.running_compute_processes() {
+                            Ok(procs) => {
+                                for p in procs.iter().filter(|p| p.pid == pid) {
+                                    match p.used_gpu_memory {
+                                        UsedGpuMemory::Used(b) => {
+                                            peak_process = Some(peak_process.unwrap_or(0).max(b))
+                                        }
+                                        UsedGpuMemory::Unavailable => {
+                                            process_reason = "NVML cannot attribute memory to processes here (e.g. inside a container)".into()
+                                        }
+                                    }
+                                }
+                            }
+                            Err(e) => process_reason = format!("NVML: {e}"),
+                        }
+                    }
+                    if stop_thread.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(interval_ms));
+                }
+                let process = match peak_process {
+                    Some(b) => MaybeBytes::known(b),
+                    None => MaybeBytes::unknown(process_reason),
+                };
+                (process, MaybeBytes::known(peak_device))
+            });
+            Ok(Self {
+                stop,
+                handle,
+                interval_ms,
+            })
+        }
+
+        pub fn stop(self) -> (MaybeBytes, MaybeBytes, u64) {
+            self.stop.store(true, Ordering::Relaxed);
+            let (p, d) = self.handle.join().unwrap_or_else(|_| {
+                (
+                    MaybeBytes::unknown("GPU sampler thread panicked"),
+                    MaybeBytes::unknown("GPU sampler thread panicked"),
+                )
+            });
+            (p, d, self.interval_ms)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_rss_is_measured_on_linux() {
+        let m = host_peak_rss();
+        if cfg!(target_os = "linux") {
+            assert!(m.bytes.unwrap() > 1024 * 1024, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_run_reports_gpu_as_unavailable_with_reason() {
+        let r = GpuSampler::start(None, 50).finish();
+        assert!(r.gpu_peak_process.bytes.is_none());
+        assert!(r
+            .gpu_peak_device
+            .unavailable_reason
+            .unwrap()
+            .contains("CPU"));
+    }
+}

@@ -1,0 +1,132 @@
+//! Where and how a run happened, recorded with every report so numbers can be compared honestly.
+
+use serde::{Deserialize, Serialize};
+
+/// Facts about the machine and build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Environment {
+    pub vlmbench_version: String,
+    /// Git commit vlmbench was built from (`unknown` outside a git checkout).
+    pub git_commit: String,
+    /// candle-core version compiled in.
+    pub candle_version: String,
+    /// Whether the binary was built with the `cuda` feature.
+    pub cuda_build: bool,
+    pub os: String,
+    pub arch: String,
+    pub cpu_model: String,
+    /// Logical CPUs available to this process.
+    pub cpu_threads: usize,
+    /// GPU name, driver and CUDA driver version where NVML is available.
+    #[serde(default)]
+    pub gpu: Option<GpuInfo>,
+    /// The command line, with secrets (API keys) removed.
+    pub command_line: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuInfo {
+    pub name: String,
+    pub driver_version: String,
+    /// CUDA version the driver supports, e.g. `13.0`.
+    pub cuda_driver_version: String,
+    pub memory_total_bytes: u64,
+}
+
+impl Environment {
+    /// Captures the environment. `gpu_ordinal` is the CUDA device in use, if any.
+    pub fn capture(gpu_ordinal: Option<usize>) -> Self {
+        Self {
+            vlmbench_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: option_env!("VLMBENCH_GIT_COMMIT")
+                .unwrap_or("unknown")
+                .to_string(),
+            candle_version: option_env!("VLMBENCH_CANDLE_VERSION")
+                .unwrap_or("unknown")
+                .to_string(),
+            cuda_build: cfg!(feature = "cuda"),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpu_model: cpu_model(),
+            cpu_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            gpu: gpu_ordinal.and_then(gpu_info),
+            command_line: redact_secrets(std::env::args()),
+        }
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Replaces the value of secret-bearing flags (`--api-key X`, `--api-key=X`) with `***`.
+pub fn redact_secrets(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    const SECRET_FLAGS: &[&str] = &["--api-key"];
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("***".into());
+            hide_next = false;
+        } else if let Some(flag) = SECRET_FLAGS
+            .iter()
+            .find(|f| a.starts_with(&format!("{f}=")))
+        {
+            out.push(format!("{flag}=***"));
+        } else {
+            hide_next = SECRET_FLAGS.contains(&a.as_str());
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_info(ordinal: usize) -> Option<GpuInfo> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let dev = nvml.device_by_index(ordinal as u32).ok()?;
+    let cuda = nvml.sys_cuda_driver_version().ok()?;
+    Some(GpuInfo {
+        name: dev.name().ok()?,
+        driver_version: nvml.sys_driver_version().ok()?,
+        cuda_driver_version: format!("{}.{}", cuda / 1000, (cuda % 1000) / 10),
+        memory_total_bytes: dev.memory_info().ok()?.total,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_info(_ordinal: usize) -> Option<GpuInfo> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_never_reach_the_report() {
+        let args = [
+            "vlmbench",
+            "run",
+            "--api-key",
+            "sk-secret",
+            "--api-key=sk-2",
+            "--x",
+        ]
+        .map(String::from);
+        let red = redact_secrets(args);
+        assert!(!red.iter().any(|a| a.contains("sk-")), "{red:?}");
+        assert_eq!(red[3], "***");
+        assert_eq!(red[4], "--api-key=***");
+    }
+}

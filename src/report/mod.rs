@@ -1,0 +1,288 @@
+//! The run report: one struct that *is* the JSON schema, and one exporter per format.
+//!
+//! - [`json`]: the full report (`<base>.json`), written atomically.
+//! - [`csv`]: one row per sample (`<base>.csv`), same basename.
+//! - [`table`]: the terminal summary, one row per metric.
+
+pub mod csv;
+pub mod environment;
+pub mod json;
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineInfo;
+use crate::memory::MemoryReport;
+use crate::metrics::SampleMetrics;
+use crate::stats::{summarize, Summary};
+pub use environment::Environment;
+
+/// Bumped when a report field changes meaning or disappears.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every requested sample was attempted.
+    Complete,
+    /// Stopped by Ctrl-C; the report holds the samples that finished.
+    Interrupted,
+    /// Stopped by an engine error; the report holds the samples that finished before it.
+    Aborted,
+}
+
+/// A complete benchmark report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Version of this schema ([`REPORT_SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    pub status: RunStatus,
+    /// Why the run stopped early (absent for complete runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<String>,
+    /// UTC start time, ISO 8601.
+    pub started_at: String,
+    pub environment: Environment,
+    pub engine: EngineInfo,
+    pub config: RunConfig,
+    pub dataset: DatasetRef,
+    pub summary: RunSummary,
+    pub memory: MemoryReport,
+    /// Every measured sample, in run order (warm-up samples excluded).
+    pub samples: Vec<SampleRecord>,
+}
+
+/// Settings that shape the numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    pub max_new_tokens: usize,
+    pub ignore_eos: bool,
+    /// Untimed samples run before measuring (the first samples of the set, run once).
+    pub warmup: usize,
+    /// At most this many samples of the set were used.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Each sample was run this many times.
+    pub repeat: usize,
+    /// Always greedy (temperature 0).
+    pub decoding: String,
+}
+
+/// Which frozen inputs the run used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetRef {
+    /// Path as given on the command line (or the built-in set's location).
+    pub path: String,
+    pub set: String,
+    pub name: String,
+    /// sha256 of the data file's bytes.
+    pub sha256: String,
+    pub seed: Option<u64>,
+    /// Samples in the file (before `--limit`).
+    pub num_samples: usize,
+}
+
+/// One measured sample.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleRecord {
+    /// The sample's `index` in the data file.
+    pub index: i64,
+    /// 0-based repetition number (see `--repeat`).
+    pub repeat: usize,
+    /// Whether it produced at least one token without error.
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Timings and token counts (absent for failed samples).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SampleMetrics>,
+    /// Generated token ids.
+    #[serde(default)]
+    pub output_token_ids: Vec<u32>,
+    /// Generated text.
+    #[serde(default)]
+    pub text: String,
+}
+
+/// Aggregates over the measured samples. Statistics use successful samples only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    /// Samples attempted (after warm-up, times repeats).
+    pub num_samples: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// succeeded / num_samples (0 when nothing ran).
+    pub success_rate: f64,
+    /// Failure reasons and how often each occurred.
+    pub failure_reasons: BTreeMap<String, usize>,
+    /// Wall time of the measured part of the run, in seconds.
+    pub duration_s: f64,
+    /// Successful samples per second of wall time (samples run one after another).
+    pub request_throughput: f64,
+    /// Output tokens of successful samples per second of wall time.
+    pub output_throughput: f64,
+    /// Input + output tokens of successful samples per second of wall time.
+    pub total_token_throughput: f64,
+    pub total_input_tokens: usize,
+    pub total_output_tokens: usize,
+    /// Time to first token, ms, one value per sample.
+    pub ttft_ms: Option<Summary>,
+    /// Time between tokens, ms, every decode step of every sample pooled.
+    pub tbt_ms: Option<Summary>,
+    /// Time per output token (vLLM's TPOT), ms, one value per sample.
+    pub tpot_ms: Option<Summary>,
+    /// Decode tokens per second, one value per sample.
+    pub tps: Option<Summary>,
+    /// End-to-end latency, ms, one value per sample.
+    pub e2e_ms: Option<Summary>,
+    pub prefill_ms: Option<Summary>,
+    pub preprocess_ms: Option<Summary>,
+    pub vision_encode_ms: Option<Summary>,
+    pub input_tokens: Option<Summary>,
+    pub output_tokens: Option<Summary>,
+}
+
+impl RunSummary {
+    /// Computes the aggregates of `samples` measured over `duration_s` seconds.
+    pub fn from_samples(samples: &[SampleRecord], duration_s: f64) -> Self {
+        let ok: Vec<&SampleMetrics> = samples.iter().filter_map(|s| s.metrics.as_ref()).collect();
+        let collect = |f: &dyn Fn(&SampleMetrics) -> Option<f64>| -> Option<Summary> {
+            summarize(&ok.iter().filter_map(|m| f(m)).collect::<Vec<_>>())
+        };
+        let tbt: Vec<f64> = ok.iter().flat_map(|m| m.tbt_ms.iter().copied()).collect();
+        let mut failure_reasons = BTreeMap::new();
+        for s in samples.iter().filter(|s| !s.ok) {
+            let reason = s.error.clone().unwrap_or_else(|| "unknown error".into());
+            *failure_reasons.entry(reason).or_insert(0) += 1;
+        }
+        let total_input_tokens: usize = ok.iter().map(|m| m.input_tokens).sum();
+        let total_output_tokens: usize = ok.iter().map(|m| m.output_tokens).sum();
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
+        let succeeded = ok.len();
+        Self {
+            num_samples: samples.len(),
+            succeeded,
+            failed: samples.len() - succeeded,
+            success_rate: if samples.is_empty() {
+                0.0
+            } else {
+                succeeded as f64 / samples.len() as f64
+            },
+            failure_reasons,
+            duration_s,
+            request_throughput: per_s(succeeded as f64),
+            output_throughput: per_s(total_output_tokens as f64),
+            total_token_throughput: per_s((total_input_tokens + total_output_tokens) as f64),
+            total_input_tokens,
+            total_output_tokens,
+            ttft_ms: collect(&|m| Some(m.ttft_ms)),
+            tbt_ms: summarize(&tbt),
+            tpot_ms: collect(&|m| m.tpot_ms),
+            tps: collect(&|m| m.tps),
+            e2e_ms: collect(&|m| Some(m.e2e_ms)),
+            prefill_ms: collect(&|m| Some(m.prefill_ms)),
+            preprocess_ms: collect(&|m| Some(m.preprocess_ms)),
+            vision_encode_ms: collect(&|m| m.vision_encode_ms),
+            input_tokens: collect(&|m| Some(m.input_tokens as f64)),
+            output_tokens: collect(&|m| Some(m.output_tokens as f64)),
+        }
+    }
+}
+
+/// Shortens text for one-line display (by characters, never splitting one).
+pub fn preview(text: &str, max_chars: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max_chars {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max_chars.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::StopReason;
+
+    pub(crate) fn record(index: i64, ttft: f64, tbt: &[f64]) -> SampleRecord {
+        let decode: f64 = tbt.iter().sum();
+        SampleRecord {
+            index,
+            repeat: 0,
+            ok: true,
+            error: None,
+            metrics: Some(SampleMetrics {
+                ttft_ms: ttft,
+                preprocess_ms: 1.0,
+                vision_encode_ms: None,
+                prefill_ms: ttft - 1.0,
+                decode_ms: decode,
+                tps: if tbt.is_empty() {
+                    None
+                } else {
+                    Some(tbt.len() as f64 / (decode / 1e3))
+                },
+                tpot_ms: None,
+                e2e_ms: ttft + decode,
+                input_tokens: 10,
+                image_tokens: 0,
+                output_tokens: tbt.len() + 1,
+                stop_reason: StopReason::MaxTokens,
+                tbt_ms: tbt.to_vec(),
+            }),
+            output_token_ids: vec![5; tbt.len() + 1],
+            text: "hi".into(),
+        }
+    }
+
+    #[test]
+    fn summary_counts_failures_and_pools_tbt() {
+        let mut failed = record(3, 0.0, &[]);
+        failed.ok = false;
+        failed.metrics = None;
+        failed.error = Some("image not found".into());
+        let samples = vec![
+            record(1, 100.0, &[10.0, 20.0]),
+            record(2, 200.0, &[30.0]),
+            failed,
+        ];
+        let s = RunSummary::from_samples(&samples, 2.0);
+        assert_eq!((s.num_samples, s.succeeded, s.failed), (3, 2, 1));
+        assert!((s.success_rate - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.failure_reasons["image not found"], 1);
+        assert_eq!(s.tbt_ms.as_ref().unwrap().count, 3);
+        assert_eq!(s.tbt_ms.as_ref().unwrap().mean, 20.0);
+        assert_eq!(s.ttft_ms.as_ref().unwrap().mean, 150.0);
+        assert_eq!(s.total_output_tokens, 5);
+        assert_eq!(s.output_throughput, 2.5);
+        assert_eq!(s.request_throughput, 1.0);
+    }
+
+    #[test]
+    fn sample_record_round_trips_through_json() {
+        let r = record(7, 12.5, &[1.0, 2.0]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("\"ttft_ms\":12.5"), "{json}");
+        let back: SampleRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn preview_cuts_on_characters() {
+        assert_eq!(preview("héllo\nworld", 20), "héllo world");
+        assert_eq!(preview("ééééé", 3), "éé…");
+    }
+}

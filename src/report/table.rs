@@ -1,0 +1,96 @@
+//! The terminal summary: one row per metric, the statistics as columns (as the seeds print it).
+
+use std::fmt::Write;
+
+use super::Report;
+use crate::memory::MaybeBytes;
+use crate::stats::Summary;
+
+/// Renders the summary table and the run totals as plain text.
+pub fn render(report: &Report) -> String {
+    let s = &report.summary;
+    let rows: [(&str, &Option<Summary>); 10] = [
+        ("TTFT (ms)", &s.ttft_ms),
+        ("TBT (ms)", &s.tbt_ms),
+        ("TPOT (ms)", &s.tpot_ms),
+        ("TPS (tok/s)", &s.tps),
+        ("E2E (ms)", &s.e2e_ms),
+        ("Prefill (ms)", &s.prefill_ms),
+        ("Preprocess (ms)", &s.preprocess_ms),
+        ("Vision enc (ms)", &s.vision_encode_ms),
+        ("Input tokens", &s.input_tokens),
+        ("Output tokens", &s.output_tokens),
+    ];
+    let mut out = String::new();
+    let e = &report.engine;
+    let _ = writeln!(
+        out,
+        "{} on {} ({}, {}) — {} [{}]",
+        e.model, e.device, e.architecture, e.dtype, report.dataset.name, report.dataset.set
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "metric", "n", "mean", "median", "p90", "p95", "p99", "min", "max", "stddev"
+    );
+    for (name, summary) in rows {
+        let Some(v) = summary else { continue };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            name,
+            v.count,
+            num(v.mean),
+            num(v.median),
+            num(v.p90),
+            num(v.p95),
+            num(v.p99),
+            num(v.min),
+            num(v.max),
+            num(v.stddev)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "success {}/{} ({:.1}%), {:.2} s, {:.3} req/s, {:.2} output tok/s",
+        s.succeeded,
+        s.num_samples,
+        s.success_rate * 100.0,
+        s.duration_s,
+        s.request_throughput,
+        s.output_throughput
+    );
+    for (reason, count) in &s.failure_reasons {
+        let _ = writeln!(out, "  failed x{count}: {reason}");
+    }
+    let m = &report.memory;
+    let _ = writeln!(
+        out,
+        "peak host RSS {}, peak GPU (process) {}, peak GPU (device) {}",
+        bytes(&m.host_peak_rss),
+        bytes(&m.gpu_peak_process),
+        bytes(&m.gpu_peak_device)
+    );
+    out
+}
+
+/// Four significant-ish digits without scientific notation for the usual ranges.
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn bytes(m: &MaybeBytes) -> String {
+    match m.bytes {
+        Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+        None => "n/a".into(),
+    }
+}

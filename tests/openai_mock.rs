@@ -1,0 +1,295 @@
+//! The HTTP client against a streaming server inside the test, with injected delays and
+//! failures: vlmbench's TTFT and per-token ITL must match what the server injected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vlmbench::engine::openai::client::{build_body, ClientConfig};
+use vlmbench::engine::openai::load::{run_level, LoadLevel};
+use vlmbench::engine::openai::stream::Endpoint;
+
+const TTFT: Duration = Duration::from_millis(50);
+const GAP: Duration = Duration::from_millis(10);
+/// Content tokens per response: the first chunk role-only, then one token per chunk, except
+/// one chunk that carries two tokens.
+const TOKENS: u64 = 20;
+
+/// When the server wrote each content chunk, by prompt: the reference the client's own
+/// timestamps are checked against (server and client share one clock in this process).
+static SERVER_WRITES: std::sync::Mutex<Option<HashMap<String, Vec<Instant>>>> =
+    std::sync::Mutex::new(None);
+
+fn log_write(prompt: &str, at: Instant) {
+    let mut g = SERVER_WRITES.lock().unwrap();
+    g.get_or_insert_with(HashMap::new)
+        .entry(prompt.to_string())
+        .or_default()
+        .push(at);
+}
+
+/// Reads one HTTP request; returns the body.
+async fn read_request(sock: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = sock.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            return Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+        }
+    }
+}
+
+async fn chunk(sock: &mut TcpStream, data: &str) -> std::io::Result<()> {
+    let frame = format!("{:x}\r\n{data}\r\n", data.len());
+    sock.write_all(frame.as_bytes()).await
+}
+
+fn sse(v: serde_json::Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// Serves one connection; behaviour chosen by the request's `model` field.
+async fn serve(mut sock: TcpStream) {
+    sock.set_nodelay(true).ok();
+    while let Some(body) = read_request(&mut sock).await {
+        let received = Instant::now();
+        let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let mode = req["model"].as_str().unwrap_or("").to_string();
+        let prompt = req["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if mode == "http500" {
+            let msg = "{\"error\":{\"message\":\"boom\"}}";
+            let _ = sock
+                .write_all(format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{msg}", msg.len()).as_bytes())
+                .await;
+            continue;
+        }
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        if sock.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let role =
+            serde_json::json!({"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]});
+        let _ = chunk(&mut sock, &sse(role)).await;
+        let mut at = received + TTFT;
+        let mut sent_tokens = 0u64;
+        let mut step = 0;
+        while sent_tokens < TOKENS {
+            // Chunk 5 bundles two tokens (as speculative decoding or stream intervals do).
+            let n = if step == 5 { 2 } else { 1 };
+            if step > 0 {
+                at += GAP * n as u32;
+            }
+            tokio::time::sleep_until(at.into()).await;
+            if mode == "stall" && step == 3 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            if mode == "drop" && step == 3 {
+                return; // connection closed mid-stream
+            }
+            if mode == "malformed" && step == 3 {
+                let _ = chunk(&mut sock, "data: {not json\n\n").await;
+                sent_tokens += n;
+                step += 1;
+                continue;
+            }
+            sent_tokens += n;
+            let v = serde_json::json!({
+                "choices":[{"index":0,"delta":{"content":"ab".repeat(n as usize)},"finish_reason":null}],
+                "usage":{"prompt_tokens":7,"completion_tokens":sent_tokens}
+            });
+            if chunk(&mut sock, &sse(v)).await.is_err() {
+                return;
+            }
+            log_write(&prompt, Instant::now());
+            step += 1;
+        }
+        let fin = serde_json::json!({"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":sent_tokens}});
+        let _ = chunk(&mut sock, &sse(fin)).await;
+        let _ = chunk(&mut sock, "data: [DONE]\n\n").await;
+        let _ = sock.write_all(b"0\r\n\r\n").await;
+    }
+}
+
+async fn start_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve(sock));
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn config(base: &str, model: &str) -> ClientConfig {
+    ClientConfig {
+        base_url: base.into(),
+        api_key: Some("sk-test".into()),
+        model: model.into(),
+        endpoint: Endpoint::Chat,
+        max_tokens: TOKENS as usize,
+        ignore_eos: true,
+        stream_usage: true,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// Timing errors of one run, in ms.
+#[derive(Debug)]
+struct Errors {
+    /// Worst |client TTFT from send − injected TTFT| (includes connection set-up and the
+    /// server's own scheduling under load).
+    ttft_vs_injected: f64,
+    /// Mean lateness of the client's first-token timestamp behind the server's write.
+    ttft_client_mean: f64,
+    /// Worst lateness of the client's first-token timestamp behind the server's write.
+    ttft_client_max: f64,
+    /// Worst |client per-token ITL − server per-token gap|.
+    itl_client_max: f64,
+}
+
+/// Runs `n` concurrent requests and measures the client's timing errors.
+async fn timing_errors(n: usize) -> Errors {
+    let base = start_server().await;
+    let cfg = Arc::new(config(&base, "ok"));
+    let tag = format!("{}-{n}", base);
+    let prompts: Vec<String> = (0..n).map(|i| format!("{tag} prompt {i}")).collect();
+    let bodies = prompts.iter().map(|p| build_body(&cfg, p, None)).collect();
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let level = LoadLevel {
+        concurrency: Some(n),
+        request_rate: None,
+        burstiness: 1.0,
+    };
+    let run = run_level(http, cfg, bodies, &level, 0).await;
+    let writes = SERVER_WRITES.lock().unwrap().clone().unwrap_or_default();
+    let mut e = Errors {
+        ttft_vs_injected: 0.0,
+        ttft_client_mean: 0.0,
+        ttft_client_max: 0.0,
+        itl_client_max: 0.0,
+    };
+    for (o, prompt) in run.outcomes.iter().zip(&prompts) {
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(o.completion_tokens, Some(TOKENS));
+        assert_eq!(o.prompt_tokens, Some(7));
+        let m = o.timeline.metrics(TOKENS).unwrap();
+        assert_eq!(m.itl_ms.len() as u64, TOKENS - 1, "per-token ITL");
+        assert_eq!(
+            m.chunk_gaps_ms.len() as u64,
+            TOKENS - 2,
+            "one chunk carried two tokens"
+        );
+        e.ttft_vs_injected = e
+            .ttft_vs_injected
+            .max((m.ttft_from_send_ms - TTFT.as_secs_f64() * 1e3).abs());
+        let server = &writes[prompt];
+        assert_eq!(server.len(), o.timeline.chunks.len());
+        let late = o.timeline.chunks[0]
+            .at
+            .saturating_duration_since(server[0])
+            .as_secs_f64()
+            * 1e3;
+        e.ttft_client_mean += late / n as f64;
+        e.ttft_client_max = e.ttft_client_max.max(late);
+        for (i, w) in server.windows(2).enumerate() {
+            let server_gap = (w[1] - w[0]).as_secs_f64() * 1e3;
+            let client_gap = m.chunk_gaps_ms[i];
+            e.itl_client_max = e.itl_client_max.max((client_gap - server_gap).abs());
+        }
+        // The per-token split reproduces the injected per-token gap.
+        let tokens_per_chunk: Vec<u64> = o.timeline.chunks.iter().map(|c| c.tokens).collect();
+        assert_eq!(tokens_per_chunk.iter().sum::<u64>(), TOKENS);
+        assert_eq!(tokens_per_chunk[5], 2);
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttft_and_itl_match_injected_delays_at_1_stream() {
+    let e = timing_errors(1).await;
+    println!("1 stream: {e:?}");
+    assert!(e.ttft_vs_injected < 3.0, "{e:?}");
+    assert!(e.ttft_client_max < 1.0, "{e:?}");
+    assert!(e.itl_client_max < 1.0, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttft_and_itl_match_injected_delays_at_256_streams() {
+    let e = timing_errors(256).await;
+    println!("256 streams: {e:?}");
+    // The server shares the same 2 cores with the client under test, so bounds are looser
+    // than at one stream; the mean client lateness stays small.
+    assert!(e.ttft_client_mean < 5.0, "{e:?}");
+    assert!(e.ttft_client_max < 30.0, "{e:?}");
+    assert!(e.itl_client_max < 30.0, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_is_recorded_with_its_reason() {
+    let base = start_server().await;
+    let http = reqwest::Client::new();
+    let cases = [
+        ("http500", "HTTP 500"),
+        ("drop", "stream"),
+        ("malformed", "malformed"),
+        ("stall", "timed out"),
+    ];
+    for (mode, want) in cases {
+        let mut cfg = config(&base, mode);
+        cfg.timeout = Duration::from_millis(800);
+        let cfg = Arc::new(cfg);
+        let body = build_body(&cfg, "x", None);
+        let level = LoadLevel {
+            concurrency: Some(1),
+            request_rate: None,
+            burstiness: 1.0,
+        };
+        let run = run_level(http.clone(), cfg, vec![body], &level, 0).await;
+        let err = run.outcomes[0].error.clone().unwrap_or_default();
+        assert!(err.contains(want), "{mode}: {err:?}");
+    }
+    // Nothing listens on this port: the error says so at once.
+    let cfg = Arc::new(config("http://127.0.0.1:9", "ok"));
+    let body = build_body(&cfg, "x", None);
+    let t = Instant::now();
+    let level = LoadLevel {
+        concurrency: Some(1),
+        request_rate: None,
+        burstiness: 1.0,
+    };
+    let run = run_level(http, cfg, vec![body], &level, 0).await;
+    assert!(run.outcomes[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .to_lowercase()
+        .contains("connect"));
+    assert!(t.elapsed() < Duration::from_secs(3));
+}

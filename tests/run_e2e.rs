@@ -1,0 +1,274 @@
+//! `vlmbench run` end to end: the real binary on models written by `vlmbench synth-model`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::str::contains;
+use serde_json::Value;
+
+fn vlmbench() -> Command {
+    Command::cargo_bin("vlmbench").unwrap()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn synth(dir: &Path, preset: &str) -> PathBuf {
+    let out = dir.join(preset);
+    vlmbench()
+        .args(["synth-model", "--preset", preset, "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+fn prompts(dir: &Path, lines: &str) -> PathBuf {
+    let txt = dir.join("p.txt");
+    std::fs::write(&txt, lines).unwrap();
+    let out = dir.join("prompts_p.json");
+    vlmbench()
+        .args(["prepare", "prompts", "--file"])
+        .arg(&txt)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+/// Invariants every successful sample must satisfy.
+fn check_sample(s: &Value, max_new: u64) {
+    assert_eq!(s["ok"], true, "{s}");
+    let ttft = s["ttft_ms"].as_f64().unwrap();
+    assert!(ttft > 0.0);
+    let out = s["output_tokens"].as_u64().unwrap();
+    assert!(out >= 1 && out <= max_new);
+    let tbt: Vec<f64> = s["tbt_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(tbt.len() as u64, out - 1, "TBT count = output tokens - 1");
+    assert_eq!(s["output_token_ids"].as_array().unwrap().len() as u64, out);
+    let decode: f64 = tbt.iter().sum();
+    assert!((decode - s["decode_ms"].as_f64().unwrap()).abs() < 1e-6 * decode.max(1.0) + 1e-9);
+    if out > 1 {
+        let tps = s["tps"].as_f64().unwrap();
+        let from_tbt = (out - 1) as f64 / (decode / 1e3);
+        assert!(
+            (tps - from_tbt).abs() / from_tbt < 1e-9,
+            "TPS {tps} vs TBT {from_tbt}"
+        );
+    }
+    assert!(s["e2e_ms"].as_f64().unwrap() >= ttft + decode - 1e-9);
+    assert!(s["prefill_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn text_model_report_csv_and_invariants() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "tiny-llama");
+    let data = prompts(
+        dir.path(),
+        "Hello there\nWhat is the capital of France?\nTell me a story\n",
+    );
+    let report = dir.path().join("r/report.json");
+    vlmbench()
+        .args(["run", "--model-path"])
+        .arg(&model)
+        .arg("--data-file")
+        .arg(&data)
+        .args([
+            "--max-new-tokens",
+            "12",
+            "--ignore-eos",
+            "--repeat",
+            "2",
+            "--warmup",
+            "1",
+        ])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .success()
+        .stdout(contains("TTFT (ms)"))
+        .stdout(contains("TPS (tok/s)"));
+    let v = read_json(&report);
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["status"], "complete");
+    assert_eq!(v["engine"]["backend"], "candle");
+    assert_eq!(v["engine"]["architecture"], "llama");
+    assert_eq!(v["config"]["max_new_tokens"], 12);
+    assert_eq!(v["dataset"]["name"], "prompts_p");
+    assert_eq!(v["dataset"]["sha256"].as_str().unwrap().len(), 64);
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 6);
+    for s in samples {
+        check_sample(s, 12);
+        // --ignore-eos: fixed-length decode.
+        assert_eq!(s["output_tokens"], 12);
+    }
+    // Greedy decoding is deterministic: the repeat produced the same tokens.
+    assert_eq!(
+        samples[0]["output_token_ids"],
+        samples[3]["output_token_ids"]
+    );
+    let sum = &v["summary"];
+    assert_eq!(sum["success_rate"], 1.0);
+    assert_eq!(sum["tbt_ms"]["count"], 6 * 11);
+    assert!(sum["ttft_ms"]["p99"].as_f64().unwrap() >= sum["ttft_ms"]["median"].as_f64().unwrap());
+    assert!(v["memory"]["host_peak_rss"]["bytes"].as_u64().unwrap() > 0);
+    assert!(v["memory"]["gpu_peak_process"]["bytes"].is_null());
+    assert!(v["memory"]["gpu_peak_process"]["unavailable_reason"].is_string());
+    let csv = std::fs::read_to_string(dir.path().join("r/report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6, "header + one row per sample");
+    assert!(csv.starts_with("index,repeat,ok,"));
+}
+
+#[test]
+fn failing_samples_are_recorded_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "tiny-llama");
+    // The second prompt is far longer than tiny-llama's context window.
+    let long = "word ".repeat(20_000);
+    let data = prompts(
+        dir.path(),
+        &format!("short one\n{long}\nanother short one\n"),
+    );
+    let report = dir.path().join("report.json");
+    vlmbench()
+        .args(["run", "--model-path"])
+        .arg(&model)
+        .arg("--data-file")
+        .arg(&data)
+        .args(["--max-new-tokens", "4", "--warmup", "0"])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .code(3);
+    let v = read_json(&report);
+    assert_eq!(v["status"], "complete");
+    let s = v["samples"].as_array().unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s[1]["ok"], false);
+    assert!(
+        s[1]["error"].as_str().unwrap().contains("context"),
+        "{}",
+        s[1]["error"]
+    );
+    assert_eq!(s[2]["ok"], true);
+    assert_eq!(v["summary"]["failed"], 1);
+    assert!((v["summary"]["success_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+}
+
+#[test]
+fn bad_inputs_fail_fast_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    vlmbench()
+        .args([
+            "run",
+            "--model",
+            "random:tiny-llama",
+            "--data-file",
+            "/no/such/set.json",
+        ])
+        .assert()
+        .failure()
+        .stderr(contains("/no/such/set.json"));
+    let unsupported = dir.path().join("m");
+    std::fs::create_dir_all(&unsupported).unwrap();
+    std::fs::write(
+        unsupported.join("config.json"),
+        r#"{"architectures": ["BertModel"], "model_type": "bert"}"#,
+    )
+    .unwrap();
+    let data = prompts(dir.path(), "hi\n");
+    vlmbench()
+        .args(["run", "--model-path"])
+        .arg(&unsupported)
+        .arg("--data-file")
+        .arg(&data)
+        .assert()
+        .failure()
+        .stderr(contains("llama"));
+}
+
+#[test]
+fn ctrl_c_still_writes_a_valid_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path(), "one\ntwo\nthree\n");
+    let report = dir.path().join("report.json");
+    let bin = assert_cmd::cargo::cargo_bin("vlmbench");
+    let mut child = std::process::Command::new(bin)
+        .args(["run", "--model", "random:tiny-llama", "--data-file"])
+        .arg(&data)
+        .args([
+            "--max-new-tokens",
+            "64",
+            "--ignore-eos",
+            "--repeat",
+            "100000",
+            "--warmup",
+            "0",
+        ])
+        .arg("--report-file")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let v = read_json(&report);
+    assert_eq!(v["status"], "interrupted");
+    for s in v["samples"].as_array().unwrap() {
+        check_sample(s, 64);
+    }
+    assert_eq!(
+        v["summary"]["num_samples"].as_u64().unwrap() as usize,
+        v["samples"].as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn default_run_uses_the_random_preset_on_the_builtin_synthetic_set() {
+    let dir = tempfile::tempdir().unwrap();
+    vlmbench()
+        .current_dir(dir.path())
+        .args(["run", "--max-new-tokens", "6", "--limit", "3"])
+        .assert()
+        .success();
+    let reports: Vec<_> = std::fs::read_dir(dir.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let v = read_json(&reports[0]);
+    assert_eq!(v["engine"]["model"], "random:tiny-llama");
+    assert_eq!(v["dataset"]["set"], "synthetic");
+    assert!(dir
+        .path()
+        .join("perf_data/synthetic_builtin.json")
+        .is_file());
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    for s in samples {
+        check_sample(s, 6);
+    }
+}
