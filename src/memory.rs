@@ -41,6 +41,42 @@ pub struct MemoryReport {
     /// Sampling interval of the GPU sampler, in milliseconds (short spikes can be missed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_sample_interval_ms: Option<u64>,
+    /// Exact peak of CUDA memory-pool allocations during prefill (vision encoder included for
+    /// vision models), the maximum over samples.
+    #[serde(default = "not_measured")]
+    pub gpu_pool_peak_prefill: MaybeBytes,
+    /// The same during decode.
+    #[serde(default = "not_measured")]
+    pub gpu_pool_peak_decode: MaybeBytes,
+}
+
+fn not_measured() -> MaybeBytes {
+    MaybeBytes::unknown("not measured")
+}
+
+impl MemoryReport {
+    /// Fills the pool peaks from the samples' per-phase measurements.
+    pub fn with_pool_peaks<'a>(
+        mut self,
+        peaks: impl Iterator<Item = &'a crate::engine::PhasePeaks>,
+    ) -> Self {
+        let (mut prefill, mut decode, mut any) = (None::<u64>, None::<u64>, false);
+        for p in peaks {
+            any = true;
+            prefill = prefill.max(p.prefill_bytes.max(p.vision_bytes));
+            decode = decode.max(p.decode_bytes);
+        }
+        let reason = if any {
+            "the driver reported no memory-pool peak"
+        } else {
+            "no CUDA memory pool: the model did not run on a CUDA device"
+        };
+        self.gpu_pool_peak_prefill =
+            prefill.map_or_else(|| MaybeBytes::unknown(reason), MaybeBytes::known);
+        self.gpu_pool_peak_decode =
+            decode.map_or_else(|| MaybeBytes::unknown(reason), MaybeBytes::known);
+        self
+    }
 }
 
 /// Peak resident set size of this process so far.
@@ -123,6 +159,8 @@ impl GpuSampler {
                 gpu_peak_process: process,
                 gpu_peak_device: device,
                 gpu_sample_interval_ms: Some(interval),
+                gpu_pool_peak_prefill: not_measured(),
+                gpu_pool_peak_decode: not_measured(),
             };
         }
         let reason = self.reason.unwrap_or_else(|| "not sampled".into());
@@ -131,6 +169,8 @@ impl GpuSampler {
             gpu_peak_process: MaybeBytes::unknown(reason.clone()),
             gpu_peak_device: MaybeBytes::unknown(reason),
             gpu_sample_interval_ms: None,
+            gpu_pool_peak_prefill: not_measured(),
+            gpu_pool_peak_decode: not_measured(),
         }
     }
 }
@@ -213,6 +253,87 @@ mod nvml_sampler {
                 )
             });
             (p, d, self.interval_ms)
+        }
+    }
+}
+
+/// Exact high-water mark of the CUDA memory pool candle allocates from.
+///
+/// cudarc (candle's CUDA layer) allocates with `cuMemAllocAsync` from the device's default
+/// memory pool where the driver supports it. The pool's `USED_MEM_HIGH` attribute is the exact
+/// peak of bytes allocated since its last reset, so it can be reset and read per phase
+/// (vision encoder, prefill, decode), which NVML sampling cannot do: NVML sees the whole
+/// process (CUDA context, cuBLAS workspaces, pool reserve) and misses spikes shorter than its
+/// sampling interval.
+pub struct DevicePool {
+    #[cfg(feature = "cuda")]
+    pool: candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool,
+}
+
+impl DevicePool {
+    /// The default pool of CUDA device `ordinal`; `None` where there is no CUDA build or the
+    /// driver has no memory pools.
+    pub fn for_device(ordinal: usize) -> Option<Self> {
+        #[cfg(feature = "cuda")]
+        {
+            use candle_core::cuda_backend::cudarc::driver::sys;
+            // SAFETY: plain driver queries with out-pointers to locals; the driver is
+            // initialised because candle opened the device before this is called.
+            unsafe {
+                let mut dev: sys::CUdevice = 0;
+                if sys::cuDeviceGet(&mut dev, ordinal as i32) != sys::CUresult::CUDA_SUCCESS {
+                    return None;
+                }
+                let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+                if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) != sys::CUresult::CUDA_SUCCESS {
+                    return None;
+                }
+                Some(Self { pool })
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ordinal;
+            None
+        }
+    }
+
+    /// Starts a new measurement window: the high-water mark becomes the current usage.
+    pub fn reset_peak(&self) {
+        #[cfg(feature = "cuda")]
+        {
+            use candle_core::cuda_backend::cudarc::driver::sys;
+            let mut zero: u64 = 0;
+            // SAFETY: USED_MEM_HIGH takes a cuuint64_t; only resetting to 0 is allowed.
+            unsafe {
+                sys::cuMemPoolSetAttribute(
+                    self.pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    &mut zero as *mut u64 as *mut std::ffi::c_void,
+                );
+            }
+        }
+    }
+
+    /// Peak bytes in use since the last [`reset_peak`](Self::reset_peak).
+    pub fn peak(&self) -> Option<u64> {
+        #[cfg(feature = "cuda")]
+        {
+            use candle_core::cuda_backend::cudarc::driver::sys;
+            let mut value: u64 = 0;
+            // SAFETY: the attribute is a cuuint64_t written into `value`.
+            let rc = unsafe {
+                sys::cuMemPoolGetAttribute(
+                    self.pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                    &mut value as *mut u64 as *mut std::ffi::c_void,
+                )
+            };
+            (rc == sys::CUresult::CUDA_SUCCESS).then_some(value)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            None
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Generation, StopReason};
+use crate::engine::{Generation, PhasePeaks, StopReason};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -41,6 +41,9 @@ pub struct SampleMetrics {
     pub image_tokens: usize,
     pub output_tokens: usize,
     pub stop_reason: StopReason,
+    /// Exact CUDA memory-pool peaks per phase (CUDA runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_pool_peaks: Option<PhasePeaks>,
     /// Every gap between consecutive tokens, in generation order.
     pub tbt_ms: Vec<f64>,
 }
@@ -82,6 +85,7 @@ impl SampleMetrics {
             image_tokens: g.image_tokens,
             output_tokens: g.token_arrivals.len(),
             stop_reason: g.stop_reason,
+            gpu_pool_peaks: g.pool_peaks,
             tbt_ms,
         })
     }
@@ -105,6 +109,7 @@ mod tests {
             output_token_ids: vec![1; arrivals_ms.len()],
             text: String::new(),
             stop_reason: StopReason::MaxTokens,
+            pool_peaks: None,
         }
     }
 

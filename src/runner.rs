@@ -215,6 +215,7 @@ mod tests {
                 output_token_ids: vec![7; n],
                 text: "x".repeat(n),
                 stop_reason: StopReason::MaxTokens,
+                pool_peaks: None,
             })
         }
     }

@@ -108,7 +108,12 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let environment = Environment::capture(gpu_ordinal);
     let sampler = GpuSampler::start(gpu_ordinal, GPU_SAMPLE_INTERVAL_MS);
     let outcome = runner::run(engine.as_mut(), &dataset, &opts, &cancel, &progress);
-    let memory = sampler.finish();
+    let memory = sampler.finish().with_pool_peaks(
+        outcome
+            .samples
+            .iter()
+            .filter_map(|s| s.metrics.as_ref().and_then(|m| m.gpu_pool_peaks.as_ref())),
+    );
     progress.finish_and_clear();
 
     let report = Report {

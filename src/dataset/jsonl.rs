@@ -28,7 +28,7 @@ use crate::fsutil::parent_dir;
 
 /// `jsonl_<name>.json`.
 pub fn default_file_name(name: &str) -> String {
-    format!("jsonl_{name}.json")
+    format!("jsonl_{}.json", crate::fsutil::sanitize_file_stem(name))
 }
 
 /// Where one line's image comes from.

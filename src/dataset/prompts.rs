@@ -53,7 +53,7 @@ pub enum PromptSource {
 
 /// `prompts_<name>.json`.
 pub fn default_file_name(name: &str) -> String {
-    format!("prompts_{name}.json")
+    format!("prompts_{}.json", crate::fsutil::sanitize_file_stem(name))
 }
 
 /// A set name from a file's stem.

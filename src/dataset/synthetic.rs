@@ -60,7 +60,7 @@ pub struct SyntheticOptions {
 
 /// `synthetic_<name>.json`.
 pub fn default_file_name(name: &str) -> String {
-    format!("synthetic_{name}.json")
+    format!("synthetic_{}.json", crate::fsutil::sanitize_file_stem(name))
 }
 
 /// Generates the set and writes it to `out`.

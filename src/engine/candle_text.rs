@@ -12,7 +12,10 @@ use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
 use super::llama::{KvCache, LlamaModel};
-use super::{Engine, EngineError, EngineInfo, Generation, GenerationRequest, StopReason};
+use super::{
+    Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks, StopReason,
+};
+use crate::memory::DevicePool;
 
 pub struct CandleTextEngine {
     model: LlamaModel,
@@ -20,6 +23,8 @@ pub struct CandleTextEngine {
     tokenizer: Tokenizer,
     eos: Vec<u32>,
     info: EngineInfo,
+    /// CUDA memory pool, for exact per-phase peaks (None on CPU).
+    pool: Option<DevicePool>,
 }
 
 impl CandleTextEngine {
@@ -32,12 +37,17 @@ impl CandleTextEngine {
         // Start small; the cache grows (before prefill, outside any timed decode step) when a
         // request needs more, up to the context length.
         let cache = model.new_cache(1024)?;
+        let pool = match model.device().location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
+            _ => None,
+        };
         Ok(Self {
             model,
             cache,
             tokenizer,
             eos,
             info,
+            pool,
         })
     }
 }
@@ -81,12 +91,20 @@ impl Engine for CandleTextEngine {
         }
         self.cache.reset();
         let preprocess = start.elapsed();
+        let mut peaks = PhasePeaks::default();
+        if let Some(p) = &self.pool {
+            p.reset_peak();
+        }
 
         let embeds = self.model.embed_tokens(&ids)?;
         let logits = self.model.forward_embeds(&embeds, &mut self.cache)?;
         let mut next = argmax(&logits).map_err(anyhow::Error::from)?;
         let mut arrivals = vec![start.elapsed()];
         let mut out = vec![next];
+        if let Some(p) = &self.pool {
+            peaks.prefill_bytes = p.peak();
+            p.reset_peak();
+        }
         let stop_reason = loop {
             if !req.ignore_eos && self.eos.contains(&next) {
                 break StopReason::Eos;
@@ -106,6 +124,9 @@ impl Engine for CandleTextEngine {
             arrivals.push(start.elapsed());
             out.push(next);
         };
+        if let Some(p) = &self.pool {
+            peaks.decode_bytes = p.peak();
+        }
         let text = self.tokenizer.decode(&out, true).unwrap_or_default();
         Ok(Generation {
             preprocess,
@@ -117,6 +138,7 @@ impl Engine for CandleTextEngine {
             output_token_ids: out,
             text,
             stop_reason,
+            pool_peaks: self.pool.is_some().then_some(peaks),
         })
     }
 }

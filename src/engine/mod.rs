@@ -65,6 +65,17 @@ pub struct Generation {
     /// Generated text (decoded from `output_token_ids`).
     pub text: String,
     pub stop_reason: StopReason,
+    /// Exact CUDA memory-pool peaks per phase (CUDA runs only).
+    pub pool_peaks: Option<PhasePeaks>,
+}
+
+/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
+/// (see [`crate::memory::DevicePool`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasePeaks {
+    pub vision_bytes: Option<u64>,
+    pub prefill_bytes: Option<u64>,
+    pub decode_bytes: Option<u64>,
 }
 
 /// Errors the runner treats differently: a failed sample is recorded and the run goes on;

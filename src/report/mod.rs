@@ -241,6 +241,7 @@ mod tests {
                 image_tokens: 0,
                 output_tokens: tbt.len() + 1,
                 stop_reason: StopReason::MaxTokens,
+                gpu_pool_peaks: None,
                 tbt_ms: tbt.to_vec(),
             }),
             output_token_ids: vec![5; tbt.len() + 1],
