@@ -200,17 +200,21 @@ pub struct JsonlArgs {
     vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_long.json --device cuda --dtype f16\n  \
     vlmbench run --model-path ./model-q8_0.gguf --data-file perf_data/prompts_short.json --max-new-tokens 64 --ignore-eos")]
 pub struct RunArgs {
+    /// Where the model runs: in this process (candle) or behind an OpenAI-compatible server.
+    #[arg(long, value_enum, default_value_t = Backend::Candle)]
+    pub backend: Backend,
     /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
-    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b).
+    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b); default
+    /// random:tiny-llama. With --backend openai: the model name to request (default: the first
+    /// model the server lists).
     #[arg(
         long,
         visible_alias = "model",
         env = "VLMBENCH_MODEL_PATH",
-        value_name = "PATH|ID",
-        default_value = "random:tiny-llama"
+        value_name = "PATH|ID|NAME"
     )]
-    pub model_path: String,
-    /// Frozen data set from `vlmbench prepare` (default: a built-in synthetic image+text set).
+    pub model_path: Option<String>,
+    /// Frozen data set from `vlmbench prepare` (default: the built-in synthetic set).
     #[arg(long, value_name = "FILE")]
     pub data_file: Option<PathBuf>,
     /// Weight dtype for safetensors models (GGUF keeps its own): auto = f16 on CUDA, f32 on CPU.
@@ -250,6 +254,56 @@ pub struct RunArgs {
     /// Do not print the summary table.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// In-process candle engine.
+    Candle,
+    /// An OpenAI-compatible HTTP server (llama.cpp, vLLM, SGLang, TGI), streaming.
+    Openai,
+}
+
+/// Options of `--backend openai`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Server (--backend openai)")]
+pub struct ServerArgs {
+    /// Server address, e.g. http://127.0.0.1:8000 (with or without /v1).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Bearer token; never written to reports or logs.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// `chat` (/v1/chat/completions, images as data URLs) or `completions` (/v1/completions, text only).
+    #[arg(long, value_enum, default_value_t = EndpointArg::Chat)]
+    pub endpoint: EndpointArg,
+    /// Requests in flight; a list runs a sweep, one report section per level (e.g. 1,4,8).
+    #[arg(long, value_delimiter = ',', value_name = "N[,N...]")]
+    pub concurrency: Vec<usize>,
+    /// Arrivals per second (Poisson; see --burstiness); `inf` sends all at once.
+    #[arg(long, value_name = "R|inf")]
+    pub request_rate: Option<f64>,
+    /// Gamma shape of inter-arrival times: 1 = Poisson, below 1 burstier.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// Requests per level (default: every sample of the set once; cycles through the set).
+    #[arg(long)]
+    pub num_prompts: Option<usize>,
+    /// Seconds before a request is abandoned and counted as failed.
+    #[arg(long, default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// Do not send `stream_options` (for servers that reject it); token counts then come from
+    /// --tokenizer or the number of streamed chunks.
+    #[arg(long)]
+    pub no_stream_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointArg {
+    Chat,
+    Completions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -30,8 +30,8 @@ fn log_write(prompt: &str, at: Instant) {
         .push(at);
 }
 
-/// Reads one HTTP request; returns the body.
-async fn read_request(sock: &mut TcpStream) -> Option<String> {
+/// Reads one HTTP request; returns the request line and the body.
+async fn read_request(sock: &mut TcpStream) -> Option<(String, String)> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
     loop {
@@ -54,7 +54,11 @@ async fn read_request(sock: &mut TcpStream) -> Option<String> {
                 }
                 buf.extend_from_slice(&tmp[..n]);
             }
-            return Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+            let line = head.lines().next().unwrap_or("").to_string();
+            return Some((
+                line,
+                String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned(),
+            ));
         }
     }
 }
@@ -71,8 +75,23 @@ fn sse(v: serde_json::Value) -> String {
 /// Serves one connection; behaviour chosen by the request's `model` field.
 async fn serve(mut sock: TcpStream) {
     sock.set_nodelay(true).ok();
-    while let Some(body) = read_request(&mut sock).await {
+    while let Some((line, body)) = read_request(&mut sock).await {
         let received = Instant::now();
+        if line.starts_with("get ") {
+            let (status, msg) = if line.contains("/v1/models") {
+                (
+                    "200 OK",
+                    r#"{"object":"list","data":[{"id":"ok","object":"model"}]}"#,
+                )
+            } else {
+                ("404 Not Found", "{}")
+            };
+            let resp = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{msg}", msg.len());
+            if sock.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let req: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let mode = req["model"].as_str().unwrap_or("").to_string();
         let prompt = req["messages"][0]["content"]
@@ -192,7 +211,7 @@ async fn timing_errors(n: usize) -> Errors {
         request_rate: None,
         burstiness: 1.0,
     };
-    let run = run_level(http, cfg, bodies, &level, 0).await;
+    let run = run_level(http, cfg, bodies, &level, 0, Default::default()).await;
     let writes = SERVER_WRITES.lock().unwrap().clone().unwrap_or_default();
     let mut e = Errors {
         ttft_vs_injected: 0.0,
@@ -283,7 +302,7 @@ async fn every_failure_is_recorded_with_its_reason() {
             request_rate: None,
             burstiness: 1.0,
         };
-        let run = run_level(http.clone(), cfg, vec![body], &level, 0).await;
+        let run = run_level(http.clone(), cfg, vec![body], &level, 0, Default::default()).await;
         let err = run.outcomes[0].error.clone().unwrap_or_default();
         assert!(err.contains(want), "{mode}: {err:?}");
     }
@@ -296,7 +315,7 @@ async fn every_failure_is_recorded_with_its_reason() {
         request_rate: None,
         burstiness: 1.0,
     };
-    let run = run_level(http, cfg, vec![body], &level, 0).await;
+    let run = run_level(http, cfg, vec![body], &level, 0, Default::default()).await;
     assert!(run.outcomes[0]
         .error
         .as_deref()
@@ -304,4 +323,81 @@ async fn every_failure_is_recorded_with_its_reason() {
         .to_lowercase()
         .contains("connect"));
     assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+/// The whole CLI path: a concurrency sweep against the mock server, written as a serving report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_sweep_writes_a_serving_report() {
+    let base = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompts_short.json");
+    let report = dir.path().join("serve.json");
+    let bin = assert_cmd::cargo::cargo_bin("vlmbench");
+    let (b, d, r) = (bin.clone(), data.clone(), report.clone());
+    let (prep, out) = tokio::task::spawn_blocking(move || {
+        let prep = std::process::Command::new(&b)
+            .args(["prepare", "prompts", "--builtin", "short", "--out"])
+            .arg(&d)
+            .status()
+            .unwrap();
+        let out = std::process::Command::new(&b)
+            .args([
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                &base,
+                "--data-file",
+            ])
+            .arg(&d)
+            .args([
+                "--concurrency",
+                "1,4",
+                "--num-prompts",
+                "8",
+                "--max-new-tokens",
+                "20",
+                "--api-key",
+                "sk-secret-123",
+                "--report-file",
+            ])
+            .arg(&r)
+            .output()
+            .unwrap();
+        (prep, out)
+    })
+    .await
+    .unwrap();
+    assert!(prep.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    let csv = std::fs::read_to_string(report.with_extension("csv")).unwrap();
+    assert!(
+        !text.contains("sk-secret-123") && !csv.contains("sk-secret-123"),
+        "API key leaked"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["kind"], "serving");
+    assert_eq!(
+        v["server"]["model"], "ok",
+        "model name taken from /v1/models"
+    );
+    let levels = v["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for (l, c) in levels.iter().zip([1, 4]) {
+        assert_eq!(l["concurrency"], c);
+        assert_eq!(l["completed"], 8);
+        assert_eq!(l["failed"], 0);
+        assert_eq!(l["total_output_tokens"], 8 * TOKENS);
+        let ttft = l["ttft_ms"]["median"].as_f64().unwrap();
+        assert!((49.0..70.0).contains(&ttft), "TTFT median {ttft}");
+        let itl = l["itl_ms"]["median"].as_f64().unwrap();
+        assert!((9.0..11.5).contains(&itl), "ITL median {itl}");
+        assert_eq!(l["requests"].as_array().unwrap().len(), 8);
+    }
+    assert_eq!(csv.lines().count(), 1 + 16);
 }

@@ -2,4 +2,5 @@
 
 pub mod prepare;
 pub mod run;
+pub mod serve;
 pub mod synth_model;

@@ -33,7 +33,20 @@ pub fn default_args() -> RunArgs {
     }
 }
 
+/// The model `run` uses when none is given.
+pub const DEFAULT_MODEL: &str = "random:tiny-llama";
+
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    if args.backend == crate::cli::Backend::Openai {
+        return super::serve::execute(args);
+    }
+    if args.server.base_url.is_some() {
+        bail!("--base-url needs --backend openai");
+    }
+    let model = args
+        .model_path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
@@ -49,21 +62,11 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     }
 
     // Installed before the model loads, so a Ctrl-C at any point still ends in a report.
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let cancel = cancel.clone();
-        // First Ctrl-C: finish the report with what is done. Second: leave at once.
-        let _ = ctrlc::set_handler(move || {
-            if cancel.swap(true, Ordering::SeqCst) {
-                std::process::exit(EXIT_INTERRUPTED as i32);
-            }
-            eprintln!("\ninterrupted: stopping after the current step and writing the report (Ctrl-C again to quit now)");
-        });
-    }
+    let cancel = install_ctrl_c();
 
     let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
     let options = crate::engine::load::EngineOptions {
-        model: args.model_path.clone(),
+        model: model.clone(),
         dtype: match args.dtype {
             DtypeArg::Auto => None,
             DtypeArg::F32 => Some(candle_core::DType::F32),
@@ -74,7 +77,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         tokenizer: args.tokenizer.clone(),
         seed: args.seed,
     };
-    eprintln!("loading {} ...", args.model_path);
+    eprintln!("loading {model} ...");
     let mut engine = crate::engine::load::open_engine(&options)?;
     let info = engine.info().clone();
     if !info.vision && dataset.file.samples.iter().any(|s| s.image.is_some()) {
@@ -173,8 +176,21 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     })
 }
 
+/// First Ctrl-C: finish the report with what is done. Second: leave at once.
+pub fn install_ctrl_c() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(EXIT_INTERRUPTED as i32);
+        }
+        eprintln!("\ninterrupted: stopping after the current step and writing the report (Ctrl-C again to quit now)");
+    });
+    cancel
+}
+
 /// The data set to run: the given file, or the built-in synthetic set (written on first use).
-fn load_dataset(path: Option<&Path>) -> Result<(PathBuf, LoadedDataset)> {
+pub fn load_dataset(path: Option<&Path>) -> Result<(PathBuf, LoadedDataset)> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
@@ -209,7 +225,7 @@ pub fn builtin_synthetic() -> synthetic::SyntheticOptions {
     }
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+pub fn progress_bar(total: u64) -> ProgressBar {
     if !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -223,7 +239,7 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
-fn default_report_path(model: &str, set_name: &str, stamp: &str) -> PathBuf {
+pub fn default_report_path(model: &str, set_name: &str, stamp: &str) -> PathBuf {
     let model = model
         .trim_end_matches('/')
         .rsplit('/')

@@ -7,6 +7,7 @@
 pub mod csv;
 pub mod environment;
 pub mod json;
+pub mod serving;
 pub mod table;
 
 use std::collections::BTreeMap;

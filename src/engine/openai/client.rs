@@ -206,7 +206,8 @@ async fn stream_into(
     Ok(())
 }
 
-fn describe_reqwest(e: &reqwest::Error) -> String {
+/// A reqwest error with its whole cause chain ("connection refused"...).
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

@@ -8,6 +8,7 @@
 //! - concurrency-only mode: there is no schedule; a request is due when a slot frees, so its
 //!   scheduled and sent times coincide.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,19 +50,23 @@ pub fn arrival_offsets(n: usize, rate: Option<f64>, burstiness: f64, seed: u64) 
 /// Results of one level.
 #[derive(Debug)]
 pub struct LevelRun {
-    /// In the order of the request bodies given.
+    /// The requests that were sent, in the order of the bodies given.
     pub outcomes: Vec<RequestOutcome>,
+    /// For each outcome, the position of its body in the input.
+    pub positions: Vec<usize>,
     /// From the first scheduled request to the last response.
     pub duration: Duration,
 }
 
-/// Sends every body under the level's load pattern and waits for all of them.
+/// Sends every body under the level's load pattern and waits for all of them. Requests not yet
+/// sent when `cancel` is set are dropped (not counted); those in flight finish.
 pub async fn run_level(
     http: reqwest::Client,
     cfg: Arc<ClientConfig>,
     bodies: Vec<Vec<u8>>,
     level: &LoadLevel,
     seed: u64,
+    cancel: Arc<AtomicBool>,
 ) -> LevelRun {
     let n = bodies.len();
     let offsets = arrival_offsets(n, level.request_rate, level.burstiness, seed);
@@ -72,21 +77,29 @@ pub async fn run_level(
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for (body, offset) in bodies.into_iter().zip(offsets) {
-        let (http, cfg, slots) = (http.clone(), cfg.clone(), slots.clone());
+        let (http, cfg, slots, cancel) = (http.clone(), cfg.clone(), slots.clone(), cancel.clone());
         let due = start + offset;
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(due.into()).await;
             let _permit = slots.acquire_owned().await.expect("semaphore never closed");
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
             let scheduled = if open_loop { due } else { Instant::now() };
-            send(&http, &cfg, body, scheduled).await
+            Some(send(&http, &cfg, body, scheduled).await)
         }));
     }
     let mut outcomes = Vec::with_capacity(n);
-    for h in handles {
-        outcomes.push(h.await.expect("request task panicked"));
+    let mut positions = Vec::with_capacity(n);
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Some(o) = h.await.expect("request task panicked") {
+            outcomes.push(o);
+            positions.push(i);
+        }
     }
     LevelRun {
         outcomes,
+        positions,
         duration: start.elapsed(),
     }
 }

@@ -1,0 +1,215 @@
+//! Report of a run against an OpenAI-compatible server: one section per load level.
+//!
+//! Field names follow vLLM's `bench serve` results where a user would look for them
+//! (`completed`, `request_throughput`, `output_throughput`, `total_token_throughput`, and per
+//! metric `mean`/`median`/`p99`..., so vLLM's `mean_ttft_ms` is `ttft_ms.mean` here). See the
+//! README's metric table for the mapping to vLLM and AIPerf.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{preview, DatasetRef, Environment, RunStatus};
+use crate::fsutil::write_atomic;
+use crate::stats::Summary;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServingReport {
+    pub schema_version: u32,
+    /// Always `serving`, to tell it from an in-process report.
+    pub kind: String,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<String>,
+    pub started_at: String,
+    pub environment: Environment,
+    pub server: ServerInfo,
+    pub config: ServingConfig,
+    pub dataset: DatasetRef,
+    pub levels: Vec<LevelReport>,
+}
+
+/// What the server says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub base_url: String,
+    pub endpoint: String,
+    /// Model name sent in requests.
+    pub model: String,
+    /// `GET /v1/models` response.
+    pub models: Option<serde_json::Value>,
+    /// llama.cpp's `GET /props` response, where the server has one.
+    pub props: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServingConfig {
+    pub max_tokens: usize,
+    pub ignore_eos: bool,
+    pub stream_usage_requested: bool,
+    pub num_prompts: usize,
+    pub warmup_requests: usize,
+    pub request_timeout_s: f64,
+    pub burstiness: f64,
+}
+
+/// One load level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LevelReport {
+    /// Requests in flight at most (null = unlimited).
+    pub concurrency: Option<usize>,
+    /// Arrivals per second (null = all at once).
+    pub request_rate: Option<f64>,
+    /// First scheduled request → last response, seconds.
+    pub duration: f64,
+    pub completed: usize,
+    pub failed: usize,
+    pub failure_reasons: BTreeMap<String, usize>,
+    pub request_throughput: f64,
+    pub output_throughput: f64,
+    pub total_token_throughput: f64,
+    pub total_input_tokens: u64,
+    pub total_output_tokens: u64,
+    /// Where output token counts came from: `server usage`, `tokenizer` or `chunks`.
+    pub output_tokens_source: String,
+    /// From the scheduled arrival (client queueing included).
+    pub ttft_ms: Option<Summary>,
+    /// From the actual send.
+    pub ttft_from_send_ms: Option<Summary>,
+    pub tpot_ms: Option<Summary>,
+    /// Per token: a chunk of n tokens contributes n gaps of (gap / n).
+    pub itl_ms: Option<Summary>,
+    /// Per streamed chunk (vLLM's ITL definition).
+    pub chunk_gap_ms: Option<Summary>,
+    pub e2el_ms: Option<Summary>,
+    pub e2el_from_send_ms: Option<Summary>,
+    /// Scheduled arrival → actual send.
+    pub queue_ms: Option<Summary>,
+    /// Statistics use successful requests only.
+    pub requests: Vec<RequestRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Sample index in the data set.
+    pub index: i64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+    pub ttft_ms: Option<f64>,
+    pub ttft_from_send_ms: Option<f64>,
+    pub e2el_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub queue_ms: Option<f64>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub itl_ms: Vec<f64>,
+    pub chunk_gaps_ms: Vec<f64>,
+    pub text: String,
+}
+
+pub fn write_json(report: &ServingReport, path: &Path) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(report).context("cannot serialise the report")?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+pub fn write_csv(report: &ServingReport, path: &Path) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "concurrency",
+        "request_rate",
+        "index",
+        "ok",
+        "error",
+        "http_status",
+        "input_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "ttft_from_send_ms",
+        "tpot_ms",
+        "mean_itl_ms",
+        "e2el_ms",
+        "queue_ms",
+        "text_preview",
+    ])?;
+    let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
+    let u = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for level in &report.levels {
+        for r in &level.requests {
+            let mean_itl = (!r.itl_ms.is_empty())
+                .then(|| r.itl_ms.iter().sum::<f64>() / r.itl_ms.len() as f64);
+            w.write_record([
+                level.concurrency.map(|c| c.to_string()).unwrap_or_default(),
+                f(level.request_rate),
+                r.index.to_string(),
+                r.ok.to_string(),
+                r.error.clone().unwrap_or_default(),
+                r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+                u(r.input_tokens),
+                u(r.output_tokens),
+                f(r.ttft_ms),
+                f(r.ttft_from_send_ms),
+                f(r.tpot_ms),
+                f(mean_itl),
+                f(r.e2el_ms),
+                f(r.queue_ms),
+                preview(&r.text, 80),
+            ])?;
+        }
+    }
+    write_atomic(path, &w.into_inner().context("cannot build CSV")?)
+}
+
+/// One table per level.
+pub fn render(report: &ServingReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} at {} ({}) — {}",
+        report.server.model, report.server.base_url, report.server.endpoint, report.dataset.name
+    );
+    for l in &report.levels {
+        let _ = writeln!(
+            out,
+            "\nconcurrency {} | rate {} | {} ok, {} failed | {:.2} s | {:.3} req/s | {:.1} output tok/s | tokens: {}",
+            l.concurrency.map(|c| c.to_string()).unwrap_or_else(|| "unlimited".into()),
+            l.request_rate.map(|r| format!("{r}/s")).unwrap_or_else(|| "inf".into()),
+            l.completed,
+            l.failed,
+            l.duration,
+            l.request_throughput,
+            l.output_throughput,
+            l.output_tokens_source
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "metric (ms)", "mean", "median", "p90", "p95", "p99", "min", "max", "stddev"
+        );
+        for (name, s) in [
+            ("TTFT", &l.ttft_ms),
+            ("TTFT from send", &l.ttft_from_send_ms),
+            ("TPOT", &l.tpot_ms),
+            ("ITL", &l.itl_ms),
+            ("E2E", &l.e2el_ms),
+            ("Queue", &l.queue_ms),
+        ] {
+            if let Some(s) = s {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                    name, s.mean, s.median, s.p90, s.p95, s.p99, s.min, s.max, s.stddev
+                );
+            }
+        }
+        for (reason, n) in &l.failure_reasons {
+            let _ = writeln!(out, "  failed x{n}: {reason}");
+        }
+    }
+    out
+}
