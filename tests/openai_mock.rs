@@ -328,6 +328,7 @@ async fn every_failure_is_recorded_with_its_reason() {
 /// The whole CLI path: a concurrency sweep against the mock server, written as a serving report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sweep_writes_a_serving_report() {
+    let _serial = TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let base = start_server().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("prompts_short.json");
