@@ -298,6 +298,37 @@ pub struct ServerArgs {
     /// --tokenizer or the number of streamed chunks.
     #[arg(long)]
     pub no_stream_usage: bool,
+    /// A ready-made load profile: writes a synthetic set (prompt lengths exact against
+    /// --tokenizer, default the built-in one) and sets output length (with ignore_eos) and the
+    /// concurrency sweep: high (context-2k in, 2k out; 1,5,10), mid (200/250; 32,64,128), low
+    /// (100/150; 1,4,8,16,32), vision-a (50/300 + a unique 512x512 image; 8..128),
+    /// vision-b (100/100 + image; 1,8,16,32).
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    /// The server's context length, for --workload high when the server does not report it.
+    #[arg(long)]
+    pub context_length: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    High,
+    Mid,
+    Low,
+    VisionA,
+    VisionB,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::High => "high",
+            Workload::Mid => "mid",
+            Workload::Low => "low",
+            Workload::VisionA => "vision-a",
+            Workload::VisionB => "vision-b",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -426,3 +426,72 @@ async fn cli_sweep_writes_a_serving_report() {
     }
     assert_eq!(csv.lines().count(), 1 + 16);
 }
+
+/// `--workload` writes its synthetic set (unique images for vision) and sets the sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_presets_make_their_own_set() {
+    let _serial = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let base = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("vlmbench");
+    let cwd = dir.path().to_path_buf();
+    let (vision, high) = tokio::task::spawn_blocking(move || {
+        let vision = std::process::Command::new(&bin)
+            .current_dir(&cwd)
+            .args([
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                &base,
+                "--workload",
+                "vision-b",
+                "--concurrency",
+                "2",
+                "--num-prompts",
+                "4",
+                "--report-file",
+                "r.json",
+            ])
+            .output()
+            .unwrap();
+        let high = std::process::Command::new(&bin)
+            .current_dir(&cwd)
+            .args([
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                &base,
+                "--workload",
+                "high",
+            ])
+            .output()
+            .unwrap();
+        (vision, high)
+    })
+    .await
+    .unwrap();
+    assert!(
+        vision.status.success(),
+        "{}",
+        String::from_utf8_lossy(&vision.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(v["dataset"]["name"], "synthetic_workload_vision-b");
+    assert_eq!(v["config"]["max_tokens"], 100);
+    assert_eq!(v["config"]["ignore_eos"], true);
+    assert_eq!(v["levels"].as_array().unwrap().len(), 1);
+    assert_eq!(v["levels"][0]["concurrency"], 2);
+    assert_eq!(v["levels"][0]["completed"], 4);
+    let images = std::fs::read_dir(
+        dir.path()
+            .join("perf_data/synthetic_workload_vision-b_images"),
+    )
+    .unwrap()
+    .count();
+    assert_eq!(images, 4, "one unique image per request");
+    assert!(!high.status.success());
+    assert!(String::from_utf8_lossy(&high.stderr).contains("--context-length"));
+}

@@ -14,7 +14,8 @@ use tokenizers::Tokenizer;
 use super::run::{
     default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
-use crate::cli::{EndpointArg, RunArgs};
+use crate::cli::{EndpointArg, RunArgs, Workload};
+use crate::dataset::synthetic;
 use crate::dataset::LoadedDataset;
 use crate::engine::openai::client::{build_body, send, ClientConfig, ImagePayload, RequestOutcome};
 use crate::engine::openai::load::{run_level, LoadLevel};
@@ -25,7 +26,7 @@ use crate::report::serving::{
 use crate::report::{DatasetRef, Environment, RunStatus};
 use crate::stats::summarize;
 
-pub fn execute(args: RunArgs) -> Result<ExitCode> {
+pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
     let base_url = s
         .base_url
@@ -41,17 +42,10 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
     let cancel = install_ctrl_c();
-    let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
     let endpoint = match s.endpoint {
         EndpointArg::Chat => Endpoint::Chat,
         EndpointArg::Completions => Endpoint::Completions,
     };
-    if endpoint == Endpoint::Completions && dataset.file.samples.iter().any(|x| x.image.is_some()) {
-        bail!(
-            "{} has images, which /v1/completions cannot take; use --endpoint chat",
-            data_path.display()
-        );
-    }
     let tokenizer = match &args.tokenizer {
         Some(p) => Some(
             Tokenizer::from_file(p)
@@ -91,6 +85,17 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
                     cfg.url("models")
                 )
             })?;
+    }
+    if let Some(w) = args.server.workload {
+        apply_workload(&mut args, &mut cfg, w, models.as_ref(), props.as_ref())?;
+    }
+    let s = &args.server;
+    let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
+    if endpoint == Endpoint::Completions && dataset.file.samples.iter().any(|x| x.image.is_some()) {
+        bail!(
+            "{} has images, which /v1/completions cannot take; use --endpoint chat",
+            data_path.display()
+        );
     }
     let cfg = Arc::new(cfg);
 
@@ -245,6 +250,143 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         _ if report.levels.iter().any(|l| l.failed > 0) => ExitCode::from(EXIT_SOME_FAILED),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// A seeds-style workload: prompt and output lengths, concurrency levels, images or not.
+struct WorkloadSpec {
+    /// Prompt tokens; `None` = the context length minus 2,048 (and a small margin for the
+    /// chat template).
+    input_tokens: Option<usize>,
+    output_tokens: usize,
+    concurrency: &'static [usize],
+    images: bool,
+}
+
+fn workload_spec(w: Workload) -> WorkloadSpec {
+    match w {
+        Workload::High => WorkloadSpec {
+            input_tokens: None,
+            output_tokens: 2048,
+            concurrency: &[1, 5, 10],
+            images: false,
+        },
+        Workload::Mid => WorkloadSpec {
+            input_tokens: Some(200),
+            output_tokens: 250,
+            concurrency: &[32, 64, 128],
+            images: false,
+        },
+        Workload::Low => WorkloadSpec {
+            input_tokens: Some(100),
+            output_tokens: 150,
+            concurrency: &[1, 4, 8, 16, 32],
+            images: false,
+        },
+        Workload::VisionA => WorkloadSpec {
+            input_tokens: Some(50),
+            output_tokens: 300,
+            concurrency: &[8, 16, 32, 64, 128],
+            images: true,
+        },
+        Workload::VisionB => WorkloadSpec {
+            input_tokens: Some(100),
+            output_tokens: 100,
+            concurrency: &[1, 8, 16, 32],
+            images: true,
+        },
+    }
+}
+
+/// The server's context length: `--context-length`, vLLM's `max_model_len` in /v1/models, or
+/// llama.cpp's `n_ctx` in /props.
+fn context_length(
+    args: &RunArgs,
+    models: Option<&serde_json::Value>,
+    props: Option<&serde_json::Value>,
+) -> Option<usize> {
+    args.server
+        .context_length
+        .or_else(|| {
+            models
+                .and_then(|m| m["data"][0]["max_model_len"].as_u64())
+                .map(|n| n as usize)
+        })
+        .or_else(|| {
+            props
+                .and_then(|p| p["default_generation_settings"]["n_ctx"].as_u64())
+                .map(|n| n as usize)
+        })
+}
+
+/// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
+/// user set them explicitly).
+fn apply_workload(
+    args: &mut RunArgs,
+    cfg: &mut ClientConfig,
+    w: Workload,
+    models: Option<&serde_json::Value>,
+    props: Option<&serde_json::Value>,
+) -> Result<()> {
+    if args.data_file.is_some() {
+        bail!("--workload makes its own data set; do not combine it with --data-file");
+    }
+    let spec = workload_spec(w);
+    let input = match spec.input_tokens {
+        Some(n) => n,
+        None => {
+            let ctx = context_length(args, models, props).ok_or_else(|| {
+                anyhow!("--workload high needs the context length: the server does not report it; pass --context-length N")
+            })?;
+            ctx.checked_sub(2048 + 64)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| anyhow!("context length {ctx} is too small for --workload high (needs more than 2,112 tokens)"))?
+        }
+    };
+    if args.server.concurrency.is_empty() {
+        args.server.concurrency = spec.concurrency.to_vec();
+    }
+    let max_concurrency = *args.server.concurrency.iter().max().unwrap_or(&1);
+    let num_prompts = *args
+        .server
+        .num_prompts
+        .get_or_insert((4 * max_concurrency).max(50));
+    args.max_new_tokens = spec.output_tokens;
+    args.ignore_eos = true;
+    cfg.max_tokens = spec.output_tokens;
+    cfg.ignore_eos = true;
+    let name = format!("workload_{}", w.name());
+    let out = std::path::PathBuf::from("perf_data").join(synthetic::default_file_name(&name));
+    eprintln!(
+        "writing the {} workload ({num_prompts} prompts of {input} tokens{}) to {} ...",
+        w.name(),
+        if spec.images {
+            " with unique images"
+        } else {
+            ""
+        },
+        out.display()
+    );
+    synthetic::prepare(
+        &synthetic::SyntheticOptions {
+            name,
+            num_samples: num_prompts,
+            seed: 42,
+            images: spec.images.then_some(synthetic::ImageSpec {
+                width_mean: 512.0,
+                width_stddev: 0.0,
+                height_mean: 512.0,
+                height_stddev: 0.0,
+                format: synthetic::SynthImageFormat::Png,
+            }),
+            input_tokens_mean: input as f64,
+            input_tokens_stddev: 0.0,
+            output_tokens: Some((spec.output_tokens as f64, 0.0)),
+            tokenizer: args.tokenizer.clone(),
+        },
+        &out,
+    )?;
+    args.data_file = Some(out);
+    Ok(())
 }
 
 /// `GET /v1/models` (must answer: fails fast on an unreachable server) and llama.cpp's
