@@ -221,14 +221,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             request_timeout_s: s.request_timeout,
             burstiness: s.burstiness,
         },
-        dataset: DatasetRef {
-            path: data_path.display().to_string(),
-            set: dataset.file.set.clone(),
-            name: dataset.file.name.clone(),
-            sha256: dataset.sha256.clone(),
-            seed: dataset.file.seed,
-            num_samples: dataset.file.num_samples,
-        },
+        dataset: DatasetRef::of(&data_path, &dataset),
         levels: level_reports,
     };
     let json_path = args.report_file.clone().unwrap_or_else(|| {

@@ -86,6 +86,20 @@ pub struct DatasetRef {
     pub num_samples: usize,
 }
 
+impl DatasetRef {
+    /// Describes a loaded set, as given at `path`.
+    pub fn of(path: &std::path::Path, dataset: &crate::dataset::LoadedDataset) -> Self {
+        Self {
+            path: path.display().to_string(),
+            set: dataset.file.set.clone(),
+            name: dataset.file.name.clone(),
+            sha256: dataset.sha256.clone(),
+            seed: dataset.file.seed,
+            num_samples: dataset.file.num_samples,
+        }
+    }
+}
+
 /// One measured sample.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SampleRecord {
