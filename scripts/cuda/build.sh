@@ -6,11 +6,14 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
+mode="${1:-build}"
+# toolkit.sh reads its own $1 (the toolkit folder): source it with no arguments.
+set --
 # shellcheck source=toolkit.sh
 source scripts/cuda/toolkit.sh
-if [ "${1:-build}" = check ]; then
+if [ "$mode" = check ]; then
   cargo check --locked --features cuda --all-targets
 else
   cargo build --locked --release --features cuda
-  echo "built $repo/target/release/vlmbench; at run time it needs libcuda.so.1 (driver), libcudart.so.13, libcublas.so.13, libcurand.so.10 on LD_LIBRARY_PATH" >&2
+  echo "built ${CARGO_TARGET_DIR:-$repo/target}/release/vlmbench; at run time it needs libcuda.so.1 (driver), libcudart.so.13, libcublas.so.13, libcurand.so.10 on LD_LIBRARY_PATH" >&2
 fi
