@@ -195,8 +195,9 @@ pub struct JsonlArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    vlmbench run                                                   # random:tiny-llama, built-in synthetic set\n  \
+    vlmbench run                                                   # random:tiny-llava, built-in synthetic image set\n  \
     vlmbench run --model random:tiny-llama --data-file perf_data/prompts_short.json\n  \
+    vlmbench run --model-path ./llava-1.5-7b-hf --data-file perf_data/coco_val_500.json --device cuda\n  \
     vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_long.json --device cuda --dtype f16\n  \
     vlmbench run --model-path ./model-q8_0.gguf --data-file perf_data/prompts_short.json --max-new-tokens 64 --ignore-eos")]
 pub struct RunArgs {
@@ -204,8 +205,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
     pub backend: Backend,
     /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
-    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b); default
-    /// random:tiny-llama. With --backend openai: the model name to request (default: the first
+    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b, tiny-llava,
+    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
     /// model the server lists).
     #[arg(
         long,
@@ -248,6 +249,11 @@ pub struct RunArgs {
     /// Seed for random:<preset> weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Prompt format for vision models: `{prompt}` is the sample's prompt, `<image>` where the
+    /// image goes, `\n` a newline. Default: the model's own (LLaVA 1.5: "USER: <image>\n{prompt}
+    /// ASSISTANT:"; see README). Text models get the raw prompt unless this is given.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub prompt_template: Option<String>,
     /// CPU threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -260,7 +260,8 @@ fn default_run_uses_the_random_preset_on_the_builtin_synthetic_set() {
         .collect();
     assert_eq!(reports.len(), 1);
     let v = read_json(&reports[0]);
-    assert_eq!(v["engine"]["model"], "random:tiny-llama");
+    assert_eq!(v["engine"]["model"], "random:tiny-llava");
+    assert_eq!(v["engine"]["vision"], true);
     assert_eq!(v["dataset"]["set"], "synthetic");
     assert!(dir
         .path()
@@ -270,5 +271,121 @@ fn default_run_uses_the_random_preset_on_the_builtin_synthetic_set() {
     assert_eq!(samples.len(), 3);
     for s in samples {
         check_sample(s, 6);
+        assert_eq!(s["image_tokens"], 576, "LLaVA 1.5 at 336 px");
+        assert!(s["vision_encode_ms"].as_f64().unwrap() > 0.0);
     }
+}
+
+/// A synthetic image set of `n` samples with images around `w`x`h`.
+fn image_set(dir: &Path, n: usize, w: u32, h: u32) -> PathBuf {
+    let out = dir.join("synthetic_img.json");
+    vlmbench()
+        .args([
+            "prepare",
+            "synthetic",
+            "--name",
+            "img",
+            "--num-samples",
+            &n.to_string(),
+        ])
+        .args([
+            "--image-width-mean",
+            &w.to_string(),
+            "--image-height-mean",
+            &h.to_string(),
+        ])
+        .args(["--input-tokens-mean", "20", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+#[test]
+fn llava_models_written_to_disk_run_with_images_and_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image_set(dir.path(), 2, 500, 300);
+    for (preset, arch) in [
+        ("tiny-llava", "llava-1.5"),
+        ("tiny-llava-next", "llava-1.6"),
+    ] {
+        let model = synth(dir.path(), preset);
+        assert!(model.join("preprocessor_config.json").is_file());
+        let report = dir.path().join(format!("{preset}.json"));
+        vlmbench()
+            .args(["run", "--model-path"])
+            .arg(&model)
+            .arg("--data-file")
+            .arg(&data)
+            .args(["--max-new-tokens", "5", "--ignore-eos", "--warmup", "0"])
+            .arg("--report-file")
+            .arg(&report)
+            .assert()
+            .success()
+            .stdout(contains("Vision enc (ms)"));
+        let v = read_json(&report);
+        assert_eq!(v["engine"]["architecture"], arch);
+        assert_eq!(v["engine"]["vision"], true);
+        for s in v["samples"].as_array().unwrap() {
+            check_sample(s, 5);
+            let image_tokens = s["image_tokens"].as_u64().unwrap();
+            if preset == "tiny-llava" {
+                assert_eq!(image_tokens, 576);
+            } else {
+                // The whole image (576) plus an unpadded grid with a newline per row.
+                assert!(image_tokens > 576 * 2, "{image_tokens}");
+            }
+            assert!(s["input_tokens"].as_u64().unwrap() > image_tokens);
+            let phases = s["preprocess_ms"].as_f64().unwrap()
+                + s["vision_encode_ms"].as_f64().unwrap()
+                + s["prefill_ms"].as_f64().unwrap();
+            assert!(
+                (phases - s["ttft_ms"].as_f64().unwrap()).abs() < 1e-6,
+                "phases sum to TTFT"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_image_fails_that_sample_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image_set(dir.path(), 3, 64, 48);
+    // Remove the second sample's image after the set was frozen.
+    let set = read_json(&data);
+    let second = set["samples"][1]["image"].as_str().unwrap();
+    std::fs::remove_file(dir.path().join(second)).unwrap();
+    let report = dir.path().join("r.json");
+    vlmbench()
+        .args(["run", "--model", "random:tiny-llava", "--data-file"])
+        .arg(&data)
+        .args(["--max-new-tokens", "3", "--warmup", "0"])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .code(3);
+    let v = read_json(&report);
+    let s = v["samples"].as_array().unwrap();
+    assert_eq!(s.len(), 3);
+    assert_eq!(s[1]["ok"], false);
+    assert!(
+        s[1]["error"].as_str().unwrap().contains("image"),
+        "{}",
+        s[1]["error"]
+    );
+    assert_eq!(s[0]["ok"], true);
+    assert_eq!(s[2]["ok"], true);
+}
+
+#[test]
+fn text_model_refuses_an_image_set_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image_set(dir.path(), 1, 64, 48);
+    vlmbench()
+        .args(["run", "--model", "random:tiny-llama", "--data-file"])
+        .arg(&data)
+        .assert()
+        .failure()
+        .stderr(contains("text-only"))
+        .stderr(contains("tiny-llava"));
 }

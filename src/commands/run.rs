@@ -34,7 +34,7 @@ pub fn default_args() -> RunArgs {
 }
 
 /// The model `run` uses when none is given.
-pub const DEFAULT_MODEL: &str = "random:tiny-llama";
+pub const DEFAULT_MODEL: &str = "random:tiny-llava";
 
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
     if args.backend == crate::cli::Backend::Openai {
@@ -76,6 +76,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         device: args.device.clone(),
         tokenizer: args.tokenizer.clone(),
         seed: args.seed,
+        prompt_template: args.prompt_template.clone(),
     };
     eprintln!("loading {model} ...");
     let mut engine = crate::engine::load::open_engine(&options)?;
@@ -204,13 +205,20 @@ pub fn load_dataset(path: Option<&Path>) -> Result<(PathBuf, LoadedDataset)> {
 
 const BUILTIN_SET: &str = "builtin";
 
-/// The set `vlmbench run` uses without `--data-file`: 8 text prompts of 64±16 tokens.
+/// The set `vlmbench run` uses without `--data-file`: 8 PNG images around 640x480 (COCO's
+/// typical size) with prompts of 64±16 tokens.
 pub fn builtin_synthetic() -> synthetic::SyntheticOptions {
     synthetic::SyntheticOptions {
         name: BUILTIN_SET.into(),
         num_samples: 8,
         seed: 42,
-        images: None,
+        images: Some(synthetic::ImageSpec {
+            width_mean: 640.0,
+            width_stddev: 64.0,
+            height_mean: 480.0,
+            height_stddev: 48.0,
+            format: synthetic::SynthImageFormat::Png,
+        }),
         input_tokens_mean: 64.0,
         input_tokens_stddev: 16.0,
         output_tokens: None,

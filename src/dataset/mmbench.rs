@@ -1,9 +1,9 @@
 //! MMBench DEV EN from VLMEvalKit's `MMBench_DEV_EN.tsv`, streamed.
 //!
 //! ```text
-//! index	question	hint	A	B	C	D	answer	category	image	source	l2-category	comment	split
-//! 241	"Which of these..."	"Read the text.\nThen..."	cat	dog	nan	nan	A	identity_reasoning	/9j/4AAQ...	...	...	nan	dev
-//! 1000241	...	...	dog	cat	nan	nan	B	identity_reasoning	241	...
+//! index · question · hint · A · B · C · D · answer · category · image · source · l2-category · comment · split
+//! 241 · "Which of these..." · "Read the text.\nThen..." · cat · dog · nan · nan · A · identity_reasoning · /9j/4AAQ... · ... · ... · nan · dev
+//! 1000241 · ... · ... · dog · cat · nan · nan · B · identity_reasoning · 241 · ...
 //! ```
 //! - Required columns: `index`, `question`, `image`; the rest are optional and may come in any
 //!   order. Option columns are the single capital letters present (A–Z).

@@ -11,6 +11,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
+use super::candle_llava::PromptTemplate;
 use super::llama::{KvCache, LlamaModel};
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks, StopReason,
@@ -25,6 +26,8 @@ pub struct CandleTextEngine {
     info: EngineInfo,
     /// CUDA memory pool, for exact per-phase peaks (None on CPU).
     pool: Option<DevicePool>,
+    /// `--prompt-template`, when the user gave one.
+    template: Option<PromptTemplate>,
 }
 
 impl CandleTextEngine {
@@ -48,13 +51,96 @@ impl CandleTextEngine {
             eos,
             info,
             pool,
+            template: None,
         })
+    }
+
+    /// Wraps every prompt in `template` before tokenizing.
+    pub fn with_template(mut self, template: Option<PromptTemplate>) -> Self {
+        self.template = template;
+        self
     }
 }
 
 /// Greedy choice; reading the id back to the host also waits for the device.
 pub fn argmax(logits: &Tensor) -> candle_core::Result<u32> {
     logits.argmax(0)?.to_scalar::<u32>()
+}
+
+/// What [`prefill_and_decode`] measured.
+pub(crate) struct Decoded {
+    pub arrivals: Vec<std::time::Duration>,
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prefill_peak: Option<u64>,
+    pub decode_peak: Option<u64>,
+}
+
+/// Makes room in `cache` for `needed` positions; called before timing starts, so a bigger
+/// cache is never allocated inside a timed step.
+pub(crate) fn ensure_cache(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    needed: usize,
+) -> anyhow::Result<()> {
+    let context = model.config.max_position_embeddings;
+    let needed = needed.min(context);
+    if needed > cache.capacity() {
+        *cache = model.new_cache(needed.next_power_of_two().min(context))?;
+    }
+    cache.reset();
+    Ok(())
+}
+
+/// Prefills `embeds` (`(seq, hidden)`) and decodes greedily; arrivals are offsets from `start`.
+pub(crate) fn prefill_and_decode(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    embeds: &Tensor,
+    req: &GenerationRequest<'_>,
+    eos: &[u32],
+    start: Instant,
+    pool: Option<&DevicePool>,
+) -> Result<Decoded, EngineError> {
+    let context = model.config.max_position_embeddings;
+    if let Some(p) = pool {
+        p.reset_peak();
+    }
+    let logits = model.forward_embeds(embeds, cache)?;
+    let mut next = argmax(&logits).map_err(anyhow::Error::from)?;
+    let mut arrivals = vec![start.elapsed()];
+    let mut tokens = vec![next];
+    let prefill_peak = pool.and_then(|p| {
+        let peak = p.peak();
+        p.reset_peak();
+        peak
+    });
+    let stop_reason = loop {
+        if !req.ignore_eos && eos.contains(&next) {
+            break StopReason::Eos;
+        }
+        if tokens.len() >= req.max_new_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len() >= context {
+            break StopReason::ContextFull;
+        }
+        if req.cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        let step = model.embed_tokens(&[next])?;
+        let logits = model.forward_embeds(&step, cache)?;
+        next = argmax(&logits).map_err(anyhow::Error::from)?;
+        arrivals.push(start.elapsed());
+        tokens.push(next);
+    };
+    Ok(Decoded {
+        arrivals,
+        tokens,
+        stop_reason,
+        prefill_peak,
+        decode_peak: pool.and_then(DevicePool::peak),
+    })
 }
 
 impl Engine for CandleTextEngine {
@@ -70,9 +156,13 @@ impl Engine for CandleTextEngine {
                 self.info.model
             )));
         }
+        let text = match &self.template {
+            Some(t) => t.render(req.prompt, false),
+            None => req.prompt.to_string(),
+        };
         let ids = self
             .tokenizer
-            .encode(req.prompt, true)
+            .encode(text, true)
             .map_err(|e| EngineError::Sample(format!("tokenizer failed: {e}")))?
             .get_ids()
             .to_vec();
@@ -83,62 +173,35 @@ impl Engine for CandleTextEngine {
                 ids.len()
             )));
         }
-        let needed = (ids.len() + req.max_new_tokens).min(context);
-        if needed > self.cache.capacity() {
-            self.cache = self
-                .model
-                .new_cache(needed.next_power_of_two().min(context))?;
-        }
-        self.cache.reset();
+        ensure_cache(&self.model, &mut self.cache, ids.len() + req.max_new_tokens)?;
         let preprocess = start.elapsed();
-        let mut peaks = PhasePeaks::default();
-        if let Some(p) = &self.pool {
-            p.reset_peak();
-        }
-
+        // The embedding lookup is the first step of the model's forward pass: timed as prefill.
         let embeds = self.model.embed_tokens(&ids)?;
-        let logits = self.model.forward_embeds(&embeds, &mut self.cache)?;
-        let mut next = argmax(&logits).map_err(anyhow::Error::from)?;
-        let mut arrivals = vec![start.elapsed()];
-        let mut out = vec![next];
-        if let Some(p) = &self.pool {
-            peaks.prefill_bytes = p.peak();
-            p.reset_peak();
-        }
-        let stop_reason = loop {
-            if !req.ignore_eos && self.eos.contains(&next) {
-                break StopReason::Eos;
-            }
-            if out.len() >= req.max_new_tokens {
-                break StopReason::MaxTokens;
-            }
-            if self.cache.len() >= context {
-                break StopReason::ContextFull;
-            }
-            if req.cancel.load(Ordering::Relaxed) {
-                return Err(EngineError::Cancelled);
-            }
-            let embeds = self.model.embed_tokens(&[next])?;
-            let logits = self.model.forward_embeds(&embeds, &mut self.cache)?;
-            next = argmax(&logits).map_err(anyhow::Error::from)?;
-            arrivals.push(start.elapsed());
-            out.push(next);
-        };
-        if let Some(p) = &self.pool {
-            peaks.decode_bytes = p.peak();
-        }
-        let text = self.tokenizer.decode(&out, true).unwrap_or_default();
+        let d = prefill_and_decode(
+            &self.model,
+            &mut self.cache,
+            &embeds,
+            req,
+            &self.eos,
+            start,
+            self.pool.as_ref(),
+        )?;
+        let text = self.tokenizer.decode(&d.tokens, true).unwrap_or_default();
         Ok(Generation {
             preprocess,
             vision_encode: None,
-            token_arrivals: arrivals,
+            token_arrivals: d.arrivals,
             end: start.elapsed(),
             input_tokens: ids.len(),
             image_tokens: 0,
-            output_token_ids: out,
+            output_token_ids: d.tokens,
             text,
-            stop_reason,
-            pool_peaks: self.pool.is_some().then_some(peaks),
+            stop_reason: d.stop_reason,
+            pool_peaks: self.pool.is_some().then_some(PhasePeaks {
+                vision_bytes: None,
+                prefill_bytes: d.prefill_peak,
+                decode_bytes: d.decode_peak,
+            }),
         })
     }
 }

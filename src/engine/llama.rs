@@ -58,6 +58,26 @@ pub enum RopeScaling {
     },
 }
 
+/// transformers' defaults for configs that omit keys, by `model_type`.
+fn model_type_defaults(model_type: Option<&str>) -> Option<Value> {
+    let mut d = serde_json::json!({
+        "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2,
+    });
+    match model_type? {
+        "llama" => {}
+        "mistral" => {
+            d["intermediate_size"] = 14336.into();
+            d["num_key_value_heads"] = 8.into();
+            d["max_position_embeddings"] = (4096 * 32).into();
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
 fn get_usize(v: &Value, key: &str) -> Option<usize> {
     v.get(key).and_then(Value::as_u64).map(|x| x as usize)
 }
@@ -77,13 +97,38 @@ pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
 
 impl LlamaConfig {
     /// Reads a Hugging Face `config.json` (or a LLaVA `text_config`).
+    ///
+    /// Keys a LLaVA `text_config` leaves out take transformers' defaults for its `model_type`
+    /// (llava-hf configs list only what differs from `LlamaConfig()` / `MistralConfig()`).
     pub fn from_hf_json(v: &Value) -> Result<Self> {
+        let defaults = model_type_defaults(v.get("model_type").and_then(Value::as_str));
+        let merged;
+        let v = match defaults {
+            Some(Value::Object(mut d)) => {
+                if let Some(obj) = v.as_object() {
+                    for (k, x) in obj {
+                        if !x.is_null() || !d.contains_key(k) {
+                            d.insert(k.clone(), x.clone());
+                        }
+                    }
+                }
+                merged = Value::Object(d);
+                &merged
+            }
+            _ => v,
+        };
         let need = |k: &str| {
             get_usize(v, k).ok_or_else(|| anyhow!("config.json: missing or invalid `{k}`"))
         };
         let hidden_size = need("hidden_size")?;
         let num_heads = need("num_attention_heads")?;
-        let rope_scaling = match v.get("rope_scaling") {
+        // transformers 5 moved `rope_theta` and `rope_scaling` into `rope_parameters`.
+        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_scaling = match v
+            .get("rope_scaling")
+            .filter(|s| s.is_object())
+            .or(rope_params)
+        {
             Some(s) if s.is_object() => {
                 let kind = s
                     .get("rope_type")
@@ -121,6 +166,7 @@ impl LlamaConfig {
             rope_theta: v
                 .get("rope_theta")
                 .and_then(Value::as_f64)
+                .or_else(|| rope_params.and_then(|p| p.get("rope_theta")?.as_f64()))
                 .unwrap_or(10_000.0),
             rope_scaling,
             tie_word_embeddings: v

@@ -20,14 +20,18 @@ use candle_nn::VarBuilder;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::candle_llava::{CandleLlavaEngine, PromptTemplate};
 use super::candle_text::CandleTextEngine;
 use super::llama::{ids_of, safetensor_files, LlamaConfig, LlamaModel};
+use super::llava::{self, LlavaConfig, LlavaModel};
 use super::synth;
 use super::{Engine, EngineInfo};
 
 /// Architectures this build runs, for error messages.
 pub const SUPPORTED: &str =
-    "llama (LlamaForCausalLM, also Mistral-style MistralForCausalLM) from safetensors or GGUF";
+    "llama (LlamaForCausalLM, MistralForCausalLM) from safetensors or GGUF; \
+llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM) and llava_next \
+(LlavaNextForConditionalGeneration) from safetensors";
 
 /// How to open an engine.
 #[derive(Debug, Clone)]
@@ -42,6 +46,8 @@ pub struct EngineOptions {
     pub tokenizer: Option<PathBuf>,
     /// Seed of random weights.
     pub seed: u64,
+    /// Template for vision models' prompts (`{prompt}`, `<image>`); `None` = the model's own.
+    pub prompt_template: Option<String>,
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
@@ -231,10 +237,7 @@ fn open_hf_dir(
         .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
     let arch = detect_architecture(&config)?;
     if arch != "llama" {
-        bail!(
-            "{} is a {arch} (vision) checkpoint; LLaVA support is not in this build yet; supported: {SUPPORTED}",
-            dir.display()
-        );
+        return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
     let cfg = LlamaConfig::from_hf_json(&config)
         .with_context(|| format!("reading {}", config_path.display()))?;
@@ -249,11 +252,7 @@ fn open_hf_dir(
         );
     }
     let tokenizer = load_tokenizer(&tokenizer_path)?;
-    let files = safetensor_files(dir)?;
-    // SAFETY: the files are memory-mapped read-only; vlmbench does not modify them while
-    // running, and a user who rewrites a checkpoint mid-run gets garbage numbers, not UB in
-    // practice on Linux (pages keep the old contents or fault).
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+    let vb = open_weights(dir, dtype, device)?;
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
         .with_context(|| format!("loading the weights in {}", dir.display()))?;
@@ -267,12 +266,68 @@ fn open_hf_dir(
         context_length: model.config.max_position_embeddings,
         vision: false,
     };
-    Ok(Box::new(CandleTextEngine::new(
-        model, tokenizer, eos, info,
-    )?))
+    Ok(Box::new(
+        CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
+    ))
 }
 
-/// EOS ids from generation_config.json, else config.json.
+/// The weights of a checkpoint folder: safetensors (single or sharded), else PyTorch
+/// `pytorch_model*.bin` as older releases (the original LLaVA among them) ship them.
+pub fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    match safetensor_files(dir) {
+        Ok(files) => {
+            // SAFETY: the files are memory-mapped read-only; vlmbench does not modify them
+            // while running, and a user who rewrites a checkpoint mid-run gets garbage
+            // numbers, not UB in practice on Linux (pages keep the old contents or fault).
+            Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? })
+        }
+        Err(no_safetensors) => {
+            let bins = pytorch_files(dir);
+            if bins.is_empty() {
+                return Err(no_safetensors.context("and no pytorch_model.bin either"));
+            }
+            let mut tensors = std::collections::HashMap::new();
+            for f in &bins {
+                for (name, t) in candle_core::pickle::read_all(f)
+                    .with_context(|| format!("cannot read PyTorch weights {}", f.display()))?
+                {
+                    tensors.insert(name, t);
+                }
+            }
+            Ok(VarBuilder::from_tensors(tensors, dtype, device))
+        }
+    }
+}
+
+/// `pytorch_model.bin`, or the shards its index names.
+fn pytorch_files(dir: &Path) -> Vec<PathBuf> {
+    let index = dir.join("pytorch_model.bin.index.json");
+    if let Some(v) = std::fs::read(&index)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        let mut files: Vec<String> = v["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.dedup();
+        return files.into_iter().map(|f| dir.join(f)).collect();
+    }
+    let single = dir.join("pytorch_model.bin");
+    if single.is_file() {
+        vec![single]
+    } else {
+        Vec::new()
+    }
+}
+
+/// EOS ids from generation_config.json, else config.json (or its `text_config`).
 fn eos_ids(dir: &Path, config: &Value) -> Vec<u32> {
     let gen: Option<Value> = std::fs::read(dir.join("generation_config.json"))
         .ok()
@@ -281,11 +336,155 @@ fn eos_ids(dir: &Path, config: &Value) -> Vec<u32> {
         .as_ref()
         .map(|g| ids_of(g.get("eos_token_id")))
         .unwrap_or_default();
-    if from_gen.is_empty() {
-        ids_of(config.get("eos_token_id"))
-    } else {
-        from_gen
+    if !from_gen.is_empty() {
+        return from_gen;
     }
+    let top = ids_of(config.get("eos_token_id"));
+    if !top.is_empty() {
+        return top;
+    }
+    ids_of(
+        config
+            .get("text_config")
+            .and_then(|t| t.get("eos_token_id")),
+    )
+}
+
+/// A LLaVA checkpoint folder (any of the layouts in [`llava`]).
+fn open_llava_dir(
+    dir: &Path,
+    config: &Value,
+    arch: &str,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let mut cfg = LlavaConfig::from_json(config, arch)
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let tokenizer_path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    if !tokenizer_path.is_file() {
+        bail!(
+            "no tokenizer: looked for {} (the original LLaVA release ships only tokenizer.model: pass --tokenizer with the tokenizer.json of the matching llava-hf checkpoint, e.g. llava-hf/llava-1.5-7b-hf)",
+            tokenizer_path.display()
+        );
+    }
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let vb = open_weights(dir, dtype, device)?;
+    let layout = llava::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
+    // transformers 5 keeps the image processor's settings inside processor_config.json.
+    let mut preprocessor = match read_json_if_present(&dir.join("preprocessor_config.json"))? {
+        Some(p) => Some(p),
+        None => read_json_if_present(&dir.join("processor_config.json"))?
+            .and_then(|p| p.get("image_processor").cloned()),
+    };
+    let tower_vb = if layout == llava::Layout::Original && layout.vision_model(&vb).is_none() {
+        let tower_dir = find_vision_tower(dir, cfg.vision_tower_ref.as_deref())?;
+        let tower_config: Value = read_json_if_present(&tower_dir.join("config.json"))?
+            .with_context(|| {
+                format!("no config.json in the vision tower {}", tower_dir.display())
+            })?;
+        let vision_json = tower_config.get("vision_config").unwrap_or(&tower_config);
+        cfg.vision = llava::clip::ClipVisionConfig::from_json(vision_json)
+            .with_context(|| format!("reading {}", tower_dir.join("config.json").display()))?;
+        if preprocessor.is_none() {
+            preprocessor = read_json_if_present(&tower_dir.join("preprocessor_config.json"))?;
+        }
+        Some(open_weights(&tower_dir, dtype, device)?.pp("vision_model"))
+    } else {
+        None
+    };
+    let processor = cfg.image_processor(preprocessor.as_ref())?;
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => PromptTemplate::for_llava(&cfg),
+    };
+    let eos = eos_ids(dir, config);
+    let model = LlavaModel::load(cfg, vb, layout, tower_vb)
+        .with_context(|| format!("loading the weights in {}", dir.display()))?;
+    let info = llava_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleLlavaEngine::new(
+        model, processor, tokenizer, eos, template, info,
+    )?))
+}
+
+fn llava_info(
+    opts: &EngineOptions,
+    model: &LlavaModel,
+    dtype: DType,
+    device: &Device,
+) -> EngineInfo {
+    EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: match model.config.variant {
+            llava::Variant::V15 => "llava-1.5".into(),
+            llava::Variant::Next => "llava-1.6".into(),
+        },
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.parameters()),
+        context_length: model.llm.config.max_position_embeddings,
+        vision: true,
+    }
+}
+
+/// `--prompt-template` for a text model (none: the raw prompt).
+fn text_template(opts: &EngineOptions) -> Result<Option<PromptTemplate>> {
+    opts.prompt_template
+        .as_deref()
+        .map(PromptTemplate::custom)
+        .transpose()
+}
+
+fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not valid JSON", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The separate CLIP checkpoint of an original LLaVA release: `mm_vision_tower` as a folder,
+/// a folder of that name beside the model, or the hub.
+fn find_vision_tower(model_dir: &Path, reference: Option<&str>) -> Result<PathBuf> {
+    let reference = reference.context(
+        "the checkpoint has no vision tower weights and its config.json names none (mm_vision_tower)",
+    )?;
+    let direct = PathBuf::from(reference);
+    if direct.join("config.json").is_file() {
+        return Ok(direct);
+    }
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    let beside = model_dir.parent().map(|p| p.join(last));
+    if let Some(b) = beside.filter(|b| b.join("config.json").is_file()) {
+        return Ok(b);
+    }
+    if !looks_like_hub_id(reference) {
+        bail!(
+            "vision tower {reference:?} not found (looked for it as a folder and beside the model)"
+        );
+    }
+    let api = hf_hub::api::sync::Api::new().context("cannot set up the Hugging Face hub client")?;
+    let repo = api.model(reference.to_string());
+    let fail = |e: hf_hub::api::sync::ApiError| {
+        anyhow!(
+            "cannot fetch the vision tower {reference} from the Hugging Face hub ({e}); without a network, download it elsewhere and put its folder beside the model as {}",
+            model_dir.parent().unwrap_or(model_dir).join(last).display()
+        )
+    };
+    let config = repo.get("config.json").map_err(fail)?;
+    let _ = repo.get("preprocessor_config.json");
+    if repo.get("model.safetensors").is_err() {
+        repo.get("pytorch_model.bin").map_err(fail)?;
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<dyn Engine>> {
@@ -335,9 +534,9 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         context_length: model.config.max_position_embeddings,
         vision: false,
     };
-    Ok(Box::new(CandleTextEngine::new(
-        model, tokenizer, eos, info,
-    )?))
+    Ok(Box::new(
+        CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
+    ))
 }
 
 fn open_random(
@@ -346,11 +545,15 @@ fn open_random(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
+    if let Some(shape) = llava::synth::llava_preset(preset) {
+        return open_random_llava(&shape, opts, device, dtype);
+    }
     let Some(shape) = synth::llama_preset(preset) else {
         bail!(
             "unknown preset random:{preset}; presets in this build: {}",
             synth::TEXT_PRESETS
                 .iter()
+                .chain(llava::synth::VISION_PRESETS)
                 .map(|p| format!("random:{p}"))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -375,10 +578,40 @@ fn open_random(
         context_length: model.config.max_position_embeddings,
         vision: false,
     };
-    Ok(Box::new(CandleTextEngine::new(
+    Ok(Box::new(
+        CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
+            .with_template(text_template(opts)?),
+    ))
+}
+
+fn open_random_llava(
+    shape: &llava::synth::LlavaShape,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(llava::synth::tokenizer(shape)?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let config = shape.hf_config(dtype);
+    let cfg = LlavaConfig::from_json(&config, shape.architecture())?;
+    let processor = cfg.image_processor(Some(&shape.preprocessor_config()))?;
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => PromptTemplate::for_llava(&cfg),
+    };
+    let weights = shape.random_weights(opts.seed, dtype, device)?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = LlavaModel::load(cfg, vb, llava::Layout::HfLegacy, None)?;
+    let info = llava_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleLlavaEngine::new(
         model,
+        processor,
         tokenizer,
         vec![synth::EOS],
+        template,
         info,
     )?))
 }
@@ -432,6 +665,7 @@ mod tests {
             device: "cpu".into(),
             tokenizer: None,
             seed: 0,
+            prompt_template: None,
         };
         let e = open_engine(&opts).err().unwrap().to_string();
         assert!(e.contains("config.json"), "{e}");
@@ -461,6 +695,7 @@ mod tests {
             device: "cpu".into(),
             tokenizer: None,
             seed: 0,
+            prompt_template: None,
         })
         .unwrap();
         let mut in_memory = open_engine(&EngineOptions {
@@ -469,6 +704,7 @@ mod tests {
             device: "cpu".into(),
             tokenizer: None,
             seed: 5,
+            prompt_template: None,
         })
         .unwrap();
         let a = from_disk.generate(&req).unwrap();

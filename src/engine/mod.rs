@@ -6,8 +6,10 @@
 //! work being timed (on CUDA: the model thread's stream is synchronised; reading a token id back
 //! to the host is itself a synchronisation point).
 
+pub mod candle_llava;
 pub mod candle_text;
 pub mod llama;
+pub mod llava;
 pub mod load;
 pub mod openai;
 pub mod synth;

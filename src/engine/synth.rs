@@ -412,13 +412,17 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
     )
 }
 
-/// Writes a preset in the Hugging Face layout. Vision presets are handled by the LLaVA module.
+/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
 pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    if crate::engine::llava::synth::llava_preset(preset).is_some() {
+        return crate::engine::llava::synth::write_model(preset, out, dtype, seed);
+    }
     let Some(shape) = llama_preset(preset) else {
         bail!(
-            "unknown preset {preset:?}; presets: {}",
-            TEXT_PRESETS.join(", ")
+            "unknown preset {preset:?}; presets: {}, {}",
+            TEXT_PRESETS.join(", "),
+            crate::engine::llava::synth::VISION_PRESETS.join(", ")
         );
     };
     write(

@@ -1,0 +1,136 @@
+//! vlmbench computes what Hugging Face transformers computes.
+//!
+//! `tests/fixtures/parity/` holds tiny Llama, LLaVA 1.5 and LLaVA-NeXT checkpoints written by
+//! transformers' own `save_pretrained`, with test images and transformers' results
+//! (`expected.json`): prompt token ids, image token count, a digest of the processor's pixel
+//! values and the greedy tokens of `generate(do_sample=False)`. They were made by
+//! `scripts/parity/make_fixtures.py` (versions in `VERSIONS`). The real binary runs each
+//! checkpoint and must produce the same tokens, token for token.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use vlmbench::engine::llava::preprocess::ImageProcessor;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(name)
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+/// Runs the checkpoint on its expected prompt (and image) and returns the report's sample.
+fn run_fixture(name: &str) -> (Value, Value) {
+    let model = fixture(name);
+    let expected = read_json(&model.join("expected.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut line = serde_json::json!({"text": expected["prompt"]});
+    if let Some(img) = expected["image"].as_str() {
+        line["image"] = model.join(img).display().to_string().into();
+    }
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, format!("{line}\n")).unwrap();
+    let data = dir.path().join("set.json");
+    Command::cargo_bin("vlmbench")
+        .unwrap()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&data)
+        .assert()
+        .success();
+    let report = dir.path().join("r.json");
+    let max_new = ids(&expected["output_ids"]).len().to_string();
+    Command::cargo_bin("vlmbench")
+        .unwrap()
+        .args([
+            "run", "--quiet", "--warmup", "0", "--device", "cpu", "--dtype", "f32",
+        ])
+        .args(["--max-new-tokens", &max_new])
+        .arg("--model-path")
+        .arg(&model)
+        .arg("--data-file")
+        .arg(&data)
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .success();
+    let sample = read_json(&report)["samples"][0].clone();
+    (sample, expected)
+}
+
+fn assert_same_tokens(name: &str) {
+    let (sample, expected) = run_fixture(name);
+    assert_eq!(sample["ok"], true, "{name}: {sample}");
+    assert_eq!(
+        ids(&sample["output_token_ids"]),
+        ids(&expected["output_ids"]),
+        "{name}: greedy tokens differ from transformers'"
+    );
+    assert_eq!(
+        sample["input_tokens"].as_u64().unwrap() as usize,
+        expected["input_ids"].as_array().unwrap().len(),
+        "{name}: prompt length (image tokens included) differs"
+    );
+    if let Some(n) = expected["image_tokens"].as_u64() {
+        assert_eq!(sample["image_tokens"].as_u64(), Some(n), "{name}");
+    }
+}
+
+#[test]
+fn llama_greedy_tokens_equal_transformers() {
+    assert_same_tokens("llama");
+}
+
+#[test]
+fn llava_1_5_greedy_tokens_equal_transformers() {
+    assert_same_tokens("llava");
+}
+
+#[test]
+fn llava_next_greedy_tokens_equal_transformers() {
+    assert_same_tokens("llava_next");
+}
+
+/// The pixel values are bit-identical to transformers' Pillow-backed processors: resize,
+/// crop, LLaVA-NeXT's grid, padding and normalisation all agree.
+#[test]
+fn pixel_values_equal_transformers_bit_for_bit() {
+    for name in ["llava", "llava_next"] {
+        let dir = fixture(name);
+        let expected = read_json(&dir.join("expected.json"));
+        let processor_json =
+            read_json(&dir.join("processor_config.json"))["image_processor"].clone();
+        let processor = ImageProcessor::from_json(&processor_json, 336).unwrap();
+        let image = processor
+            .prepare_file(&dir.join(expected["image"].as_str().unwrap()))
+            .unwrap();
+        let shape = ids(&expected["pixel_values"]["shape"]);
+        let tiles = shape[shape.len() - 4..][0] as usize;
+        assert_eq!(image.tiles, tiles, "{name}");
+        let bytes: Vec<u8> = image.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sum: f64 = image.pixels.iter().map(|&v| f64::from(v)).sum();
+        assert!(
+            (sum - expected["pixel_values"]["sum"].as_f64().unwrap()).abs() < 1e-3,
+            "{name}: pixel sum {sum}"
+        );
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            expected["pixel_values"]["sha256"].as_str().unwrap(),
+            "{name}: pixel values differ from transformers'"
+        );
+    }
+}
