@@ -504,18 +504,17 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
             path.display()
         );
     }
-    let tokenizer_path = opts
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| path.with_file_name("tokenizer.json"));
-    if !tokenizer_path.is_file() {
-        bail!(
-            "no tokenizer for {}: looked for {}; put the model's tokenizer.json beside the .gguf or pass --tokenizer FILE",
-            path.display(),
-            tokenizer_path.display()
-        );
-    }
-    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    // A tokenizer.json given or beside the file wins; else the one the GGUF carries.
+    let beside = path.with_file_name("tokenizer.json");
+    let tokenizer = match opts.tokenizer.clone().or_else(|| beside.is_file().then_some(beside)) {
+        Some(p) => load_tokenizer(&p)?,
+        None => super::gguf_tokenizer::from_gguf(&content).with_context(|| {
+            format!(
+                "{}: no tokenizer.json beside it and its own tokenizer could not be used; pass --tokenizer FILE",
+                path.display()
+            )
+        })?,
+    };
     let quant = content
         .tensor_infos
         .get("blk.0.attn_q.weight")
