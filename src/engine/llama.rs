@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
@@ -295,9 +295,48 @@ impl Linear {
         match self {
             Linear::Dense(w) => {
                 let (b, s, i) = x.dims3()?;
+                // One token on the CPU: the bandwidth-bound matrix-vector kernel.
+                if b * s == 1 {
+                    if let Some(y) = super::gemv::matvec(x, w)? {
+                        return Ok(y);
+                    }
+                }
+                // GGUF f16 weights stay f16 (half the bytes per decode step) under f32
+                // activations.
+                if w.dtype() != x.dtype() {
+                    return x
+                        .reshape((b * s, i))?
+                        .to_dtype(w.dtype())?
+                        .matmul(&w.t()?)?
+                        .to_dtype(x.dtype())?
+                        .reshape((b, s, ()));
+                }
                 x.reshape((b * s, i))?.matmul(&w.t()?)?.reshape((b, s, ()))
             }
-            Linear::Quant(q) => q.forward(x),
+            Linear::Quant(q) => {
+                if let QMatMul::QTensor(t) = q {
+                    let (b, s, _) = x.dims3()?;
+                    if b * s == 1 && t.dtype() == GgmlDType::Q8_0 && t.device().is_cpu() {
+                        let (n, k) = t.shape().dims2()?;
+                        if let Some(y) = super::gemv::matvec_q8_0(x, &t.data()?, n, k)? {
+                            return Ok(y);
+                        }
+                    }
+                    // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
+                    // slower than widening the block to f32 and using the dense GEMM.
+                    if b * s > 1 && t.device().is_cpu() {
+                        let (_, _, i) = x.dims3()?;
+                        let w = t.dequantize(&t.device())?;
+                        return x
+                            .reshape((b * s, i))?
+                            .to_dtype(w.dtype())?
+                            .matmul(&w.t()?)?
+                            .to_dtype(x.dtype())?
+                            .reshape((b, s, ()));
+                    }
+                }
+                q.forward(x)
+            }
         }
     }
 }
@@ -441,9 +480,12 @@ impl LlamaModel {
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
             let mut q = |n: &str| -> Result<Linear> {
-                Ok(Linear::Quant(QMatMul::from_qtensor(get(&format!(
-                    "blk.{l}.{n}.weight"
-                ))?)?))
+                let t = get(&format!("blk.{l}.{n}.weight"))?;
+                Ok(match t.dtype() {
+                    // candle would widen these to f32; kept as stored, decode reads half the bytes.
+                    GgmlDType::F16 => Linear::Dense(t.dequantize_f16(device)?),
+                    _ => Linear::Quant(QMatMul::from_qtensor(t)?),
+                })
             };
             let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
             let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);

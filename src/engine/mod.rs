@@ -8,6 +8,7 @@
 
 pub mod candle_llava;
 pub mod candle_text;
+pub mod gemv;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llava;
