@@ -4,6 +4,9 @@
 //! 2. the highest request rate and streamed tokens/s the client sustains against a server
 //!    that answers with no delay.
 //!
+//! 3. the same 1,000-stream TTFT error against that server running in another process (this
+//!    bench re-executes itself as the server), the way a client meets a real server.
+//!
 //! `cargo bench --bench client_overhead` (prints a small table; no criterion statistics, the
 //! numbers are themselves distributions). Server and client share this machine's cores, so the
 //! figures bound the client's overhead from above.
@@ -128,7 +131,77 @@ fn config(base: String) -> Arc<ClientConfig> {
     })
 }
 
+/// Set in the child process that only serves.
+const SERVE_ENV: &str = "VLMBENCH_BENCH_SERVE";
+
+/// Child mode: the delayed server on one thread, its URL on stdout, until stdin closes.
+fn serve_only() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let base = server(
+            Some((Duration::from_millis(50), Duration::from_millis(10))),
+            Default::default(),
+        )
+        .await;
+        println!("{base}");
+        use std::io::Write;
+        std::io::stdout().flush().unwrap();
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_line(&mut sink);
+        })
+        .await
+        .unwrap();
+    });
+}
+
+/// TTFT from send minus the injected 50 ms, for `streams` concurrent requests to `base`.
+async fn ttft_error(
+    http: &reqwest::Client,
+    base: String,
+    streams: usize,
+) -> vlmbench::stats::Summary {
+    let cfg = config(base);
+    let bodies = (0..streams)
+        .map(|i| build_body(&cfg, &format!("x{streams}-{i}"), None))
+        .collect();
+    let level = LoadLevel {
+        concurrency: Some(streams),
+        request_rate: None,
+        burstiness: 1.0,
+    };
+    let run = run_level(
+        http.clone(),
+        cfg.clone(),
+        bodies,
+        &level,
+        0,
+        Default::default(),
+    )
+    .await;
+    let errors: Vec<f64> = run
+        .outcomes
+        .iter()
+        .map(|o| {
+            assert!(o.error.is_none(), "{:?}", o.error);
+            o.timeline.chunks[0]
+                .at
+                .saturating_duration_since(o.timeline.sent)
+                .as_secs_f64()
+                * 1e3
+                - 50.0
+        })
+        .collect();
+    summarize(&errors).unwrap()
+}
+
 fn main() {
+    if std::env::var_os(SERVE_ENV).is_some() {
+        return serve_only();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,5 +249,28 @@ fn main() {
                 (ok * TOKENS) as f64 / secs
             );
         }
+        // 3. The server in another process.
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(SERVE_ENV, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let base = line.trim().to_string();
+        // Each level runs twice: first on new connections (TCP set-up counted), then on the
+        // pooled ones, which is the client's own error.
+        for streams in [1usize, 100, 1000] {
+            for pass in ["new connections", "pooled connections"] {
+                let s = ttft_error(&http, base.clone(), streams).await;
+                println!(
+                    "{streams:>5} streams, server in another process, {pass}: TTFT from send − injected 50 ms: mean {:.2} ms, median {:.2} ms, p99 {:.2} ms",
+                    s.mean, s.median, s.p99
+                );
+            }
+        }
+        drop(child.stdin.take());
+        let _ = child.wait();
     });
 }
