@@ -254,6 +254,13 @@ pub struct RunArgs {
     /// ASSISTANT:"; see README). Text models get the raw prompt unless this is given.
     #[arg(long, value_name = "TEMPLATE")]
     pub prompt_template: Option<String>,
+    /// Record a timeline of the measured samples: <report>.trace.json (Chrome trace: opens in
+    /// chrome://tracing or ui.perfetto.dev; spans for preprocessing, vision tower, projector,
+    /// prefill, each decode step, each layer's norms / attention / MLP and the LM head) and
+    /// <report>.profiler_stats.txt (top operations, KV-cache size). On CUDA every span waits for
+    /// the GPU, so a profiled run is slower: profile and measure in separate runs.
+    #[arg(long)]
+    pub profile: bool,
     /// CPU threads for the model (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod memory;
 pub mod metrics;
+pub mod profile;
 pub mod report;
 pub mod runner;
 pub mod stats;

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub limit: Option<usize>,
     /// Run the (limited) set this many times.
     pub repeat: usize,
+    /// Record a profile of the measured samples (see [`crate::profile`]).
+    pub profile: bool,
 }
 
 /// What the loop produced.
@@ -87,6 +89,10 @@ pub fn run(
         }
     }
 
+    if opts.profile {
+        // After warm-up: the trace covers the measured samples only.
+        crate::profile::start(engine.device());
+    }
     let started = Instant::now();
     let (mut ttft_sum, mut tps_sum, mut tps_n, mut ok_n) = (0.0, 0.0, 0usize, 0usize);
     'outer: for repeat in 0..opts.repeat {
@@ -276,6 +282,7 @@ mod tests {
             warmup: 2,
             limit: None,
             repeat: 2,
+            profile: false,
         }
     }
 

@@ -389,3 +389,93 @@ fn text_model_refuses_an_image_set_with_a_hint() {
         .stderr(contains("text-only"))
         .stderr(contains("tiny-llava"));
 }
+
+#[test]
+fn profile_writes_a_nested_chrome_trace_that_covers_the_measured_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image_set(dir.path(), 2, 320, 240);
+    let report = dir.path().join("prof.json");
+    vlmbench()
+        .args(["run", "--model", "random:tiny-llava", "--data-file"])
+        .arg(&data)
+        .args([
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--warmup",
+            "1",
+            "--profile",
+            "--quiet",
+        ])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .success()
+        .stderr(contains("prof.trace.json"));
+    let trace = read_json(&dir.path().join("prof.trace.json"));
+    let events = trace["traceEvents"].as_array().unwrap();
+    let span = |e: &Value| {
+        let ts = e["ts"].as_f64().unwrap();
+        (ts, ts + e["dur"].as_f64().unwrap())
+    };
+    let of = |name: &str| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter(|e| e["name"] == name)
+            .map(span)
+            .collect()
+    };
+    assert!(events.iter().all(|e| e["ph"] == "X"));
+    let samples = of("sample");
+    assert_eq!(samples.len(), 2, "warm-up is not profiled");
+    let inside = |(a, b): (f64, f64), outer: &[(f64, f64)]| {
+        outer.iter().any(|&(s, e)| a >= s - 1e-3 && b <= e + 1e-3)
+    };
+    for name in [
+        "preprocess",
+        "vision_encode",
+        "vision_tower",
+        "projector",
+        "prefill",
+        "decode_step",
+    ] {
+        let spans = of(name);
+        assert!(!spans.is_empty(), "{name}");
+        assert!(
+            spans.iter().all(|s| inside(*s, &samples)),
+            "{name} outside a sample"
+        );
+    }
+    let steps: Vec<(f64, f64)> = of("prefill").into_iter().chain(of("decode_step")).collect();
+    for e in events.iter().filter(|e| e["cat"] == "layer") {
+        assert!(inside(span(e), &steps), "a layer outside prefill/decode");
+    }
+    assert_eq!(of("decode_step").len(), 2 * 5);
+    // The spans cover what the report measured.
+    let v = read_json(&report);
+    let prefills = of("prefill");
+    let decodes = of("decode_step");
+    for (k, s) in v["samples"].as_array().unwrap().iter().enumerate() {
+        let ttft_us = s["ttft_ms"].as_f64().unwrap() * 1e3;
+        let from_trace = prefills[k].1 - samples[k].0;
+        assert!(
+            (from_trace - ttft_us).abs() < 2_000.0 + 0.02 * ttft_us,
+            "TTFT {ttft_us} vs trace {from_trace}"
+        );
+        let decode_us = s["decode_ms"].as_f64().unwrap() * 1e3;
+        let steps_us: f64 = decodes[k * 5..(k + 1) * 5].iter().map(|(a, b)| b - a).sum();
+        assert!(
+            steps_us <= decode_us + 1_000.0,
+            "decode steps {steps_us} vs decode {decode_us}"
+        );
+        assert!(
+            steps_us >= 0.8 * decode_us - 1_000.0,
+            "decode steps {steps_us} vs decode {decode_us}"
+        );
+    }
+    let stats = std::fs::read_to_string(dir.path().join("prof.profiler_stats.txt")).unwrap();
+    assert!(
+        stats.contains("attention") && stats.contains("kv_cache_bytes"),
+        "{stats}"
+    );
+}

@@ -100,6 +100,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         warmup: args.warmup,
         limit: args.limit,
         repeat: args.repeat,
+        profile: args.profile,
     };
     let total = dataset
         .file
@@ -147,6 +148,14 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let csv_path = json_path.with_extension("csv");
     report::json::write(&report, &json_path)?;
     report::csv::write(&report, &csv_path)?;
+    if let Some(trace) = crate::profile::finish() {
+        let (trace_path, stats_path) = crate::profile::write(&trace, &json_path)?;
+        eprintln!(
+            "profile: {} (chrome://tracing, ui.perfetto.dev)\nprofiler stats: {}",
+            trace_path.display(),
+            stats_path.display()
+        );
+    }
     if !args.quiet {
         print!("{}", report::table::render(&report));
     }

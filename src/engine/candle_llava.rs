@@ -16,6 +16,7 @@ use super::llava::preprocess::ImageProcessor;
 use super::llava::{LlavaConfig, LlavaModel, Variant};
 use super::{Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks};
 use crate::memory::DevicePool;
+use crate::profile;
 
 /// The placeholder that marks where the image goes, in templates and prompts.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
@@ -176,8 +177,14 @@ impl Engine for CandleLlavaEngine {
         &self.info
     }
 
+    fn device(&self) -> Option<candle_core::Device> {
+        Some(self.model.device().clone())
+    }
+
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
+        let _sample = profile::span("sample", "sample");
         let start = Instant::now();
+        let preprocess_span = profile::span("phase", "preprocess");
         let image = match req.image {
             Some(path) => Some(
                 self.processor
@@ -210,6 +217,7 @@ impl Engine for CandleLlavaEngine {
             &mut self.cache,
             input_tokens + req.max_new_tokens,
         )?;
+        drop(preprocess_span);
         let preprocess = start.elapsed();
 
         let mut peaks = PhasePeaks::default();
@@ -218,6 +226,7 @@ impl Engine for CandleLlavaEngine {
                 if let Some(p) = &self.pool {
                     p.reset_peak();
                 }
+                let _span = profile::span("phase", "vision_encode");
                 let f = self.model.encode_image(img)?;
                 self.model
                     .device()

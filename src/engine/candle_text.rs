@@ -17,6 +17,7 @@ use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks, StopReason,
 };
 use crate::memory::DevicePool;
+use crate::profile;
 
 pub struct CandleTextEngine {
     model: LlamaModel,
@@ -89,6 +90,8 @@ pub(crate) fn ensure_cache(
         *cache = model.new_cache(needed.next_power_of_two().min(context))?;
     }
     cache.reset();
+    profile::note("kv_cache_bytes", cache.bytes() as u64);
+    profile::note("kv_cache_capacity_tokens", cache.capacity() as u64);
     Ok(())
 }
 
@@ -106,8 +109,11 @@ pub(crate) fn prefill_and_decode(
     if let Some(p) = pool {
         p.reset_peak();
     }
-    let logits = model.forward_embeds(embeds, cache)?;
-    let mut next = argmax(&logits).map_err(anyhow::Error::from)?;
+    let mut next = {
+        let _span = profile::span("phase", "prefill");
+        let logits = model.forward_embeds(embeds, cache)?;
+        argmax(&logits).map_err(anyhow::Error::from)?
+    };
     let mut arrivals = vec![start.elapsed()];
     let mut tokens = vec![next];
     let prefill_peak = pool.and_then(|p| {
@@ -128,9 +134,12 @@ pub(crate) fn prefill_and_decode(
         if req.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
-        let step = model.embed_tokens(&[next])?;
-        let logits = model.forward_embeds(&step, cache)?;
-        next = argmax(&logits).map_err(anyhow::Error::from)?;
+        {
+            let _span = profile::span("phase", "decode_step");
+            let step = model.embed_tokens(&[next])?;
+            let logits = model.forward_embeds(&step, cache)?;
+            next = argmax(&logits).map_err(anyhow::Error::from)?;
+        }
         arrivals.push(start.elapsed());
         tokens.push(next);
     };
@@ -148,8 +157,14 @@ impl Engine for CandleTextEngine {
         &self.info
     }
 
+    fn device(&self) -> Option<candle_core::Device> {
+        Some(self.model.device().clone())
+    }
+
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
+        let _sample = profile::span("sample", "sample");
         let start = Instant::now();
+        let preprocess_span = profile::span("phase", "preprocess");
         if req.image.is_some() {
             return Err(EngineError::Sample(format!(
                 "{} is a text-only model and cannot take the sample's image",
@@ -174,6 +189,7 @@ impl Engine for CandleTextEngine {
             )));
         }
         ensure_cache(&self.model, &mut self.cache, ids.len() + req.max_new_tokens)?;
+        drop(preprocess_span);
         let preprocess = start.elapsed();
         // The embedding lookup is the first step of the model's forward pass: timed as prefill.
         let embeds = self.model.embed_tokens(&ids)?;

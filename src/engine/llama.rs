@@ -25,6 +25,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
+use crate::profile;
+
 /// Shape and numerics of a Llama model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -482,8 +484,10 @@ impl LlamaModel {
             let mut q = |n: &str| -> Result<Linear> {
                 let t = get(&format!("blk.{l}.{n}.weight"))?;
                 Ok(match t.dtype() {
-                    // candle would widen these to f32; kept as stored, decode reads half the bytes.
+                    // candle would widen f16 to f32; kept as stored, decode reads half the bytes.
                     GgmlDType::F16 => Linear::Dense(t.dequantize_f16(device)?),
+                    // Plain floats are dense weights: the decode kernels apply.
+                    GgmlDType::F32 | GgmlDType::BF16 => Linear::Dense(t.dequantize(device)?),
                     _ => Linear::Quant(QMatMul::from_qtensor(t)?),
                 })
             };
@@ -576,6 +580,7 @@ impl LlamaModel {
 
     /// Token embeddings, `(seq, hidden)` in the activation dtype.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        let _span = profile::span("op", "embed");
         let ids = Tensor::new(ids, &self.device)?;
         Ok(self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?)
     }
@@ -603,16 +608,30 @@ impl LlamaModel {
         };
         let eps = c.rms_norm_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let attn = self.attention(layer, &h, &cos, &sin, mask.as_ref(), cache, l, offset)?;
+            let _layer = profile::span_with("layer", || format!("layer {l}"));
+            let h = {
+                let _s = profile::span("op", "attn_norm");
+                candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?
+            };
+            let attn = {
+                let _s = profile::span("op", "attention");
+                self.attention(layer, &h, &cos, &sin, mask.as_ref(), cache, l, offset)?
+            };
             x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let mlp = layer
-                .down
-                .forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
+            let h = {
+                let _s = profile::span("op", "ffn_norm");
+                candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?
+            };
+            let mlp = {
+                let _s = profile::span("op", "mlp");
+                layer
+                    .down
+                    .forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?
+            };
             x = (x + mlp)?;
         }
         cache.len = offset + seq;
+        let _head = profile::span("op", "lm_head");
         let last = x.narrow(1, seq - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
         Ok(self

@@ -123,4 +123,8 @@ pub trait Engine {
     fn info(&self) -> &EngineInfo;
     /// Runs one request to completion (greedy, temperature 0).
     fn generate(&mut self, request: &GenerationRequest<'_>) -> Result<Generation, EngineError>;
+    /// The device the model runs on, for profiling's synchronisation (`None`: not in-process).
+    fn device(&self) -> Option<candle_core::Device> {
+        None
+    }
 }

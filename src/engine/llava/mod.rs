@@ -465,13 +465,17 @@ impl LlavaModel {
             (image.tiles, 3, image.height as usize, image.width as usize),
             self.device(),
         )?;
-        let features = self.vision.forward(&pixels)?;
+        let features = {
+            let _span = crate::profile::span("op", "vision_tower");
+            self.vision.forward(&pixels)?
+        };
         let side = c.vision.patches_per_side();
         let features = if c.keep_class_token {
             features
         } else {
             features.narrow(1, 1, side * side)?
         };
+        let _span = crate::profile::span("op", "projector");
         let projected = self.projector.forward(&features)?;
         let (tiles, per_tile, hidden) = projected.dims3()?;
         let out = match (c.variant, &self.image_newline) {
