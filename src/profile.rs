@@ -181,14 +181,30 @@ pub fn stats_table(trace: &Trace, top: usize) -> String {
         calls: u64,
         total_us: f64,
     }
+    // Operations are attributed to the phase they ran in (prefill and decode differ in kind).
+    let mut phases: Vec<(f64, f64, &str)> = trace
+        .trace_events
+        .iter()
+        .filter(|e| e.cat == "phase")
+        .map(|e| (e.ts, e.ts + e.dur, e.name.as_str()))
+        .collect();
+    phases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let phase_of = |e: &TraceEvent| -> Option<&str> {
+        let i = phases.partition_point(|p| p.0 <= e.ts + 1e-6);
+        let (start, end, name) = *phases.get(i.checked_sub(1)?)?;
+        (e.ts >= start - 1e-6 && e.ts + e.dur <= end + 1e-6).then_some(name)
+    };
     let mut by_name: BTreeMap<(String, String), Agg> = BTreeMap::new();
     for e in &trace.trace_events {
         // Layers are numbered in the trace; the table adds them up per kind.
-        let name = e
+        let base = e
             .name
             .trim_end_matches(|c: char| c.is_ascii_digit())
-            .trim_end()
-            .to_string();
+            .trim_end();
+        let name = match (e.cat.as_str(), phase_of(e)) {
+            ("op" | "layer", Some(phase)) => format!("{phase}/{base}"),
+            _ => base.to_string(),
+        };
         let a = by_name.entry((e.cat.clone(), name)).or_default();
         a.calls += 1;
         a.total_us += e.dur;
@@ -204,7 +220,7 @@ pub fn stats_table(trace: &Trace, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<22} {:>8} {:>12} {:>12} {:>8}",
+        "{:<10} {:<28} {:>8} {:>12} {:>12} {:>8}",
         "category", "operation", "calls", "total (ms)", "mean (ms)", "share"
     );
     for ((cat, name), a) in rows.iter().take(top) {
@@ -215,7 +231,7 @@ pub fn stats_table(trace: &Trace, top: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<22} {:>8} {:>12.3} {:>12.4} {:>8}",
+            "{:<10} {:<28} {:>8} {:>12.3} {:>12.4} {:>8}",
             cat,
             name,
             a.calls,
