@@ -1,5 +1,6 @@
 //! One module per subcommand: validate arguments into options, call the library, print.
 
+pub mod compare;
 pub mod prepare;
 pub mod run;
 pub mod serve;

@@ -75,7 +75,7 @@ pub fn render(report: &Report) -> String {
 }
 
 /// Four significant-ish digits without scientific notation for the usual ranges.
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 1000.0 {
         format!("{v:.0}")
