@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         `vlmbench prepare` freezes benchmark inputs (COCO, MMBench, prompt sets, synthetic sets, \
         JSONL) into JSON under perf_data/; `vlmbench run` loads a model in-process with candle, \
         decodes greedily and reports time to first token, time between tokens, decode \
-        tokens/s, end-to-end latency and peak memory. `vlmbench compare` puts reports side by \
-        side with ratios to the first.",
+        tokens/s, end-to-end latency and peak memory. `vlmbench compare` and `plot` read \
+        reports back: side by side with ratios, and as charts.",
     after_help = "Examples:\n  \
         vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
         vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
@@ -39,6 +39,8 @@ pub enum Command {
     SynthModel(SynthModelArgs),
     /// Put reports side by side: medians, p99s and ratios to the first report.
     Compare(CompareArgs),
+    /// Draw charts of one or more reports as SVG and PNG.
+    Plot(PlotArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +260,9 @@ pub struct RunArgs {
     /// Do not print the summary table.
     #[arg(long)]
     pub quiet: bool,
+    /// Also write the charts (SVG and PNG) beside the report, as `vlmbench plot` does.
+    #[arg(long)]
+    pub plots: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -396,6 +401,33 @@ pub enum CompareFormat {
     Csv,
     /// Columns, rows with values and ratios, and warnings.
     Json,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench plot reports/run.json                       # charts beside the report\n  \
+    vlmbench plot reports/base.json reports/new.json --out plots/ --name base_vs_new\n  \
+    vlmbench plot reports/server.json --format svg")]
+pub struct PlotArgs {
+    /// Reports from `vlmbench run`; several are drawn in one chart, one colour per run.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Folder for the charts (default: the first report's folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// File name prefix (default: the report's file stem, or `compare` for several reports).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Which files to write.
+    #[arg(long, value_enum, default_value_t = PlotFormat::Both)]
+    pub format: PlotFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlotFormat {
+    Svg,
+    Png,
+    Both,
 }
 
 #[cfg(test)]

@@ -133,6 +133,27 @@ pub fn summary(median: f64, p99: f64) -> Summary {
     }
 }
 
+/// A request that took `ttft` to its first token, then `itl` per further token.
+pub fn request(index: i64, ttft: f64, input_tokens: u64, itl: &[f64]) -> RequestRecord {
+    let decode: f64 = itl.iter().sum();
+    RequestRecord {
+        index,
+        ok: true,
+        error: None,
+        http_status: Some(200),
+        ttft_ms: Some(ttft),
+        ttft_from_send_ms: Some(ttft),
+        e2el_ms: Some(ttft + decode),
+        tpot_ms: (!itl.is_empty()).then(|| decode / itl.len() as f64),
+        queue_ms: Some(0.0),
+        input_tokens: Some(input_tokens),
+        output_tokens: Some(itl.len() as u64 + 1),
+        itl_ms: itl.to_vec(),
+        chunk_gaps_ms: itl.to_vec(),
+        text: "x".into(),
+    }
+}
+
 /// A load level with hand-chosen headline numbers over `requests`.
 pub fn level(
     concurrency: usize,
