@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         `vlmbench prepare` freezes benchmark inputs (COCO, MMBench, prompt sets, synthetic sets, \
         JSONL) into JSON under perf_data/; `vlmbench run` loads a model in-process with candle, \
         decodes greedily and reports time to first token, time between tokens, decode \
-        tokens/s, end-to-end latency and peak memory. `vlmbench compare` and `plot` read \
-        reports back: side by side with ratios, and as charts.",
+        tokens/s, end-to-end latency and peak memory. `vlmbench compare`, `plot` and `html` \
+        read reports back: side by side with ratios, as charts, as one HTML page.",
     after_help = "Examples:\n  \
         vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
         vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
@@ -41,6 +41,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Draw charts of one or more reports as SVG and PNG.
     Plot(PlotArgs),
+    /// Write one self-contained HTML page with the summary, environment and charts.
+    Html(HtmlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,6 +430,19 @@ pub enum PlotFormat {
     Svg,
     Png,
     Both,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench html reports/run.json                       # writes reports/run.html\n  \
+    vlmbench html reports/base.json reports/new.json -o compare.html")]
+pub struct HtmlArgs {
+    /// Reports from `vlmbench run`; with several, the page starts with the comparison table.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Output HTML file (default: the first report with the extension .html).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Some(Command::SynthModel(args)) => commands::synth_model::execute(args),
         Some(Command::Compare(args)) => commands::compare::execute(args),
         Some(Command::Plot(args)) => commands::plot::execute(args),
+        Some(Command::Html(args)) => commands::html::execute(args),
         // `vlmbench` alone runs the main job with its defaults.
         None => commands::run::execute(commands::run::default_args()),
     };

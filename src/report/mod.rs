@@ -5,10 +5,12 @@
 //! - [`table`]: the terminal summary, one row per metric.
 //! - [`compare`]: several reports side by side, with ratios to the first.
 //! - [`load`]: reading either kind of report back (in-process or serving).
+//! - [`html`]: one self-contained page with tables and charts.
 
 pub mod compare;
 pub mod csv;
 pub mod environment;
+pub mod html;
 pub mod json;
 pub mod load;
 pub mod serving;
