@@ -14,11 +14,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         `vlmbench prepare` freezes benchmark inputs (COCO, MMBench, prompt sets, synthetic sets, \
         JSONL) into JSON under perf_data/; `vlmbench run` loads a model in-process with candle, \
         decodes greedily and reports time to first token, time between tokens, decode \
-        tokens/s, end-to-end latency and peak memory.",
+        tokens/s, end-to-end latency and peak memory. `vlmbench compare`, `plot` and `html` \
+        read reports back: side by side with ratios, as charts, as one HTML page.",
     after_help = "Examples:\n  \
         vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
         vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
-        vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_short.json --device cuda"
+        vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_short.json --device cuda\n  \
+        vlmbench compare reports/base.json reports/new.json"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,6 +37,12 @@ pub enum Command {
     /// Write a model with seeded random weights in the Hugging Face layout.
     #[command(name = "synth-model")]
     SynthModel(SynthModelArgs),
+    /// Put reports side by side: medians, p99s and ratios to the first report.
+    Compare(CompareArgs),
+    /// Draw charts of one or more reports as SVG and PNG.
+    Plot(PlotArgs),
+    /// Write one self-contained HTML page with the summary, environment and charts.
+    Html(HtmlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +275,9 @@ pub struct RunArgs {
     /// Do not print the summary table.
     #[arg(long)]
     pub quiet: bool,
+    /// Also write the charts (SVG and PNG) beside the report, as `vlmbench plot` does.
+    #[arg(long)]
+    pub plots: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -375,6 +386,76 @@ pub struct SynthModelArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench compare reports/base.json reports/new.json\n  \
+    vlmbench compare reports/llamacpp.json reports/vllm.json --format md > compare.md\n  \
+    vlmbench compare a.json b.json c.json --format csv --out compare.csv")]
+pub struct CompareArgs {
+    /// Reports from `vlmbench run` (in-process or --backend openai); the first is the baseline
+    /// every ratio is taken against. Serving reports give one column per load level.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = CompareFormat::Table)]
+    pub format: CompareFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareFormat {
+    /// Aligned plain text for the terminal.
+    Table,
+    /// A Markdown table (GitHub issues, pull requests).
+    Md,
+    /// One line per run, metric and statistic.
+    Csv,
+    /// Columns, rows with values and ratios, and warnings.
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench plot reports/run.json                       # charts beside the report\n  \
+    vlmbench plot reports/base.json reports/new.json --out plots/ --name base_vs_new\n  \
+    vlmbench plot reports/server.json --format svg")]
+pub struct PlotArgs {
+    /// Reports from `vlmbench run`; several are drawn in one chart, one colour per run.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Folder for the charts (default: the first report's folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// File name prefix (default: the report's file stem, or `compare` for several reports).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Which files to write.
+    #[arg(long, value_enum, default_value_t = PlotFormat::Both)]
+    pub format: PlotFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlotFormat {
+    Svg,
+    Png,
+    Both,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vlmbench html reports/run.json                       # writes reports/run.html\n  \
+    vlmbench html reports/base.json reports/new.json -o compare.html")]
+pub struct HtmlArgs {
+    /// Reports from `vlmbench run`; with several, the page starts with the comparison table.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Output HTML file (default: the first report with the extension .html).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[cfg(test)]

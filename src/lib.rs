@@ -1,7 +1,8 @@
 //! vlmbench: measure how fast vision-language and text models run.
 //!
 //! Data flows one way: [`dataset`] (frozen inputs) → [`engine`] (a model that times itself)
-//! → [`metrics`] (per-sample timings) → [`stats`] (aggregates) → [`report`] (JSON, CSV, table).
+//! → [`metrics`] (per-sample timings) → [`stats`] (aggregates) → [`report`] (JSON, CSV, table)
+//! → [`plot`] (charts of reports, read back).
 
 pub mod cli;
 pub mod commands;
@@ -10,6 +11,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod memory;
 pub mod metrics;
+pub mod plot;
 pub mod profile;
 pub mod report;
 pub mod runner;

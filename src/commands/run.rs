@@ -164,6 +164,9 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         json_path.display(),
         csv_path.display()
     );
+    if args.plots {
+        super::plot::beside_report(&report, &json_path)?;
+    }
 
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),

@@ -238,6 +238,9 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         json_path.display(),
         csv_path.display()
     );
+    if args.plots {
+        super::plot::beside_serving_report(&report, &json_path)?;
+    }
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         _ if report.levels.iter().any(|l| l.failed > 0) => ExitCode::from(EXIT_SOME_FAILED),

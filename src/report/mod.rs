@@ -3,12 +3,20 @@
 //! - [`json`]: the full report (`<base>.json`), written atomically.
 //! - [`csv`]: one row per sample (`<base>.csv`), same basename.
 //! - [`table`]: the terminal summary, one row per metric.
+//! - [`compare`]: several reports side by side, with ratios to the first.
+//! - [`load`]: reading either kind of report back (in-process or serving).
+//! - [`html`]: one self-contained page with tables and charts.
 
+pub mod compare;
 pub mod csv;
 pub mod environment;
+pub mod html;
 pub mod json;
+pub mod load;
 pub mod serving;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::collections::BTreeMap;
 

@@ -165,6 +165,18 @@ pub fn write_csv(report: &ServingReport, path: &Path) -> Result<()> {
     write_atomic(path, &w.into_inner().context("cannot build CSV")?)
 }
 
+/// A level's latency metrics (all in ms) in display order.
+pub fn level_metric_rows(l: &LevelReport) -> [(&'static str, &Option<Summary>); 6] {
+    [
+        ("TTFT", &l.ttft_ms),
+        ("TTFT from send", &l.ttft_from_send_ms),
+        ("TPOT", &l.tpot_ms),
+        ("ITL", &l.itl_ms),
+        ("E2E", &l.e2el_ms),
+        ("Queue", &l.queue_ms),
+    ]
+}
+
 /// One table per level.
 pub fn render(report: &ServingReport) -> String {
     let mut out = String::new();
@@ -191,14 +203,7 @@ pub fn render(report: &ServingReport) -> String {
             "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "metric (ms)", "mean", "median", "p90", "p95", "p99", "min", "max", "stddev"
         );
-        for (name, s) in [
-            ("TTFT", &l.ttft_ms),
-            ("TTFT from send", &l.ttft_from_send_ms),
-            ("TPOT", &l.tpot_ms),
-            ("ITL", &l.itl_ms),
-            ("E2E", &l.e2el_ms),
-            ("Queue", &l.queue_ms),
-        ] {
+        for (name, s) in level_metric_rows(l) {
             if let Some(s) = s {
                 let _ = writeln!(
                     out,

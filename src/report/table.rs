@@ -2,14 +2,13 @@
 
 use std::fmt::Write;
 
-use super::Report;
+use super::{Report, RunSummary};
 use crate::memory::MaybeBytes;
 use crate::stats::Summary;
 
-/// Renders the summary table and the run totals as plain text.
-pub fn render(report: &Report) -> String {
-    let s = &report.summary;
-    let rows: [(&str, &Option<Summary>); 10] = [
+/// The summary's metrics in display order, with their names and units.
+pub fn metric_rows(s: &RunSummary) -> [(&'static str, &Option<Summary>); 10] {
+    [
         ("TTFT (ms)", &s.ttft_ms),
         ("TBT (ms)", &s.tbt_ms),
         ("TPOT (ms)", &s.tpot_ms),
@@ -20,7 +19,13 @@ pub fn render(report: &Report) -> String {
         ("Vision enc (ms)", &s.vision_encode_ms),
         ("Input tokens", &s.input_tokens),
         ("Output tokens", &s.output_tokens),
-    ];
+    ]
+}
+
+/// Renders the summary table and the run totals as plain text.
+pub fn render(report: &Report) -> String {
+    let s = &report.summary;
+    let rows = metric_rows(s);
     let mut out = String::new();
     let e = &report.engine;
     let _ = writeln!(
@@ -75,7 +80,7 @@ pub fn render(report: &Report) -> String {
 }
 
 /// Four significant-ish digits without scientific notation for the usual ranges.
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 1000.0 {
         format!("{v:.0}")
