@@ -9,7 +9,7 @@
 //! half-precision models read half the bytes. AVX2+FMA(+F16C) kernels are chosen at run time;
 //! other CPUs get the portable loop.
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Output rows per rayon task: big enough to amortise scheduling, small enough to balance.
@@ -67,6 +67,9 @@ pub fn matvec_q8_0(
         return Ok(None);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    // The activations are quantised to Q8_0 too, as llama.cpp and candle do: the block dot
+    // products then run on 8-bit integers.
+    let xq = QuantizedRow::new(&xs);
     let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
     let mut out = vec![0f32; n];
     out.par_chunks_mut(ROWS_PER_TASK)
@@ -74,7 +77,7 @@ pub fn matvec_q8_0(
         .for_each(|(chunk, rows)| {
             for (i, o) in rows.iter_mut().enumerate() {
                 let r = chunk * ROWS_PER_TASK + i;
-                *o = dot_q8_0(&xs, &data[r * row_bytes..(r + 1) * row_bytes]);
+                *o = dot_q8_0(&xq, &data[r * row_bytes..(r + 1) * row_bytes]);
             }
         });
     let mut shape = x.dims().to_vec();
@@ -86,22 +89,45 @@ pub fn matvec_q8_0(
     ))
 }
 
-fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
+/// A row of activations in Q8_0: per block of 32, a scale (rounded to f16 as stored) and
+/// `round(x / scale)`.
+struct QuantizedRow {
+    scales: Vec<f32>,
+    quants: Vec<i8>,
+}
+
+impl QuantizedRow {
+    fn new(x: &[f32]) -> Self {
+        let mut scales = Vec::with_capacity(x.len() / Q8_0_BLOCK);
+        let mut quants = Vec::with_capacity(x.len());
+        for block in x.chunks_exact(Q8_0_BLOCK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales.push(half::f16::from_f32(d).to_f32());
+            quants.extend(block.iter().map(|v| (v * inv).round() as i8));
+        }
+        Self { scales, quants }
+    }
+}
+
+fn dot_q8_0(x: &QuantizedRow, row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { x86::dot_q8_0(x, row) };
+        return unsafe { x86::dot_q8_0(&x.scales, &x.quants, row) };
     }
     row.chunks_exact(Q8_0_BYTES)
-        .zip(x.chunks_exact(Q8_0_BLOCK))
-        .map(|(block, xb)| {
+        .enumerate()
+        .map(|(b, block)| {
             let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-            let s: f32 = block[2..]
+            let xq = &x.quants[b * Q8_0_BLOCK..(b + 1) * Q8_0_BLOCK];
+            let s: i32 = block[2..]
                 .iter()
-                .zip(xb)
-                .map(|(&q, &v)| f32::from(q as i8) * v)
+                .zip(xq)
+                .map(|(&q, &v)| i32::from(q as i8) * i32::from(v))
                 .sum();
-            d * s
+            d * x.scales[b] * s as f32
         })
         .sum()
 }
@@ -220,25 +246,22 @@ mod x86 {
         };
     }
 
-    /// One Q8_0 row: per block, 32 bytes widened to f32 in four groups of 8, times the
-    /// activations, then scaled.
+    /// One Q8_0 row against Q8_0 activations: per block, 32 byte products summed in integers
+    /// (`maddubs` needs an unsigned operand: |w| times x with w's sign), then scaled.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
+    pub unsafe fn dot_q8_0(xs: &[f32], xq: &[i8], row: &[u8]) -> f32 {
         let blocks = row.len() / 34;
-        let (xp, rp) = (x.as_ptr(), row.as_ptr());
+        let rp = row.as_ptr();
+        let ones = _mm256_set1_epi16(1);
         let mut total = _mm256_setzero_ps();
         for b in 0..blocks {
             let block = rp.add(b * 34);
-            let d = half::f16::from_le_bytes([*block, *block.add(1)]).to_f32();
-            let q = block.add(2);
-            let xb = xp.add(b * 32);
-            let mut acc = _mm256_setzero_ps();
-            for g in 0..4 {
-                let bytes = _mm_loadl_epi64(q.add(g * 8) as *const __m128i);
-                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(g * 8)), w, acc);
-            }
-            total = _mm256_fmadd_ps(_mm256_set1_ps(d), acc, total);
+            let d = half::f16::from_le_bytes([*block, *block.add(1)]).to_f32() * xs[b];
+            let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * 32) as *const __m256i);
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            total = _mm256_fmadd_ps(_mm256_set1_ps(d), sums, total);
         }
         hsum(total)
     }
@@ -317,7 +340,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap();
-        let data = q.data().unwrap();
+        let data = q.data().unwrap().into_owned();
         let got: Vec<f32> = matvec_q8_0(&x, &data, n, k)
             .unwrap()
             .unwrap()
@@ -325,11 +348,25 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let want = reference(&x, &q.dequantize(&Device::Cpu).unwrap());
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
-        }
         assert!(matvec_q8_0(&x, &data, n, k + 1).unwrap().is_none());
+        // Close to the exact product with the dequantised weights...
+        let exact = reference(&x, &q.dequantize(&Device::Cpu).unwrap());
+        for (a, b) in got.iter().zip(&exact) {
+            assert!((a - b).abs() <= 0.05 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        // ...and equal, up to summation order, to candle's Q8_0 matmul, which also quantises
+        // the activations.
+        let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+        let want: Vec<f32> = candle
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]
