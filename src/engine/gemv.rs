@@ -9,7 +9,7 @@
 //! half-precision models read half the bytes. AVX2+FMA(+F16C) kernels are chosen at run time;
 //! other CPUs get the portable loop.
 
-use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Output rows per rayon task: big enough to amortise scheduling, small enough to balance.
@@ -356,6 +356,7 @@ mod tests {
         }
         // ...and equal, up to summation order, to candle's Q8_0 matmul, which also quantises
         // the activations.
+        use candle_core::Module;
         let candle = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
         let want: Vec<f32> = candle
             .forward(&x)
