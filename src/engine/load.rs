@@ -172,6 +172,18 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf> {
     Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
+/// `--tokenizer`, else the folder's tokenizer.json; `hint` says what to do when neither exists.
+fn folder_tokenizer(dir: &Path, opts: &EngineOptions, hint: &str) -> Result<Tokenizer> {
+    let path = opts
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    if !path.is_file() {
+        bail!("no tokenizer: looked for {} ({hint})", path.display());
+    }
+    load_tokenizer(&path)
+}
+
 fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path).map_err(|e| {
         anyhow!(
@@ -241,17 +253,11 @@ fn open_hf_dir(
     }
     let cfg = LlamaConfig::from_hf_json(&config)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let tokenizer_path = opts
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
-    if !tokenizer_path.is_file() {
-        bail!(
-            "no tokenizer: looked for {} (pass --tokenizer FILE for a tokenizer.json elsewhere)",
-            tokenizer_path.display()
-        );
-    }
-    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let tokenizer = folder_tokenizer(
+        dir,
+        opts,
+        "pass --tokenizer FILE for a tokenizer.json elsewhere",
+    )?;
     let vb = open_weights(dir, dtype, device)?;
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
@@ -361,17 +367,11 @@ fn open_llava_dir(
 ) -> Result<Box<dyn Engine>> {
     let mut cfg = LlavaConfig::from_json(config, arch)
         .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
-    let tokenizer_path = opts
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
-    if !tokenizer_path.is_file() {
-        bail!(
-            "no tokenizer: looked for {} (the original LLaVA release ships only tokenizer.model: pass --tokenizer with the tokenizer.json of the matching llava-hf checkpoint, e.g. llava-hf/llava-1.5-7b-hf)",
-            tokenizer_path.display()
-        );
-    }
-    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let tokenizer = folder_tokenizer(
+        dir,
+        opts,
+        "the original LLaVA release ships only tokenizer.model: pass --tokenizer with the tokenizer.json of the matching llava-hf checkpoint, e.g. llava-hf/llava-1.5-7b-hf",
+    )?;
     let vb = open_weights(dir, dtype, device)?;
     let layout = llava::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
     // transformers 5 keeps the image processor's settings inside processor_config.json.

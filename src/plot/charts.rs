@@ -506,18 +506,8 @@ fn latency_sweep(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::report::testutil::{self, level, request, sample, summary};
-
-    fn named(label: &str, report: AnyReport) -> NamedReport {
-        NamedReport {
-            label: label.into(),
-            path: PathBuf::from(format!("{label}.json")),
-            report,
-        }
-    }
+    use crate::report::testutil::{self, level, named, request, sample, summary};
 
     fn in_process(label: &str) -> NamedReport {
         let samples = vec![

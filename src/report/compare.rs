@@ -688,18 +688,8 @@ pub fn render_json(c: &Comparison) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::report::testutil::{self, failed_sample, level, sample, summary};
-
-    fn named(label: &str, report: AnyReport) -> NamedReport {
-        NamedReport {
-            label: label.into(),
-            path: PathBuf::from(format!("{label}.json")),
-            report,
-        }
-    }
+    use crate::report::testutil::{self, failed_sample, level, named, sample, summary};
 
     fn in_process(label: &str, ttfts: &[f64], tbt: &[f64], duration: f64) -> NamedReport {
         let samples = ttfts

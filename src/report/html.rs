@@ -473,20 +473,10 @@ fn details(r: &NamedReport) -> Vec<(&'static str, &'static str, String)> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::plot::charts::charts;
     use crate::report::compare::compare;
-    use crate::report::testutil::{self, level, request, sample, summary};
-
-    fn named(label: &str, report: AnyReport) -> NamedReport {
-        NamedReport {
-            label: label.into(),
-            path: PathBuf::from(format!("{label}.json")),
-            report,
-        }
-    }
+    use crate::report::testutil::{self, level, named, request, sample, summary};
 
     #[test]
     fn page_is_self_contained_and_escaped() {

@@ -10,6 +10,15 @@ use crate::memory::{MaybeBytes, MemoryReport};
 use crate::metrics::SampleMetrics;
 use crate::stats::{summarize, Summary};
 
+/// A report as the commands hold it, named `label` (read from `label.json`).
+pub fn named(label: &str, report: super::load::AnyReport) -> super::load::NamedReport {
+    super::load::NamedReport {
+        label: label.into(),
+        path: std::path::PathBuf::from(format!("{label}.json")),
+        report,
+    }
+}
+
 pub fn environment() -> Environment {
     Environment {
         vlmbench_version: "0.1.0".into(),
