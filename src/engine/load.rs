@@ -713,4 +713,83 @@ mod tests {
         assert_eq!(a.token_arrivals.len(), 6);
         assert_eq!(from_disk.info().architecture, "llama");
     }
+
+    /// The original LLaVA release's layout (`model.*`, `model.mm_projector.{0,2}`, the CLIP
+    /// tower as a separate checkpoint named by `mm_vision_tower`, no `<image>` token id)
+    /// computes what the llava-hf layout of the same weights computes.
+    #[test]
+    fn original_llava_layout_matches_llava_hf() {
+        use crate::engine::GenerationRequest;
+        use std::collections::HashMap;
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let hf = dir.path().join("hf");
+        synth::write_model("tiny-llava", &hf, DType::F32, 3).unwrap();
+        let shape = llava::synth::llava_preset("tiny-llava").unwrap();
+        let weights = shape.random_weights(3, DType::F32, &Device::Cpu).unwrap();
+        let (mut main, mut tower) = (HashMap::new(), HashMap::new());
+        for (name, t) in weights {
+            if let Some(rest) = name.strip_prefix("vision_tower.") {
+                tower.insert(rest.to_string(), t);
+                continue;
+            }
+            let renamed = name
+                .replace("language_model.model.", "model.")
+                .replace("language_model.lm_head.", "lm_head.")
+                .replace("multi_modal_projector.linear_1.", "model.mm_projector.0.")
+                .replace("multi_modal_projector.linear_2.", "model.mm_projector.2.");
+            main.insert(renamed, t);
+        }
+        let clip_dir = dir.path().join("clip-tiny-336");
+        std::fs::create_dir_all(&clip_dir).unwrap();
+        synth::write_safetensors(&clip_dir, &tower).unwrap();
+        let hf_config = shape.hf_config(DType::F32);
+        let clip_config = serde_json::json!({"architectures": ["CLIPModel"], "vision_config": hf_config["vision_config"]});
+        synth::write(&clip_dir, "config.json", clip_config.to_string().as_bytes()).unwrap();
+        let original = dir.path().join("llava-v1.5-tiny");
+        std::fs::create_dir_all(&original).unwrap();
+        synth::write_safetensors(&original, &main).unwrap();
+        let mut config = hf_config["text_config"].clone();
+        config["architectures"] = serde_json::json!(["LlavaLlamaForCausalLM"]);
+        config["model_type"] = "llava".into();
+        config["mm_vision_tower"] = "openai/clip-tiny-336".into();
+        config["mm_projector_type"] = "mlp2x_gelu".into();
+        config["mm_vision_select_layer"] = (-2).into();
+        config["mm_vision_select_feature"] = "patch".into();
+        config["image_aspect_ratio"] = "pad".into();
+        synth::write(&original, "config.json", config.to_string().as_bytes()).unwrap();
+        std::fs::copy(hf.join("tokenizer.json"), original.join("tokenizer.json")).unwrap();
+        // A square image: original LLaVA's padding to a square changes nothing.
+        let image = dir.path().join("square.png");
+        image::RgbImage::from_fn(400, 400, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        })
+        .save(&image)
+        .unwrap();
+        let open = |path: &std::path::Path| {
+            open_engine(&EngineOptions {
+                model: path.display().to_string(),
+                dtype: Some(DType::F32),
+                device: "cpu".into(),
+                tokenizer: None,
+                seed: 0,
+                prompt_template: Some("USER: <image>\\n{prompt} ASSISTANT:".into()),
+            })
+            .unwrap()
+        };
+        let cancel = AtomicBool::new(false);
+        let req = GenerationRequest {
+            prompt: "What is in the picture?",
+            image: Some(&image),
+            max_new_tokens: 8,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let (mut a, mut b) = (open(&hf), open(&original));
+        assert_eq!(b.info().architecture, "llava-1.5");
+        let (ga, gb) = (a.generate(&req).unwrap(), b.generate(&req).unwrap());
+        assert_eq!(gb.image_tokens, 576);
+        assert_eq!(ga.input_tokens, gb.input_tokens);
+        assert_eq!(ga.output_token_ids, gb.output_token_ids);
+    }
 }
