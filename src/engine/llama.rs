@@ -303,17 +303,7 @@ impl Linear {
                         return Ok(y);
                     }
                 }
-                // GGUF f16 weights stay f16 (half the bytes per decode step) under f32
-                // activations.
-                if w.dtype() != x.dtype() {
-                    return x
-                        .reshape((b * s, i))?
-                        .to_dtype(w.dtype())?
-                        .matmul(&w.t()?)?
-                        .to_dtype(x.dtype())?
-                        .reshape((b, s, ()));
-                }
-                x.reshape((b * s, i))?.matmul(&w.t()?)?.reshape((b, s, ()))
+                dense_matmul(x, w, (b, s, i))
             }
             Linear::Quant(q) => {
                 if let QMatMul::QTensor(t) = q {
@@ -327,20 +317,27 @@ impl Linear {
                     // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
                     // slower than widening the block to f32 and using the dense GEMM.
                     if b * s > 1 && t.device().is_cpu() {
-                        let (_, _, i) = x.dims3()?;
-                        let w = t.dequantize(&t.device())?;
-                        return x
-                            .reshape((b * s, i))?
-                            .to_dtype(w.dtype())?
-                            .matmul(&w.t()?)?
-                            .to_dtype(x.dtype())?
-                            .reshape((b, s, ()));
+                        return dense_matmul(x, &t.dequantize(&t.device())?, x.dims3()?);
                     }
                 }
                 q.forward(x)
             }
         }
     }
+}
+
+/// `x · wᵀ` for `x` of `dims` `(batch, seq, in)`, computed in `w`'s dtype (GGUF f16 weights
+/// stay f16 under f32 activations) and returned in `x`'s.
+fn dense_matmul(
+    x: &Tensor,
+    w: &Tensor,
+    (b, s, i): (usize, usize, usize),
+) -> candle_core::Result<Tensor> {
+    x.reshape((b * s, i))?
+        .to_dtype(w.dtype())?
+        .matmul(&w.t()?)?
+        .to_dtype(x.dtype())?
+        .reshape((b, s, ()))
 }
 
 #[derive(Debug, Clone)]
@@ -743,24 +740,32 @@ pub fn permute_for_gguf(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// The files an index (`*.index.json`) names in its `weight_map`, sorted, each once.
+pub fn shard_files(index: &Value) -> Vec<String> {
+    let mut files: Vec<String> = index["weight_map"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// Loads every `*.safetensors` of a checkpoint (single file or sharded with an index).
 pub fn safetensor_files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let v: Value = serde_json::from_slice(&std::fs::read(&index)?)
             .with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| anyhow!("{}: no `weight_map`", index.display()))?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect();
-        files.sort();
-        files.dedup();
-        return files
+        if !v.get("weight_map").is_some_and(Value::is_object) {
+            bail!("{}: no `weight_map`", index.display());
+        }
+        return shard_files(&v)
             .into_iter()
             .map(|f| {
                 let p = dir.join(&f);

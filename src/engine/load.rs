@@ -22,7 +22,7 @@ use tokenizers::Tokenizer;
 
 use super::candle_llava::{CandleLlavaEngine, PromptTemplate};
 use super::candle_text::CandleTextEngine;
-use super::llama::{ids_of, safetensor_files, LlamaConfig, LlamaModel};
+use super::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use super::llava::{self, LlavaConfig, LlavaModel};
 use super::synth;
 use super::{Engine, EngineInfo};
@@ -150,18 +150,7 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf> {
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
             let v: Value = serde_json::from_slice(&std::fs::read(&index)?)?;
-            let mut files: Vec<String> = v["weight_map"]
-                .as_object()
-                .map(|m| {
-                    m.values()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort();
-            files.dedup();
-            for f in files {
+            for f in shard_files(&v) {
                 repo.get(&f).map_err(offline)?;
             }
         }
@@ -312,18 +301,7 @@ fn pytorch_files(dir: &Path) -> Vec<PathBuf> {
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
     {
-        let mut files: Vec<String> = v["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.dedup();
-        return files.into_iter().map(|f| dir.join(f)).collect();
+        return shard_files(&v).into_iter().map(|f| dir.join(f)).collect();
     }
     let single = dir.join("pytorch_model.bin");
     if single.is_file() {
