@@ -3,7 +3,7 @@
 //!
 //! The engine code marks regions with [`span`] (sample, preprocessing, vision tower, projector,
 //! prefill, each decode step, each layer's norms / attention / MLP, the LM head). Spans are
-//! recorded only while a profile is active: otherwise a span is one relaxed atomic load, so an
+//! recorded only while a profile is active, on the thread that started it: otherwise a span is one relaxed atomic load, so an
 //! unprofiled run measures what it always measured. While profiling on CUDA each span ends with
 //! a device synchronisation, so a span's length is the GPU's time, not the launch time; that
 //! synchronisation is also why a profiled run is slower, and why profiling is opt-in.
@@ -25,6 +25,12 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil::write_atomic;
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Spans are recorded on the thread that started the profile (the one driving the model),
+    /// not from other threads of the process that happen to run model code meanwhile.
+    static ON_THIS_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 struct State {
@@ -70,12 +76,14 @@ pub fn start(device: Option<candle_core::Device>) {
         device: device.filter(|d| d.is_cuda()),
         notes: BTreeMap::new(),
     });
+    ON_THIS_THREAD.with(|on| on.set(true));
     ACTIVE.store(true, Ordering::Release);
 }
 
 /// Stops recording and returns what was recorded (`None` if nothing was started).
 pub fn finish() -> Option<Trace> {
     ACTIVE.store(false, Ordering::Release);
+    ON_THIS_THREAD.with(|on| on.set(false));
     let state = STATE.lock().unwrap_or_else(|p| p.into_inner()).take()?;
     Some(Trace {
         trace_events: state.events,
@@ -85,7 +93,7 @@ pub fn finish() -> Option<Trace> {
 }
 
 pub fn is_active() -> bool {
-    ACTIVE.load(Ordering::Relaxed)
+    ACTIVE.load(Ordering::Relaxed) && ON_THIS_THREAD.with(std::cell::Cell::get)
 }
 
 /// Records a number for the stats file (the latest value wins), e.g. the KV-cache size.
