@@ -132,6 +132,76 @@ fn dot_q8_0(x: &QuantizedRow, row: &[u8]) -> f32 {
         .sum()
 }
 
+/// Attention of one new token on the CPU, straight from the f32 KV-cache buffers:
+/// `q` is `(1, heads, 1, head_dim)`, the caches `(1, kv_heads, capacity, head_dim)` with the
+/// first `total` positions filled. Returns `(1, 1, heads × head_dim)`; `None` when the operands
+/// are not f32 CPU tensors of those shapes.
+///
+/// Why: for a single query row the generic path is a dozen small tensor operations per layer
+/// (transposes, two batched matmuls, scale, softmax, dtype casts), each allocating; here it is
+/// one pass per head, with grouped-query heads reading their shared key/value head in place.
+pub fn decode_attention(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    total: usize,
+    scale: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    if !(cpu_f32(q) && cpu_f32(k_cache) && cpu_f32(v_cache))
+        || !k_cache.is_contiguous()
+        || !v_cache.is_contiguous()
+    {
+        return Ok(None);
+    }
+    let (_, heads, rows, hd) = q.dims4()?;
+    let (_, kv_heads, capacity, khd) = k_cache.dims4()?;
+    if rows != 1 || khd != hd || kv_heads == 0 || heads % kv_heads != 0 || total > capacity {
+        return Ok(None);
+    }
+    let groups = heads / kv_heads;
+    let qs: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (k_store, k_layout) = k_cache.storage_and_layout();
+    let (v_store, v_layout) = v_cache.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) =
+        (&*k_store, &*v_store)
+    else {
+        return Ok(None);
+    };
+    let kd = &kd[k_layout.start_offset()..];
+    let vd = &vd[v_layout.start_offset()..];
+    let mut out = vec![0f32; heads * hd];
+    out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
+        let kv = h / groups;
+        let qh = &qs[h * hd..(h + 1) * hd];
+        let base = kv * capacity * hd;
+        let mut scores: Vec<f32> = (0..total)
+            .map(|p| dot_f32(qh, &kd[base + p * hd..base + (p + 1) * hd]) * scale)
+            .collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (p, &w) in scores.iter().enumerate() {
+            let row = &vd[base + p * hd..base + (p + 1) * hd];
+            for (acc, v) in o.iter_mut().zip(row) {
+                *acc += w * v;
+            }
+        }
+        for acc in o.iter_mut() {
+            *acc /= sum;
+        }
+    });
+    drop((k_store, v_store));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (1, 1, heads * hd),
+        &Device::Cpu,
+    )?))
+}
+
 fn run<W: Sync>(x: &[f32], w: &[W], out: &mut [f32], dot: fn(&[f32], &[W]) -> f32) {
     let k = x.len();
     out.par_chunks_mut(ROWS_PER_TASK)
@@ -388,6 +458,57 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn decode_attention_matches_the_tensor_formula() {
+        let (heads, kv_heads, cap, hd, total) = (8usize, 2usize, 16usize, 8usize, 11usize);
+        let q = Tensor::randn(0f32, 1.0, (1, heads, 1, hd), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, kv_heads, cap, hd), &Device::Cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, kv_heads, cap, hd), &Device::Cpu).unwrap();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let got = decode_attention(&q, &k, &v, total, scale).unwrap().unwrap();
+        assert_eq!(got.dims(), &[1, 1, heads * hd]);
+        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        // softmax(q kᵀ · scale) v per head, each query head on its group's key/value head.
+        let groups = heads / kv_heads;
+        for h in 0..heads {
+            let kv = h / groups;
+            let qh = q.get(0).unwrap().get(h).unwrap(); // (1, hd)
+            let kh = k
+                .get(0)
+                .unwrap()
+                .get(kv)
+                .unwrap()
+                .narrow(0, 0, total)
+                .unwrap();
+            let vh = v
+                .get(0)
+                .unwrap()
+                .get(kv)
+                .unwrap()
+                .narrow(0, 0, total)
+                .unwrap();
+            let scores = (qh.matmul(&kh.t().unwrap()).unwrap() * f64::from(scale)).unwrap();
+            let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let want: Vec<f32> = probs
+                .matmul(&vh)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (a, b) in got[h * hd..(h + 1) * hd].iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "head {h}: {a} vs {b}");
+            }
+        }
+        let f16 = q.to_dtype(DType::F16).unwrap();
+        assert!(decode_attention(&f16, &k, &v, total, scale)
+            .unwrap()
+            .is_none());
+        assert!(decode_attention(&q, &k, &v, cap + 1, scale)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

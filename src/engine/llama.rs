@@ -702,6 +702,14 @@ impl LlamaModel {
         cache.k[l].slice_set(&k, 2, offset)?;
         cache.v[l].slice_set(&v, 2, offset)?;
         let total = offset + seq;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if seq == 1 {
+            if let Some(out) =
+                super::gemv::decode_attention(&q, &cache.k[l], &cache.v[l], total, scale as f32)?
+            {
+                return Ok(layer.o.forward(&out)?);
+            }
+        }
         let keys = cache.k[l].narrow(2, 0, total)?;
         let values = cache.v[l].narrow(2, 0, total)?;
         // Grouped-query attention without copying K/V per head: fold each group of query heads
@@ -710,7 +718,6 @@ impl LlamaModel {
         let q = q.reshape((nkv, groups * seq, hd))?;
         let keys = keys.squeeze(0)?;
         let values = values.squeeze(0)?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&keys.t()?)? * scale)?;
         let scores = match mask {
             Some(m) => scores
