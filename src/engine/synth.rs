@@ -361,6 +361,19 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))
 }
 
+/// Writes `config` as config.json, and the presets' generation_config.json (greedy, their
+/// special token ids).
+pub fn write_configs(out: &Path, config: &Value) -> Result<()> {
+    write(out, "config.json", &serde_json::to_vec_pretty(config)?)?;
+    let gen =
+        json!({"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "do_sample": false});
+    write(
+        out,
+        "generation_config.json",
+        &serde_json::to_vec_pretty(&gen)?,
+    )
+}
+
 /// Shards above this size, as transformers' `save_pretrained` does by default.
 const SHARD_BYTES: usize = 2_000_000_000;
 
@@ -425,18 +438,7 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
             crate::engine::llava::synth::VISION_PRESETS.join(", ")
         );
     };
-    write(
-        out,
-        "config.json",
-        &serde_json::to_vec_pretty(&shape.hf_config(dtype))?,
-    )?;
-    let gen =
-        json!({"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "do_sample": false});
-    write(
-        out,
-        "generation_config.json",
-        &serde_json::to_vec_pretty(&gen)?,
-    )?;
+    write_configs(out, &shape.hf_config(dtype))?;
     write_tokenizer_files(out, &tokenizer_json(shape.vocab_size, &[])?, &[])?;
     let weights = shape.random_weights(seed, dtype, &Device::Cpu, "")?;
     write_safetensors(out, &weights)

@@ -12,8 +12,8 @@ use super::preprocess::{CLIP_MEAN, CLIP_STD};
 use super::DEFAULT_GRID;
 use crate::dataset::sampling::SeededRng;
 use crate::engine::synth::{
-    llama_preset, random_tensor, tokenizer_json, torch_dtype_name, write, write_safetensors,
-    write_tokenizer_files, LlamaShape, BOS, EOS, PAD,
+    llama_preset, random_tensor, tokenizer_json, torch_dtype_name, write, write_configs,
+    write_safetensors, write_tokenizer_files, LlamaShape, PAD,
 };
 
 /// The vision presets.
@@ -247,18 +247,7 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
         );
     };
     std::fs::create_dir_all(out)?;
-    write(
-        out,
-        "config.json",
-        &serde_json::to_vec_pretty(&shape.hf_config(dtype))?,
-    )?;
-    let gen =
-        json!({"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "do_sample": false});
-    write(
-        out,
-        "generation_config.json",
-        &serde_json::to_vec_pretty(&gen)?,
-    )?;
+    write_configs(out, &shape.hf_config(dtype))?;
     write(
         out,
         "preprocessor_config.json",
