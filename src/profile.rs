@@ -96,6 +96,31 @@ pub fn is_active() -> bool {
     ACTIVE.load(Ordering::Relaxed) && ON_THIS_THREAD.with(std::cell::Cell::get)
 }
 
+/// Whether spans opened on this thread are recorded: the value to hand to
+/// [`record_on_this_thread`] when the model's work moves to another thread.
+pub fn recording_here() -> bool {
+    is_active()
+}
+
+/// Makes the current thread record spans (or not) until the guard drops, for the thread the
+/// model's work was handed to (the engine's thread pool) by the thread that started the profile.
+pub fn record_on_this_thread(record: bool) -> RecordGuard {
+    let previous = ON_THIS_THREAD.with(|on| on.replace(record));
+    RecordGuard { previous }
+}
+
+/// Restores the thread's previous recording state on drop.
+#[must_use = "recording stops when this guard is dropped"]
+pub struct RecordGuard {
+    previous: bool,
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        ON_THIS_THREAD.with(|on| on.set(self.previous));
+    }
+}
+
 /// Records a number for the stats file (the latest value wins), e.g. the KV-cache size.
 pub fn note(key: &str, value: u64) {
     if !is_active() {

@@ -14,7 +14,9 @@ use super::candle_text::{ensure_cache, prefill_and_decode};
 use super::llama::KvCache;
 use super::llava::preprocess::ImageProcessor;
 use super::llava::{LlavaConfig, LlavaModel, Variant};
-use super::{Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks};
+use super::{
+    Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
+};
 use crate::memory::DevicePool;
 use crate::profile;
 
@@ -139,6 +141,7 @@ pub struct CandleLlavaEngine {
     template: PromptTemplate,
     info: EngineInfo,
     pool: Option<DevicePool>,
+    threads: ModelThreads,
 }
 
 impl CandleLlavaEngine {
@@ -151,6 +154,7 @@ impl CandleLlavaEngine {
         info: EngineInfo,
     ) -> Result<Self> {
         let cache = model.llm.new_cache(2048)?;
+        let device = model.device().clone();
         let pool = match model.device().location() {
             candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
             _ => None,
@@ -164,6 +168,7 @@ impl CandleLlavaEngine {
             template,
             info,
             pool,
+            threads: ModelThreads::for_device(&device)?,
         })
     }
 }
@@ -227,7 +232,13 @@ impl Engine for CandleLlavaEngine {
                     p.reset_peak();
                 }
                 let _span = profile::span("phase", "vision_encode");
-                let f = self.model.encode_image(img)?;
+                let f = match &self.pool {
+                    Some(_) => self.model.encode_image(img)?,
+                    None => {
+                        let model = &self.model;
+                        self.threads.run(|| model.encode_image(img))?
+                    }
+                };
                 self.model
                     .device()
                     .synchronize()
@@ -254,6 +265,7 @@ impl Engine for CandleLlavaEngine {
         }
         let embeds = candle_core::Tensor::cat(&parts, 0).map_err(anyhow::Error::from)?;
         let d = prefill_and_decode(
+            &self.threads,
             llm,
             &mut self.cache,
             &embeds,

@@ -14,7 +14,8 @@ use tokenizers::Tokenizer;
 use super::candle_llava::PromptTemplate;
 use super::llama::{KvCache, LlamaModel};
 use super::{
-    Engine, EngineError, EngineInfo, Generation, GenerationRequest, PhasePeaks, StopReason,
+    Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
+    StopReason,
 };
 use crate::memory::DevicePool;
 use crate::profile;
@@ -29,6 +30,7 @@ pub struct CandleTextEngine {
     pool: Option<DevicePool>,
     /// `--prompt-template`, when the user gave one.
     template: Option<PromptTemplate>,
+    threads: ModelThreads,
 }
 
 impl CandleTextEngine {
@@ -41,6 +43,7 @@ impl CandleTextEngine {
         // Start small; the cache grows (before prefill, outside any timed decode step) when a
         // request needs more, up to the context length.
         let cache = model.new_cache(1024)?;
+        let model_device = &model.device().clone();
         let pool = match model.device().location() {
             candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
             _ => None,
@@ -53,6 +56,7 @@ impl CandleTextEngine {
             info,
             pool,
             template: None,
+            threads: ModelThreads::for_device(model_device)?,
         })
     }
 
@@ -96,7 +100,27 @@ pub(crate) fn ensure_cache(
 }
 
 /// Prefills `embeds` (`(seq, hidden)`) and decodes greedily; arrivals are offsets from `start`.
+/// On the CPU this runs on the engine's [`ModelThreads`]; the CUDA memory pool (CUDA only) is
+/// read on the calling thread's side.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn prefill_and_decode(
+    threads: &ModelThreads,
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    embeds: &Tensor,
+    req: &GenerationRequest<'_>,
+    eos: &[u32],
+    start: Instant,
+    pool: Option<&DevicePool>,
+) -> Result<Decoded, EngineError> {
+    match pool {
+        Some(pool) => decode_loop(model, cache, embeds, req, eos, start, Some(pool)),
+        // No CUDA memory pool to read (and its handle may not cross threads).
+        None => threads.run(|| decode_loop(model, cache, embeds, req, eos, start, None)),
+    }
+}
+
+fn decode_loop(
     model: &LlamaModel,
     cache: &mut KvCache,
     embeds: &Tensor,
@@ -194,6 +218,7 @@ impl Engine for CandleTextEngine {
         // The embedding lookup is the first step of the model's forward pass: timed as prefill.
         let embeds = self.model.embed_tokens(&ids)?;
         let d = prefill_and_decode(
+            &self.threads,
             &self.model,
             &mut self.cache,
             &embeds,

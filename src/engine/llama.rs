@@ -25,6 +25,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
+use super::gemv;
 use crate::profile;
 
 /// Shape and numerics of a Llama model.
@@ -293,37 +294,85 @@ enum Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The weight as the CPU decode kernels see it.
+    fn decode_weight(&self) -> gemv::Weight<'_> {
         match self {
-            Linear::Dense(w) => {
-                let (b, s, i) = x.dims3()?;
-                // One token on the CPU: the bandwidth-bound matrix-vector kernel.
-                if b * s == 1 {
-                    if let Some(y) = super::gemv::matvec(x, w)? {
-                        return Ok(y);
-                    }
-                }
-                dense_matmul(x, w, (b, s, i))
+            Linear::Dense(w) | Linear::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                gemv::Weight::Dense(w)
             }
+            Linear::Quant(QMatMul::QTensor(t)) => gemv::Weight::Quantized(t),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, i) = x.dims3()?;
+        // One token on the CPU: the bandwidth-bound matrix-vector kernels.
+        if b * s == 1 {
+            if let Some(mut out) = gemv::matvec_many(x, &[self.decode_weight()])? {
+                return gemv::row_tensor(out.pop().unwrap_or_default(), x);
+            }
+        }
+        match self {
+            Linear::Dense(w) => dense_matmul(x, w, (b, s, i)),
             Linear::Quant(q) => {
+                // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
+                // slower than widening the block to f32 and using the dense GEMM.
                 if let QMatMul::QTensor(t) = q {
-                    let (b, s, _) = x.dims3()?;
-                    if b * s == 1 && t.dtype() == GgmlDType::Q8_0 && t.device().is_cpu() {
-                        let (n, k) = t.shape().dims2()?;
-                        if let Some(y) = super::gemv::matvec_q8_0(x, &t.data()?, n, k)? {
-                            return Ok(y);
-                        }
-                    }
-                    // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
-                    // slower than widening the block to f32 and using the dense GEMM.
                     if b * s > 1 && t.device().is_cpu() {
-                        return dense_matmul(x, &t.dequantize(&t.device())?, x.dims3()?);
+                        let wide = match gemv::dequantize_q8_0(t)? {
+                            Some(w) => w,
+                            None => t.dequantize(&t.device())?,
+                        };
+                        return dense_matmul(x, &wide, (b, s, i));
                     }
                 }
                 q.forward(x)
             }
         }
     }
+}
+
+/// Several projections of the same input, e.g. q/k/v or gate/up. For one token on the CPU
+/// they run as one pass of the decode kernels (one dispatch, one conversion of the input).
+fn project<const N: usize>(x: &Tensor, linears: [&Linear; N]) -> candle_core::Result<[Tensor; N]> {
+    let (b, s, _) = x.dims3()?;
+    if b * s == 1 {
+        let weights = linears.map(Linear::decode_weight);
+        if let Some(outs) = gemv::matvec_many(x, &weights)? {
+            let mut tensors = Vec::with_capacity(N);
+            for out in outs {
+                tensors.push(gemv::row_tensor(out, x)?);
+            }
+            if let Ok(all) = <[Tensor; N]>::try_from(tensors) {
+                return Ok(all);
+            }
+        }
+    }
+    let mut tensors = Vec::with_capacity(N);
+    for l in linears {
+        tensors.push(l.forward(x)?);
+    }
+    <[Tensor; N]>::try_from(tensors)
+        .map_err(|_| candle_core::Error::Msg("projection count mismatch".into()))
+}
+
+/// `down(silu(gate(x)) · up(x))`. For one token on the CPU, gate and up run as one pass of the
+/// decode kernels and the gating is applied to their rows directly.
+fn mlp(layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, s, _) = x.dims3()?;
+    if b * s == 1 {
+        let weights = [layer.gate.decode_weight(), layer.up.decode_weight()];
+        if let Some(outs) = gemv::matvec_many(x, &weights)? {
+            if let Ok([mut gate, up]) = <[Vec<f32>; 2]>::try_from(outs) {
+                for (g, u) in gate.iter_mut().zip(&up) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+                return layer.down.forward(&gemv::row_tensor(gate, x)?);
+            }
+        }
+    }
+    let [gate, up] = project(x, [&layer.gate, &layer.up])?;
+    layer.down.forward(&(gate.silu()? * up)?)
 }
 
 /// `x · wᵀ` for `x` of `dims` `(batch, seq, in)`, computed in `w`'s dtype (GGUF f16 weights
@@ -621,9 +670,7 @@ impl LlamaModel {
             };
             let mlp = {
                 let _s = profile::span("op", "mlp");
-                layer
-                    .down
-                    .forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?
+                mlp(layer, &h)?
             };
             x = (x + mlp)?;
         }
@@ -670,21 +717,18 @@ impl LlamaModel {
         let c = &self.config;
         let (_, seq, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let q = layer
-            .q
-            .forward(x)?
-            .reshape((1, seq, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = layer
-            .k
-            .forward(x)?
+        if seq == 1 && self.device.is_cpu() && self.dtype == DType::F32 {
+            if let Some(out) = self.decode_attention_cpu(layer, x, cache, l, offset)? {
+                return Ok(out);
+            }
+        }
+        let [q, k, v] = project(x, [&layer.q, &layer.k, &layer.v])?;
+        let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k
             .reshape((1, seq, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = layer
-            .v
-            .forward(x)?
+        let v = v
             .reshape((1, seq, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -734,6 +778,47 @@ impl LlamaModel {
             .transpose(1, 2)?
             .reshape((1, seq, nh * hd))?;
         Ok(layer.o.forward(&out)?)
+    }
+
+    /// One token's attention on the CPU in f32 without intermediate tensors: q/k/v as one pass
+    /// of the decode kernels, rotary embedding applied to the rows in place, keys and values
+    /// written into the cache, attention read straight from the cache buffers. Why: the
+    /// general path is a dozen small tensor operations per layer (reshapes, copies, two rope
+    /// calls that each dispatch to the thread pool), which for one token cost a noticeable
+    /// share of the step. `None` when the weights are of a layout the kernels do not read.
+    fn decode_attention_cpu(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cache: &mut KvCache,
+        l: usize,
+        offset: usize,
+    ) -> Result<Option<Tensor>> {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let weights = [&layer.q, &layer.k, &layer.v].map(Linear::decode_weight);
+        let Some(outs) = gemv::matvec_many(x, &weights)? else {
+            return Ok(None);
+        };
+        let Ok([mut q, mut k, v]) = <[Vec<f32>; 3]>::try_from(outs) else {
+            return Ok(None);
+        };
+        let cos: Vec<f32> = self.cos.get(offset)?.to_vec1()?;
+        let sin: Vec<f32> = self.sin.get(offset)?.to_vec1()?;
+        gemv::rope_in_place(&mut q, hd, &cos, &sin, self.interleaved_rope);
+        gemv::rope_in_place(&mut k, hd, &cos, &sin, self.interleaved_rope);
+        let k = Tensor::from_vec(k, (1, nkv, 1, hd), &self.device)?;
+        let v = Tensor::from_vec(v, (1, nkv, 1, hd), &self.device)?;
+        cache.k[l].slice_set(&k, 2, offset)?;
+        cache.v[l].slice_set(&v, 2, offset)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let Some(out) =
+            gemv::decode_attention_rows(&q, nh, &cache.k[l], &cache.v[l], offset + 1, scale)?
+        else {
+            bail!("decode attention: the KV cache is not an f32 CPU buffer");
+        };
+        let out = Tensor::from_vec(out, (1, 1, nh * hd), &self.device)?;
+        Ok(Some(layer.o.forward(&out)?))
     }
 }
 
@@ -948,18 +1033,23 @@ mod tests {
         let g = LlamaModel::from_gguf(&content, &mut buf, &Device::Cpu).unwrap();
         assert_eq!(g.config.num_layers, c.num_layers);
         let ids = [1u32, 20, 30, 40, 50];
+        let (mut ca, mut cb) = (m.new_cache(16).unwrap(), g.new_cache(16).unwrap());
         let a = m
-            .forward_embeds(
-                &m.embed_tokens(&ids).unwrap(),
-                &mut m.new_cache(16).unwrap(),
-            )
+            .forward_embeds(&m.embed_tokens(&ids).unwrap(), &mut ca)
             .unwrap();
         let b = g
-            .forward_embeds(
-                &g.embed_tokens(&ids).unwrap(),
-                &mut g.new_cache(16).unwrap(),
-            )
+            .forward_embeds(&g.embed_tokens(&ids).unwrap(), &mut cb)
             .unwrap();
         assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
+        // Decode steps (the one-token path, interleaved rope on the GGUF side) agree too.
+        for t in [7u32, 99, 3] {
+            let a = m
+                .forward_embeds(&m.embed_tokens(&[t]).unwrap(), &mut ca)
+                .unwrap();
+            let b = g
+                .forward_embeds(&g.embed_tokens(&[t]).unwrap(), &mut cb)
+                .unwrap();
+            assert!(max_diff(&a, &b) < 1e-4, "decode: {}", max_diff(&a, &b));
+        }
     }
 }

@@ -22,6 +22,46 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The threads an in-process engine runs its CPU work on: a rayon pool of its own, sized by
+/// `RAYON_NUM_THREADS` (which `--threads` sets) or the core count; none on CUDA.
+///
+/// Why a pool of the engine's own, entered once per request: called from outside a pool, every
+/// parallel kernel (a hundred or more per decode step) hands its work over and puts the calling
+/// thread to sleep until the pool wakes it, and that wake-up latency would be timed as the
+/// model's. Inside the pool, the kernels' halves are taken by the other workers while this one
+/// works too, and candle's own parallel operations use the same workers. A pool per engine also
+/// keeps one engine's work (and profile) apart from another's in the same process. CUDA work
+/// stays on the calling thread, since candle's streams are per thread.
+pub struct ModelThreads(Option<rayon::ThreadPool>);
+
+impl ModelThreads {
+    pub fn for_device(device: &candle_core::Device) -> anyhow::Result<Self> {
+        if !device.is_cpu() {
+            return Ok(Self(None));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("vlmbench-cpu-{i}"))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the CPU thread pool: {e}"))?;
+        Ok(Self(Some(pool)))
+    }
+
+    /// Runs `work` on the pool (on the calling thread where there is none); a profile being
+    /// recorded on the calling thread is recorded on the worker too.
+    pub fn run<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        match &self.0 {
+            Some(pool) => {
+                let record = crate::profile::recording_here();
+                pool.install(|| {
+                    let _record = crate::profile::record_on_this_thread(record);
+                    work()
+                })
+            }
+            None => work(),
+        }
+    }
+}
+
 /// What the runner asks an engine to do for one sample.
 #[derive(Debug, Clone)]
 pub struct GenerationRequest<'a> {

@@ -1,0 +1,141 @@
+//! Memory throughput of the CPU decode kernels on the projections of the 181 M reference Llama
+//! (hidden 1024, intermediate 2816, 4 of 16 heads for keys/values, 16 layers), per weight
+//! format. A decode step is bound by how fast it streams the weights from memory, so the figure
+//! is weight bytes read per second, to compare with the machine's memory bandwidth (about
+//! 28 GB/s on two cores of the CI machine kind, from a plain AVX2 streaming loop).
+//!
+//! Each iteration runs one decode step's projections, layer after layer: the fused q/k/v, the
+//! fused gate/up and the down projection of all 16 layers. The weights of all layers (190 MB in
+//! Q8_0 up to 720 MB in f32) do not fit in the caches, so they stream from memory as in a real
+//! step; a single layer's would stay in the last-level cache and overstate the speed.
+//!
+//! `cargo bench --bench decode_kernels` (threads: `RAYON_NUM_THREADS`, default all cores).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vlmbench::engine::gemv::{matvec_many, Weight};
+
+const HIDDEN: usize = 1024;
+const INTERMEDIATE: usize = 2816;
+const KV: usize = 256;
+
+fn weight(n: usize, k: usize, seed: u64) -> Tensor {
+    // Weight values do not change the time; fixed pseudo-random ones keep it honest anyway.
+    let v: Vec<f32> = (0..n * k)
+        .map(|i| {
+            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0)
+                / 30000.0
+        })
+        .collect();
+    Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
+}
+
+const LAYERS: usize = 16;
+
+/// One layer's projections as the decode step groups them: q/k/v, gate/up, down.
+const GROUPS: [&[(usize, usize)]; 3] = [
+    &[(HIDDEN, HIDDEN), (KV, HIDDEN), (KV, HIDDEN)],
+    &[(INTERMEDIATE, HIDDEN), (INTERMEDIATE, HIDDEN)],
+    &[(HIDDEN, INTERMEDIATE)],
+];
+
+fn kernels(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_step_projections");
+    for (format, bytes_per_weight) in [
+        ("q8_0", 34.0 / 32.0),
+        ("f16", 2.0),
+        ("bf16", 2.0),
+        ("f32", 4.0),
+    ] {
+        // [layer][group][matrix]
+        let mut dense: Vec<Vec<Vec<Tensor>>> = Vec::new();
+        let mut quant: Vec<Vec<Vec<QTensor>>> = Vec::new();
+        for layer in 0..LAYERS {
+            let mut dl = Vec::new();
+            let mut ql = Vec::new();
+            for (g, mats) in GROUPS.iter().enumerate() {
+                let ws: Vec<Tensor> = mats
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(n, k))| weight(n, k, (layer * 16 + g * 4 + i) as u64))
+                    .collect();
+                match format {
+                    "q8_0" => {
+                        ql.push(
+                            ws.iter()
+                                .map(|w| QTensor::quantize(w, GgmlDType::Q8_0).unwrap())
+                                .collect(),
+                        );
+                        dl.push(Vec::new());
+                    }
+                    "f16" => dl.push(ws.iter().map(|w| w.to_dtype(DType::F16).unwrap()).collect()),
+                    "bf16" => dl.push(
+                        ws.iter()
+                            .map(|w| w.to_dtype(DType::BF16).unwrap())
+                            .collect(),
+                    ),
+                    _ => dl.push(ws),
+                }
+            }
+            dense.push(dl);
+            quant.push(ql);
+        }
+        let steps: Vec<Vec<Weight<'_>>> = (0..LAYERS)
+            .flat_map(|l| {
+                let (dense, quant) = (&dense, &quant);
+                (0..GROUPS.len()).map(move |g| {
+                    if format == "q8_0" {
+                        quant[l][g].iter().map(Weight::Quantized).collect()
+                    } else {
+                        dense[l][g].iter().map(Weight::Dense).collect()
+                    }
+                })
+            })
+            .collect();
+        let row = |k: usize| {
+            Tensor::from_vec(
+                (0..k)
+                    .map(|i| ((i as f32) * 0.37).sin())
+                    .collect::<Vec<f32>>(),
+                (1, 1, k),
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let (x_hidden, x_inter) = (row(HIDDEN), row(INTERMEDIATE));
+        let elems: usize = GROUPS
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|(n, k)| n * k)
+            .sum::<usize>()
+            * LAYERS;
+        group.throughput(Throughput::Bytes((elems as f64 * bytes_per_weight) as u64));
+        // Timed on a worker of the pool, as decode steps run (see `prefill_and_decode`).
+        group.bench_function(format, |b| {
+            b.iter_custom(|iters| {
+                rayon::scope(|_| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        for (i, weights) in steps.iter().enumerate() {
+                            let x = if i % 3 == 2 { &x_inter } else { &x_hidden };
+                            black_box(matvec_many(x, weights).unwrap().expect("kernel applies"));
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500));
+    targets = kernels
+}
+criterion_main!(benches);
