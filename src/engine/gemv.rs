@@ -245,6 +245,33 @@ pub fn dequantize_q8_0(w: &QTensor) -> candle_core::Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(out, (n, k), &Device::Cpu)?))
 }
 
+/// A contiguous f16 or bf16 CPU weight widened to f32, rows split across the rayon pool;
+/// `None` for other dtypes, layouts or devices.
+pub fn widen_to_f32(w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    use half::slice::HalfFloatSliceExt;
+    if !matches!(w.dtype(), DType::F16 | DType::BF16) {
+        return Ok(None);
+    }
+    let Some(((n, k), held)) = Weight::Dense(w).hold()? else {
+        return Ok(None);
+    };
+    const SPAN: usize = 1 << 16;
+    let mut out = vec![0f32; n * k];
+    match held.rows(n, k) {
+        Some(Rows::F16(src)) => out
+            .par_chunks_mut(SPAN)
+            .zip(src.par_chunks(SPAN))
+            .for_each(|(d, s)| s.convert_to_f32_slice(d)),
+        Some(Rows::BF16(src)) => out
+            .par_chunks_mut(SPAN)
+            .zip(src.par_chunks(SPAN))
+            .for_each(|(d, s)| s.convert_to_f32_slice(d)),
+        _ => return Ok(None),
+    }
+    drop(held);
+    Ok(Some(Tensor::from_vec(out, (n, k), &Device::Cpu)?))
+}
+
 /// llama.cpp's Q8_0: blocks of 32 weights, an f16 scale then 32 signed bytes.
 const Q8_0_BLOCK: usize = 32;
 const Q8_0_BYTES: usize = 34;
@@ -811,6 +838,21 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn widening_equals_candles_cast() {
+        let w = Tensor::randn(0f32, 1.0, (70, 1000), &Device::Cpu).unwrap();
+        for dt in [DType::F16, DType::BF16] {
+            let half = w.to_dtype(dt).unwrap();
+            let got = widen_to_f32(&half).unwrap().unwrap();
+            let want = half.to_dtype(DType::F32).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap()
+            );
+        }
+        assert!(widen_to_f32(&w).unwrap().is_none());
     }
 
     #[test]
