@@ -191,15 +191,16 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
 /// tensor shaped like `x` with the last dimension `n`, in `x`'s dtype; `None` as for
 /// [`matvec_many`].
 pub fn matvec(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    one(x, Weight::Dense(w))
+    matvec_one(x, Weight::Dense(w))
 }
 
 /// As [`matvec`] for a Q8_0 weight stored as llama.cpp lays it out.
 pub fn matvec_q8_0(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
-    one(x, Weight::Quantized(w))
+    matvec_one(x, Weight::Quantized(w))
 }
 
-fn one(x: &Tensor, w: Weight<'_>) -> candle_core::Result<Option<Tensor>> {
+/// [`matvec_many`] for one weight, as a tensor shaped like `x` (see [`row_tensor`]).
+pub fn matvec_one(x: &Tensor, w: Weight<'_>) -> candle_core::Result<Option<Tensor>> {
     let Some(mut outs) = matvec_many(x, &[w])? else {
         return Ok(None);
     };

@@ -308,8 +308,8 @@ impl Linear {
         let (b, s, i) = x.dims3()?;
         // One token on the CPU: the bandwidth-bound matrix-vector kernels.
         if b * s == 1 {
-            if let Some(mut out) = gemv::matvec_many(x, &[self.decode_weight()])? {
-                return gemv::row_tensor(out.pop().unwrap_or_default(), x);
+            if let Some(y) = gemv::matvec_one(x, self.decode_weight())? {
+                return Ok(y);
             }
         }
         match self {
@@ -332,22 +332,9 @@ impl Linear {
     }
 }
 
-/// Several projections of the same input, e.g. q/k/v or gate/up. For one token on the CPU
-/// they run as one pass of the decode kernels (one dispatch, one conversion of the input).
+/// Several projections of the same input (q/k/v, gate/up), each through [`Linear::forward`].
+/// (One-token steps on the CPU fuse them instead: [`mlp`], `LlamaModel::decode_attention_cpu`.)
 fn project<const N: usize>(x: &Tensor, linears: [&Linear; N]) -> candle_core::Result<[Tensor; N]> {
-    let (b, s, _) = x.dims3()?;
-    if b * s == 1 {
-        let weights = linears.map(Linear::decode_weight);
-        if let Some(outs) = gemv::matvec_many(x, &weights)? {
-            let mut tensors = Vec::with_capacity(N);
-            for out in outs {
-                tensors.push(gemv::row_tensor(out, x)?);
-            }
-            if let Ok(all) = <[Tensor; N]>::try_from(tensors) {
-                return Ok(all);
-            }
-        }
-    }
     let mut tensors = Vec::with_capacity(N);
     for l in linears {
         tensors.push(l.forward(x)?);
