@@ -19,7 +19,7 @@ pub mod preprocess;
 pub mod synth;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder};
 use serde_json::Value;
 
@@ -369,6 +369,19 @@ impl LlavaModel {
         let (model_prefix, head_prefix) = layout.language_model();
         let llm = LlamaModel::from_hf(config.text.clone(), vb.clone(), model_prefix, head_prefix)
             .context("loading the language model")?;
+        // On the CPU, half-precision checkpoints compute in f32, as the language model does
+        // (see `LlamaModel::from_hf`); the tower and projector, a small share of the weights,
+        // are widened when they load.
+        let cpu_half = vb.device().is_cpu() && matches!(vb.dtype(), DType::F16 | DType::BF16);
+        fn widen(v: VarBuilder<'_>, yes: bool) -> VarBuilder<'_> {
+            if yes {
+                v.set_dtype(DType::F32)
+            } else {
+                v
+            }
+        }
+        let tower_vb = tower_vb.map(|t| widen(t, cpu_half));
+        let vb_vision = widen(vb.clone(), cpu_half);
         let tower_vb = match tower_vb {
             Some(t) => t,
             None => {
@@ -378,7 +391,7 @@ impl LlavaModel {
                         layout.vision_model_candidates().join(".embeddings.class_embedding, ")
                     )
                 })?;
-                vb.pp(prefix)
+                vb_vision.pp(prefix)
             }
         };
         let vision = ClipVisionTower::load(config.vision.clone(), tower_vb, &config.feature_layers)
@@ -388,9 +401,9 @@ impl LlavaModel {
         let projector = match layout {
             Layout::HfLegacy | Layout::HfNested => {
                 let p = if layout == Layout::HfLegacy {
-                    vb.pp("multi_modal_projector")
+                    vb_vision.pp("multi_modal_projector")
                 } else {
-                    vb.pp("model.multi_modal_projector")
+                    vb_vision.pp("model.multi_modal_projector")
                 };
                 Projector {
                     layers: vec![
@@ -403,7 +416,7 @@ impl LlavaModel {
                 }
             }
             Layout::Original => {
-                let p = vb.pp("model.mm_projector");
+                let p = vb_vision.pp("model.mm_projector");
                 let layers = if p.contains_tensor("weight") {
                     vec![candle_nn::linear(vision_out, text_h, p)?]
                 } else {
@@ -600,6 +613,54 @@ mod tests {
         );
         let p = c.image_processor(None).unwrap();
         assert_eq!(p.pad_to_square, Some([122, 116, 104]));
+    }
+
+    /// Half-precision weights on the CPU: tower and projector compute in f32 and give the image
+    /// features of the f32 model with the same (rounded) weights.
+    #[test]
+    fn half_weights_on_the_cpu_encode_in_f32() {
+        use super::synth::llava_preset;
+        let shape = llava_preset("tiny-llava").unwrap();
+        let weights = shape.random_weights(5, DType::F32, &Device::Cpu).unwrap();
+        let cfg =
+            LlavaConfig::from_json(&shape.hf_config(DType::F32), shape.architecture()).unwrap();
+        let processor = cfg
+            .image_processor(Some(&shape.preprocessor_config()))
+            .unwrap();
+        let img = image::RgbImage::from_fn(400, 300, |x, y| {
+            image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 13 * 19) as u8])
+        });
+        let prepared = processor.prepare(&img);
+        let rounded: std::collections::HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, t)| {
+                let r = t
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                (k.clone(), r)
+            })
+            .collect();
+        let load = |dtype: DType| {
+            let vb = VarBuilder::from_tensors(rounded.clone(), dtype, &Device::Cpu);
+            LlavaModel::load(cfg.clone(), vb, Layout::HfLegacy, None).unwrap()
+        };
+        let (half, full) = (load(DType::BF16), load(DType::F32));
+        let a = half.encode_image(&prepared).unwrap();
+        let b = full.encode_image(&prepared).unwrap();
+        assert_eq!(a.dtype(), DType::F32);
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
     }
 
     #[test]
