@@ -232,13 +232,8 @@ impl Engine for CandleLlavaEngine {
                     p.reset_peak();
                 }
                 let _span = profile::span("phase", "vision_encode");
-                let f = match &self.pool {
-                    Some(_) => self.model.encode_image(img)?,
-                    None => {
-                        let model = &self.model;
-                        self.threads.run(|| model.encode_image(img))?
-                    }
-                };
+                let model = &self.model;
+                let f = self.threads.run(|| model.encode_image(img))?;
                 self.model
                     .device()
                     .synchronize()

@@ -415,6 +415,12 @@ pub struct LlamaModel {
     dtype: DType,
 }
 
+/// The rotary angles of one position, `head_dim / 2` each.
+struct RopeRow {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
 /// Keys and values of every layer, preallocated to `capacity` positions.
 #[derive(Debug)]
 pub struct KvCache {
@@ -663,6 +669,16 @@ impl LlamaModel {
         } else {
             None
         };
+        // One token on the CPU in f32: the rotary angles of its position as plain rows, read
+        // once for every layer's `decode_attention_cpu`.
+        let decode_rope = if seq == 1 && self.device.is_cpu() && self.dtype == DType::F32 {
+            Some(RopeRow {
+                cos: cos.flatten_all()?.to_vec1()?,
+                sin: sin.flatten_all()?.to_vec1()?,
+            })
+        } else {
+            None
+        };
         let eps = c.rms_norm_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
             let _layer = profile::span_with("layer", || format!("layer {l}"));
@@ -672,7 +688,16 @@ impl LlamaModel {
             };
             let attn = {
                 let _s = profile::span("op", "attention");
-                self.attention(layer, &h, &cos, &sin, mask.as_ref(), cache, l, offset)?
+                let fused = match &decode_rope {
+                    Some(rope) => self.decode_attention_cpu(layer, &h, rope, cache, l, offset)?,
+                    None => None,
+                };
+                match fused {
+                    Some(out) => out,
+                    None => {
+                        self.attention(layer, &h, &cos, &sin, mask.as_ref(), cache, l, offset)?
+                    }
+                }
             };
             x = (x + attn)?;
             let h = {
@@ -728,11 +753,6 @@ impl LlamaModel {
         let c = &self.config;
         let (_, seq, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        if seq == 1 && self.device.is_cpu() && self.dtype == DType::F32 {
-            if let Some(out) = self.decode_attention_cpu(layer, x, cache, l, offset)? {
-                return Ok(out);
-            }
-        }
         let [q, k, v] = project(x, [&layer.q, &layer.k, &layer.v])?;
         let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = k
@@ -801,6 +821,7 @@ impl LlamaModel {
         &self,
         layer: &Layer,
         x: &Tensor,
+        rope: &RopeRow,
         cache: &mut KvCache,
         l: usize,
         offset: usize,
@@ -814,10 +835,8 @@ impl LlamaModel {
         let Ok([mut q, mut k, v]) = <[Vec<f32>; 3]>::try_from(outs) else {
             return Ok(None);
         };
-        let cos: Vec<f32> = self.cos.get(offset)?.to_vec1()?;
-        let sin: Vec<f32> = self.sin.get(offset)?.to_vec1()?;
-        gemv::rope_in_place(&mut q, hd, &cos, &sin, self.interleaved_rope);
-        gemv::rope_in_place(&mut k, hd, &cos, &sin, self.interleaved_rope);
+        gemv::rope_in_place(&mut q, hd, &rope.cos, &rope.sin, self.interleaved_rope);
+        gemv::rope_in_place(&mut k, hd, &rope.cos, &rope.sin, self.interleaved_rope);
         let k = Tensor::from_vec(k, (1, nkv, 1, hd), &self.device)?;
         let v = Tensor::from_vec(v, (1, nkv, 1, hd), &self.device)?;
         cache.k[l].slice_set(&k, 2, offset)?;
