@@ -15,6 +15,7 @@ pub mod llava;
 pub mod load;
 pub mod openai;
 pub mod synth;
+pub mod weight_rng;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

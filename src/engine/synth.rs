@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::dataset::sampling::SeededRng;
+use super::weight_rng::WeightRng;
 
 /// Special tokens of every preset tokenizer, at these ids.
 pub const UNK: u32 = 0;
@@ -125,7 +125,7 @@ impl LlamaShape {
         device: &Device,
         prefix: &str,
     ) -> Result<HashMap<String, Tensor>> {
-        let mut rng = SeededRng::new(seed);
+        let mut rng = WeightRng::new(seed, device)?;
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let hd = h / self.num_attention_heads;
         let kv = self.num_key_value_heads * hd;
@@ -135,7 +135,7 @@ impl LlamaShape {
             let t = if ones {
                 Tensor::ones(shape, dtype, device)?
             } else {
-                random_tensor(&mut rng, shape, std, dtype, device)?
+                rng.uniform(shape, std, dtype, device)?
             };
             w.insert(name, t);
             Ok(())
@@ -166,34 +166,6 @@ pub fn torch_dtype_name(dtype: DType) -> &'static str {
         DType::BF16 => "bfloat16",
         _ => "float32",
     }
-}
-
-/// A tensor of seeded values, uniform with the given standard deviation (weights' timing does
-/// not depend on their distribution; uniform is several times cheaper to draw than normal,
-/// which matters for 7 B parameters). Drawn in f32 one tensor at a time, then converted.
-pub fn random_tensor(
-    rng: &mut SeededRng,
-    shape: &[usize],
-    std: f64,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let half_width = (std * 3f64.sqrt()) as f32;
-    let mut data = Vec::with_capacity(n);
-    while data.len() < n {
-        let r = rng.next_u64();
-        for k in 0..4 {
-            if data.len() == n {
-                break;
-            }
-            let bits = ((r >> (16 * k)) & 0xffff) as f32 / 65535.0;
-            data.push((bits * 2.0 - 1.0) * half_width);
-        }
-    }
-    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?
-        .to_dtype(dtype)?
-        .to_device(device)?)
 }
 
 /// GPT-2's printable stand-in for each ASCII byte (bytes 0–32 and 127 are shifted to U+0100…).
@@ -427,9 +399,21 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
 
 /// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
 pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+    write_preset(preset, out, dtype, Some(seed))
+}
+
+/// Writes a preset's files; with `weights_seed` `None`, everything but the weights (configs,
+/// tokenizer, processor files): enough to make data sets exact against its tokenizer or to
+/// build the same architecture elsewhere, without gigabytes on disk.
+pub fn write_preset(
+    preset: &str,
+    out: &Path,
+    dtype: DType,
+    weights_seed: Option<u64>,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     if crate::engine::llava::synth::llava_preset(preset).is_some() {
-        return crate::engine::llava::synth::write_model(preset, out, dtype, seed);
+        return crate::engine::llava::synth::write_model(preset, out, dtype, weights_seed);
     }
     let Some(shape) = llama_preset(preset) else {
         bail!(
@@ -440,6 +424,9 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
     };
     write_configs(out, &shape.hf_config(dtype))?;
     write_tokenizer_files(out, &tokenizer_json(shape.vocab_size, &[])?, &[])?;
+    let Some(seed) = weights_seed else {
+        return Ok(());
+    };
     let weights = shape.random_weights(seed, dtype, &Device::Cpu, "")?;
     write_safetensors(out, &weights)
 }
@@ -472,14 +459,21 @@ mod tests {
         }
     }
 
+    /// A preset's CPU weights depend on the seed only: the same seed, the same tensors.
     #[test]
-    fn random_tensors_are_seeded() {
-        let mut a = SeededRng::new(1);
-        let mut b = SeededRng::new(1);
-        let x = random_tensor(&mut a, &[3, 5], 0.02, DType::F32, &Device::Cpu).unwrap();
-        let y = random_tensor(&mut b, &[3, 5], 0.02, DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(x.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
-        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(v.iter().all(|x| x.abs() <= 0.0347) && v.iter().any(|x| *x != 0.0));
+    fn cpu_preset_weights_are_seeded() {
+        let shape = llama_preset("tiny-llama").unwrap();
+        let flat = |seed| {
+            let w = shape
+                .random_weights(seed, DType::F32, &Device::Cpu, "")
+                .unwrap();
+            let q = &w["model.layers.1.self_attn.q_proj.weight"];
+            q.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (a, b, c) = (flat(7), flat(7), flat(8));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let bound = (0.2f64 * 3f64.sqrt()) as f32 * 1.0001;
+        assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| *x != 0.0));
     }
 }

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 use super::clip::{Activation, ClipVisionConfig};
 use super::preprocess::{CLIP_MEAN, CLIP_STD};
 use super::DEFAULT_GRID;
-use crate::dataset::sampling::SeededRng;
 use crate::engine::synth::{
-    llama_preset, random_tensor, tokenizer_json, torch_dtype_name, write, write_configs,
-    write_safetensors, write_tokenizer_files, LlamaShape, PAD,
+    llama_preset, tokenizer_json, torch_dtype_name, write, write_configs, write_safetensors,
+    write_tokenizer_files, LlamaShape, PAD,
 };
+use crate::engine::weight_rng::WeightRng;
 
 /// The vision presets.
 pub const VISION_PRESETS: &[&str] = &[
@@ -154,7 +154,7 @@ impl LlavaShape {
             .text
             .random_weights(seed, dtype, device, "language_model.")?;
         // A second stream, so the text weights equal those of the text preset with this seed.
-        let mut rng = SeededRng::new(seed ^ 0x11a7a);
+        let mut rng = WeightRng::new(seed ^ 0x11a7a, device)?;
         let v = &self.vision;
         let (h, i, p) = (v.hidden_size, v.intermediate_size, v.patch_size);
         let t = self.text.hidden_size;
@@ -162,7 +162,7 @@ impl LlavaShape {
         let mut put = |name: String, shape: &[usize], fill: Option<f64>| -> Result<()> {
             let tensor = match fill {
                 Some(x) => (Tensor::ones(shape, dtype, device)? * x)?,
-                None => random_tensor(&mut rng, shape, std, dtype, device)?,
+                None => rng.uniform(shape, std, dtype, device)?,
             };
             w.insert(name, tensor);
             Ok(())
@@ -238,8 +238,13 @@ pub fn tokenizer(shape: &LlavaShape) -> Result<String> {
     tokenizer_json(shape.text.vocab_size, &["<image>"])
 }
 
-/// Writes a vision preset in llava-hf's layout.
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+/// Writes a vision preset in llava-hf's layout (without weights when `weights_seed` is `None`).
+pub fn write_model(
+    preset: &str,
+    out: &Path,
+    dtype: DType,
+    weights_seed: Option<u64>,
+) -> Result<()> {
     let Some(shape) = llava_preset(preset) else {
         bail!(
             "unknown vision preset {preset:?}; presets: {}",
@@ -266,6 +271,9 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
         &serde_json::to_vec_pretty(&processor)?,
     )?;
     write_tokenizer_files(out, &tokenizer(&shape)?, &["<image>"])?;
+    let Some(seed) = weights_seed else {
+        return Ok(());
+    };
     let weights = shape.random_weights(seed, dtype, &Device::Cpu)?;
     write_safetensors(out, &weights)
 }
