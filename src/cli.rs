@@ -374,7 +374,8 @@ pub enum DtypeArg {
     after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
 )]
 pub struct SynthModelArgs {
-    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b.
+    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b, tiny-llava, tiny-llava-next,
+    /// llava-1.5-7b, llava-1.6-7b.
     #[arg(long)]
     pub preset: String,
     /// Output folder (created).
@@ -386,6 +387,12 @@ pub struct SynthModelArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write everything but the weights (config.json, generation_config.json, the tokenizer, a
+    /// vision preset's processor files): for a data set exact against the preset's tokenizer
+    /// (`prepare synthetic --tokenizer DIR/tokenizer.json`) or the same architecture built in
+    /// another framework, without gigabytes on disk.
+    #[arg(long)]
+    pub no_weights: bool,
 }
 
 #[derive(Debug, Args)]

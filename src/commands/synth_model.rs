@@ -12,11 +12,13 @@ pub fn execute(args: SynthModelArgs) -> Result<ExitCode> {
         DtypeArg::F16 => candle_core::DType::F16,
         DtypeArg::Bf16 => candle_core::DType::BF16,
     };
-    crate::engine::synth::write_model(&args.preset, &args.out, dtype, args.seed)?;
+    let seed = (!args.no_weights).then_some(args.seed);
+    crate::engine::synth::write_preset(&args.preset, &args.out, dtype, seed)?;
     println!(
-        "wrote {} ({}) to {}",
+        "wrote {} ({}{}) to {}",
         args.preset,
         dtype.as_str(),
+        if args.no_weights { ", no weights" } else { "" },
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
