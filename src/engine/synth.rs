@@ -459,6 +459,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_preset_without_weights_is_its_configs_and_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        for preset in ["llama-2-7b", "llava-1.5-7b"] {
+            let out = dir.path().join(preset);
+            write_preset(preset, &out, DType::F16, None).unwrap();
+            let mut names: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert!(
+                names.iter().all(|n| !n.contains("safetensors")),
+                "{names:?}"
+            );
+            for n in ["config.json", "generation_config.json", "tokenizer.json"] {
+                assert!(names.contains(&n.to_string()), "{preset}: {names:?}");
+            }
+            let vision = preset.starts_with("llava");
+            assert_eq!(names.contains(&"preprocessor_config.json".into()), vision);
+            let tok = Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+            let want = if vision { 32064 } else { 32000 };
+            assert_eq!(tok.get_vocab_size(true), want, "{preset}");
+        }
+    }
+
     /// A preset's CPU weights depend on the seed only: the same seed, the same tensors.
     #[test]
     fn cpu_preset_weights_are_seeded() {
