@@ -81,7 +81,7 @@ def build_model(model_dir, dtype, device):
     torch.manual_seed(0)
     t = time.perf_counter()
     with torch.device(device):
-        model = Auto.from_config(config, dtype=dtype)
+        model = Auto.from_config(config, **dtype_kw(dtype))
     model = model.to(device=device, dtype=dtype).eval()
     sync(device)
     return model, config, vision, time.perf_counter() - t
@@ -112,6 +112,21 @@ def decode_bytes(model, config, dtype):
         "vocab_size": text.vocab_size,
         "dtype_bytes": size,
     }
+
+
+def dtype_kw(dtype):
+    """`dtype=` in transformers 5, `torch_dtype=` in 4.x."""
+    return {"dtype": dtype} if int(transformers.__version__.split(".")[0]) >= 5 else {"torch_dtype": dtype}
+
+
+def keep_last_logits(model):
+    """Only the last position's logits in prefill, as generate() asks (the name changed in 4.50)."""
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        return {"logits_to_keep": 1}
+    if "num_logits_to_keep" in params:
+        return {"num_logits_to_keep": 1}
+    return {}
 
 
 def cache_argument(model):
@@ -153,7 +168,7 @@ def timed_generate(model, processor, tokenizer, sample, vision, device, max_new,
     t_pre = time.perf_counter()
     cache_kw = cache_argument(model)
     with torch.inference_mode():
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
+        out = model(**inputs, use_cache=True, **keep_last_logits(model))
         past = returned_cache(out)
         token = out.logits[:, -1, :].argmax(-1, keepdim=True)
         ids = [int(token.item())]
@@ -254,7 +269,7 @@ def cmd_parity(a):
         for dname in ("f32", "f16"):
             dtype = DTYPES[dname]
             Auto = AutoModelForImageTextToText if "image" in expected else AutoModelForCausalLM
-            model = Auto.from_pretrained(fixture_dir, dtype=dtype).to(device).eval()
+            model = Auto.from_pretrained(fixture_dir, **dtype_kw(dtype)).to(device).eval()
             inputs = fixture_inputs(name, fixture_dir, expected, dtype, device)
             with torch.inference_mode():
                 gen = model.generate(**inputs, max_new_tokens=len(want), do_sample=False, min_new_tokens=len(want))
