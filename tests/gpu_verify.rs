@@ -215,3 +215,48 @@ fn summary_turns_cpu_reports_into_the_table_and_targets() {
     assert!(md.contains("- `profile/tiny-llama.trace.json`"));
     assert!(md.contains("| transformers-tiny-llama | timed out after 150 s | 150.0 |"));
 }
+
+/// The whole script with the tiny presets on the CPU: every step runs and summary.md has every
+/// section. Needs a Python with torch and transformers (about two minutes on 2 cores):
+/// `PYTHON=/path/to/python cargo test --test gpu_verify -- --ignored`.
+#[test]
+#[ignore = "needs PYTHON set to a Python with torch and transformers"]
+fn verify_rehearsal_on_the_cpu_runs_every_step() {
+    let python = std::env::var("PYTHON").expect("set PYTHON to a Python with torch");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("proof");
+    let o = bash(
+        "scripts/gpu/verify.sh",
+        &[&out],
+        &[
+            ("VERIFY_REHEARSAL", "cpu"),
+            ("VERIFY_SAMPLES", "2"),
+            ("VLMBENCH_BIN", env!("CARGO_BIN_EXE_vlmbench")),
+            ("PYTHON", &python),
+        ],
+    );
+    let steps = std::fs::read_to_string(out.join("steps.tsv")).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{steps}", stderr(&o));
+    assert_eq!(steps.lines().count(), 16, "{steps}");
+    assert!(
+        steps.lines().all(|l| l.split('\t').nth(1) == Some("ok")),
+        "{steps}"
+    );
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for section in [
+        "## tiny-llama",
+        "## tiny-llava",
+        "## Targets",
+        "## Greedy parity",
+        "## Profile",
+    ] {
+        assert!(md.contains(section), "{section} missing:\n{md}");
+    }
+    // The f32 parity runs reproduce transformers' tokens on the CPU.
+    for fixture in ["llama", "llava", "llava_next"] {
+        assert!(
+            md.contains(&format!("| {fixture} | equal (24 tokens) |")),
+            "{md}"
+        );
+    }
+}
