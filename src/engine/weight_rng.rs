@@ -14,8 +14,8 @@ use crate::dataset::sampling::SeededRng;
 
 /// A seeded source of uniform random weights for one device.
 pub enum WeightRng {
-    /// Drawn on the host (the CPU device).
-    Host(SeededRng),
+    /// Drawn on the host (the CPU device); boxed, the generator's state is large.
+    Host(Box<SeededRng>),
     /// Drawn by the device's generator, which [`WeightRng::new`] has seeded.
     Device,
 }
@@ -25,7 +25,7 @@ impl WeightRng {
     /// generator, so streams for one device must be used one after the other, not interleaved.
     pub fn new(seed: u64, device: &Device) -> Result<Self> {
         if device.is_cpu() {
-            return Ok(Self::Host(SeededRng::new(seed)));
+            return Ok(Self::Host(Box::new(SeededRng::new(seed))));
         }
         device.set_seed(seed)?;
         Ok(Self::Device)
