@@ -214,6 +214,45 @@ fn summary_turns_cpu_reports_into_the_table_and_targets() {
     assert!(md.contains("- GPU: none reported"));
     assert!(md.contains("- `profile/tiny-llama.trace.json`"));
     assert!(md.contains("| transformers-tiny-llama | timed out after 150 s | 150.0 |"));
+
+    // The same report as a GPU run writes it: the GPU's nominal HBM bandwidth sets the bound,
+    // and the pool peak is held against weights + KV cache + prefill activations.
+    let mut gpu = report.clone();
+    gpu["environment"]["gpu"] = json!({"name": "NVIDIA H200", "driver_version": "580.65",
+        "cuda_driver_version": "13.0", "memory_total_bytes": 150_000_000_000u64});
+    let seq = summary["input_tokens"]["max"].as_f64().unwrap();
+    let longest = seq + summary["output_tokens"]["max"].as_f64().unwrap();
+    let activations = seq * (4.0 * 64.0 + 3.0 * 176.0) * 4.0 + 4.0 * seq * seq * 4.0 + 1024.0 * 4.0;
+    let computed = 1_200_000.0 + kv as f64 * longest + activations;
+    let pool = (computed * 1.03).round();
+    gpu["memory"]["gpu_pool_peak_prefill"] = json!({"bytes": (computed * 0.5) as u64});
+    gpu["memory"]["gpu_pool_peak_decode"] = json!({"bytes": pool as u64});
+    std::fs::write(&report_path, gpu.to_string()).unwrap();
+    let o = python("scripts/gpu/summary.py", &[&out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("- GPU: NVIDIA H200, driver 580.65, CUDA driver 13.0"),
+        "{md}"
+    );
+    assert!(md.contains("nominal HBM: 4,800 GB/s"), "{md}");
+    let nominal = tps / (4.8e12 / per_token);
+    let nominal_text = format!("{} %", py_fmt(100.0 * nominal, 1));
+    assert!(
+        md.contains(&format!(
+            "| decode fraction of nominal HBM bound | {nominal_text} |"
+        )),
+        "{nominal_text}: {md}"
+    );
+    assert!(md.contains(&format!(
+        "of the bound (nominal HBM) | {} tok/s = {nominal_text} of {} tok/s |",
+        py_fmt(tps, 1),
+        py_fmt(4.8e12 / per_token, 1)
+    )));
+    assert!(
+        md.contains("computed (+3.0 %); NVML process – | met |"),
+        "{md}"
+    );
 }
 
 /// The whole script with the tiny presets on the CPU: every step runs and summary.md has every
