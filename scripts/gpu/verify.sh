@@ -40,7 +40,7 @@ else
   [ -z "$rehearsal" ] || die "VERIFY_REHEARSAL=$rehearsal: the only rehearsal is VERIFY_REHEARSAL=cpu"
   device=cuda:0 dtype=f16 tdevice=cuda
   text_preset=llama-2-7b vision_preset=llava-1.5-7b max_new=128 bw_mib=4096
-  # Preflight: each failure is one line and exit status 2, before anything is written.
+  # Preflight: each failure is one line and exit status 2 (these first ones before OUT_DIR exists).
   command -v nvidia-smi >/dev/null 2>&1 \
     || die "no NVIDIA GPU here: nvidia-smi not found (run this on a machine with a CUDA GPU and its driver, or rehearse with VERIFY_REHEARSAL=cpu)"
   nvidia-smi -L 2>/dev/null | grep -q '^GPU ' \
@@ -52,7 +52,8 @@ command -v "$py" >/dev/null 2>&1 || die "no $py: set PYTHON to a Python with tor
 if [ -z "$rehearsal" ]; then
   "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
     || die "torch in $py sees no CUDA device (check the driver and that torch is a CUDA build)"
-  nvroot=$("$py" -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2>/dev/null) \
+  # `nvidia` is a namespace package: every folder of it (a venv and a user site may both have one).
+  nvroots=$("$py" -c 'import nvidia; print("\n".join(nvidia.__path__))' 2>/dev/null) && [ -n "$nvroots" ] \
     || die "$py has no nvidia packages (pip's CUDA libraries): install torch with CUDA there"
 fi
 if [ -z "${VLMBENCH_BIN:-}" ] && [ ! -x "$bin" ] && [ ! -f "$repo/target/gpu/vlmbench.xz" ]; then
@@ -76,14 +77,18 @@ fi
 if [ -z "$rehearsal" ]; then
   # The CUDA libraries: every lib/ of the environment's nvidia packages (never a stub folder),
   # then cuRAND from build.sh's pack when the environment has none.
-  libs=""
-  for d in "$nvroot"/*/lib; do
-    case "$d" in *stub*) continue ;; esac
-    [ -d "$d" ] && libs="${libs:+$libs:}$d"
-  done
-  if ! ls "$nvroot"/*/lib/libcurand.so.10 >/dev/null 2>&1; then
+  libs="" curand=""
+  while IFS= read -r root; do
+    for d in "$root"/*/lib; do
+      case "$d" in *stub*) continue ;; esac
+      [ -d "$d" ] || continue
+      libs="${libs:+$libs:}$d"
+      [ -e "$d/libcurand.so.10" ] && curand="$d/libcurand.so.10"
+    done
+  done <<< "$nvroots"
+  if [ -z "$curand" ]; then
     [ -f "$repo/target/gpu/libcurand.so.10.xz" ] \
-      || die "no libcurand.so.10 in $nvroot/*/lib and no target/gpu/libcurand.so.10.xz (scripts/gpu/build.sh packs one)"
+      || die "no libcurand.so.10 in the nvidia packages of $py and no target/gpu/libcurand.so.10.xz (scripts/gpu/build.sh packs one)"
     unpack "$repo/target/gpu/libcurand.so.10.xz" "$work/libcurand.so.10" \
       || die "cannot unpack target/gpu/libcurand.so.10.xz into $work"
     libs="${libs:+$libs:}$work"
@@ -166,9 +171,12 @@ export bin py repo out device dtype max_new
 
 # 1. Environment.
 {
-  if [ -z "$rehearsal" ]; then nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv; fi
+  if [ -z "$rehearsal" ]; then
+    timeout 20 nvidia-smi
+    timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
+  fi
   echo "vlmbench: $("$bin" --version)"
-  "$py" -c 'import sys, torch, transformers; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda); print("transformers", transformers.__version__)'
+  timeout 60 "$py" -c 'import sys, torch, transformers; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda); print("transformers", transformers.__version__)'
   echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   ldd "$bin" | grep -E 'cuda|cublas|curand|nvrtc' || true
 } > "$out/env/versions.txt" 2>&1
