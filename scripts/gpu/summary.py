@@ -156,6 +156,7 @@ def main(argv):
     nominal_bw = nominal_bandwidth(gpu_name)
     env = next(iter(reports.values()), None) or {}
     tf_env = next((get(load(os.path.join(root, "transformers", m + ".json")), "environment") for m in models), None)
+    lines += [f"- run: {get(env, 'started_at') or '?'}"]
     lines += [f"- device: vlmbench {get(env, 'engine', 'device') or '?'}, transformers {get(tf_env, 'device') or '?'} "
               f"(torch {get(tf_env, 'torch') or '?'}, transformers {get(tf_env, 'transformers') or '?'})"]
     lines += [f"- GPU: {gpu_name or 'none reported'}"
