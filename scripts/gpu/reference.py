@@ -95,7 +95,7 @@ def decode_bytes(model, config, dtype):
     embed = model.get_input_embeddings().weight
     lm_head = model.get_output_embeddings().weight
     lang_params = sum(p.numel() for p in language.parameters())
-    if lm_head.data_ptr() != embed.data_ptr():
+    if lm_head is not embed:  # untied: the LM head is read too
         lang_params += lm_head.numel()
     size = torch.tensor([], dtype=dtype).element_size()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
