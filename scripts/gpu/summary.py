@@ -232,8 +232,9 @@ def main(argv):
         stats = [f for f in os.listdir(prof) if f.endswith(".profiler_stats.txt")]
         if stats:
             with open(os.path.join(prof, stats[0])) as fh:
-                head = fh.read().splitlines()[:24]
-            lines += ["", "```", *head, "```"]
+                text = fh.read().splitlines()
+            kv = [t for t in text if t.startswith("kv_cache")]
+            lines += ["", "```", *text[:24], *(["..."] + kv if kv and kv[0] not in text[:24] else []), "```"]
         lines.append("")
     # Steps.
     steps = os.path.join(root, "steps.tsv")
