@@ -4,15 +4,19 @@
 //! → [`metrics`] (per-sample timings) → [`stats`] (aggregates) → [`report`] (JSON, CSV, table)
 //! → [`plot`] (charts of reports, read back).
 
+pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod dataset;
 pub mod engine;
 pub mod fsutil;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod plot;
 pub mod profile;
 pub mod report;
-pub mod runner;
+pub mod rng;
 pub mod stats;
+pub mod synth;

@@ -1,42 +1,18 @@
 //! `compare`, `plot`, `html` and `run --plots` end to end: the real binary on two small
 //! in-process reports (and a serving report written here), checked through their files.
 
+mod common;
+
+use common::{prepare_prompts, read_json, vlmbench};
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::str::contains;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The charts every in-process report gets.
 const IN_PROCESS_CHARTS: [&str; 4] = ["ttft", "tbt", "tbt_by_position", "ttft_vs_input"];
 /// PNGs are drawn at twice the 820x460 SVG size.
 const PNG_SIZE: (u32, u32) = (1640, 920);
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn prompts(dir: &Path) -> PathBuf {
-    let txt = dir.join("p.txt");
-    std::fs::write(
-        &txt,
-        "Hello there\nWhat is the capital of France?\nTell me a story about a dragon\n",
-    )
-    .unwrap();
-    let out = dir.join("prompts_p.json");
-    vlmbench()
-        .args(["prepare", "prompts", "--file"])
-        .arg(&txt)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    out
-}
 
 /// Runs random:tiny-llama over `data` and returns the report path.
 fn run(dir: &Path, data: &Path, name: &str, max_new: &str, extra: &[&str]) -> PathBuf {
@@ -116,7 +92,13 @@ fn serving_report(path: &Path) {
 #[test]
 fn compare_plot_and_html_on_real_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let data = prompts(dir.path());
+    let data = prepare_prompts(
+        dir.path(),
+        "Hello there
+What is the capital of France?
+Tell me a story about a dragon
+",
+    );
     let a = run(dir.path(), &data, "a", "6", &["--plots"]);
     let b = run(dir.path(), &data, "b", "10", &[]);
 

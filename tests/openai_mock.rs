@@ -1,15 +1,18 @@
 //! The HTTP client against a streaming server inside the test, with injected delays and
 //! failures: vlmbench's TTFT and per-token ITL must match what the server injected.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::http::read_request;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use vlmbench::engine::openai::client::{build_body, ClientConfig};
-use vlmbench::engine::openai::load::{run_level, LoadLevel};
-use vlmbench::engine::openai::stream::Endpoint;
+use vlmbench::bench::serving::{run_level, LoadLevel};
+use vlmbench::client::http::{build_body, ClientConfig};
+use vlmbench::client::stream::Endpoint;
 
 const TTFT: Duration = Duration::from_millis(50);
 const GAP: Duration = Duration::from_millis(10);
@@ -28,39 +31,6 @@ fn log_write(prompt: &str, at: Instant) {
         .entry(prompt.to_string())
         .or_default()
         .push(at);
-}
-
-/// Reads one HTTP request; returns the request line and the body.
-async fn read_request(sock: &mut TcpStream) -> Option<(String, String)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = sock.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            let line = head.lines().next().unwrap_or("").to_string();
-            return Some((
-                line,
-                String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned(),
-            ));
-        }
-    }
 }
 
 async fn chunk(sock: &mut TcpStream, data: &str) -> std::io::Result<()> {

@@ -5,18 +5,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use common::fixtures::*;
+use common::{read_json, vlmbench};
 use predicates::str::contains;
 use serde_json::Value;
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
 
 fn indices(v: &Value) -> Vec<i64> {
     v["samples"]

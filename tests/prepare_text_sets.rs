@@ -1,19 +1,12 @@
 //! `vlmbench prepare prompts | jsonl | synthetic` through the real binary.
 
+mod common;
+
+use common::{read_json, vlmbench};
 use std::path::Path;
 
-use assert_cmd::Command;
 use base64::Engine as _;
 use predicates::str::contains;
-use serde_json::Value;
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
 
 fn tiny_png() -> Vec<u8> {
     let img = image::RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8 * 50, y as u8 * 70, 9]));
@@ -183,7 +176,7 @@ fn jsonl_errors_name_the_line_and_field_and_leave_nothing() {
 fn synthetic_set_with_given_tokenizer_file() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
-    std::fs::write(&tok, vlmbench::engine::synth::builtin_tokenizer_json()).unwrap();
+    std::fs::write(&tok, vlmbench::synth::builtin_tokenizer_json()).unwrap();
     let out = dir.path().join("s.json");
     let args = [
         "prepare",

@@ -1,5 +1,6 @@
 //! One module per subcommand: validate arguments into options, call the library, print.
 
+pub mod common;
 pub mod compare;
 pub mod html;
 pub mod plot;

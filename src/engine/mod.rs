@@ -8,13 +8,9 @@
 
 pub mod candle_llava;
 pub mod candle_text;
-pub mod gemv;
-pub mod gguf_tokenizer;
-pub mod llama;
-pub mod llava;
-pub mod load;
-pub mod openai;
-pub mod synth;
+pub mod decode;
+pub mod open;
+pub mod template;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -113,14 +109,7 @@ pub struct Generation {
     pub pool_peaks: Option<PhasePeaks>,
 }
 
-/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
-/// (see [`crate::memory::DevicePool`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhasePeaks {
-    pub vision_bytes: Option<u64>,
-    pub prefill_bytes: Option<u64>,
-    pub decode_bytes: Option<u64>,
-}
+pub use crate::memory::PhasePeaks;
 
 /// Errors the runner treats differently: a failed sample is recorded and the run goes on;
 /// a cancellation ends the run.

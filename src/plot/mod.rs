@@ -2,6 +2,7 @@
 //! as hand-written SVG, [`png`] rasterises that SVG with resvg.
 
 pub mod charts;
+pub mod html;
 pub mod png;
 pub mod svg;
 

@@ -1,7 +1,7 @@
 //! Weightless benchmarking: real architectures with seeded random weights.
 //!
 //! Timing does not depend on weight values, so a random model of the right shape is a real
-//! benchmark. `random:<preset>` builds one in memory; [`write_model`] writes it in the Hugging
+//! benchmark. `random:<preset>` builds one in memory; [`presets::write_model`] writes it in the Hugging
 //! Face layout (config.json, generation_config.json, safetensors, tokenizer.json,
 //! tokenizer_config.json, special_tokens_map.json) so the real loading code is what runs.
 //!
@@ -10,6 +10,9 @@
 //! groups... until the vocabulary is full. Every id decodes to valid UTF-8 by itself, so a
 //! random model's output never produces partial characters.
 
+pub mod llava;
+pub mod presets;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -17,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::dataset::sampling::SeededRng;
+use crate::rng::SeededRng;
 
 /// Special tokens of every preset tokenizer, at these ids.
 pub const UNK: u32 = 0;
@@ -425,19 +428,9 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
     )
 }
 
-/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    if crate::engine::llava::synth::llava_preset(preset).is_some() {
-        return crate::engine::llava::synth::write_model(preset, out, dtype, seed);
-    }
-    let Some(shape) = llama_preset(preset) else {
-        bail!(
-            "unknown preset {preset:?}; presets: {}, {}",
-            TEXT_PRESETS.join(", "),
-            crate::engine::llava::synth::VISION_PRESETS.join(", ")
-        );
-    };
+/// Writes a text preset in the Hugging Face layout (the registry, [`presets::write_model`],
+/// picks this or the LLaVA writer).
+pub fn write_llama(shape: &LlamaShape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     write_configs(out, &shape.hf_config(dtype))?;
     write_tokenizer_files(out, &tokenizer_json(shape.vocab_size, &[])?, &[])?;
     let weights = shape.random_weights(seed, dtype, &Device::Cpu, "")?;
