@@ -205,8 +205,13 @@ fn serving_reports_compare_by_level_and_plot_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("srv.json");
     serving_report(&s);
+    // A second report with other TTFTs (x1.5 at c1, x2.5 at c4), so a ratio taken the wrong
+    // way round (0.67x, 0.40x) or against the wrong level shows.
     let t = dir.path().join("srv2.json");
-    std::fs::copy(&s, &t).unwrap();
+    let mut other = read_json(&s);
+    other["levels"][0]["ttft_ms"]["median"] = json!(30.0);
+    other["levels"][1]["ttft_ms"]["median"] = json!(100.0);
+    std::fs::write(&t, serde_json::to_vec(&other).unwrap()).unwrap();
 
     vlmbench()
         .args(["compare", "--format", "md"])
@@ -216,7 +221,7 @@ fn serving_reports_compare_by_level_and_plot_sweeps() {
         .success()
         .stdout(contains("| srv@c1 | srv@c4 | srv2@c1 | srv2@c4 |"))
         .stdout(contains(
-            "| TTFT median (ms) | 20.00 | 40.00 | 20.00 (1.00x) | 40.00 (1.00x) |",
+            "| TTFT median (ms) | 20.00 | 40.00 | 30.00 (1.50x) | 100.0 (2.50x) |",
         ));
 
     vlmbench()

@@ -192,6 +192,13 @@ fn ctrl_c_still_writes_a_valid_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Interrupt once the model is loaded and samples are running (however long loading took
+    // on this machine), so the report must hold finished samples.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    let loading = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(loading.starts_with("loading"), "{loading:?}");
+    std::thread::spawn(move || lines.for_each(drop));
     std::thread::sleep(Duration::from_millis(2500));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -206,7 +213,9 @@ fn ctrl_c_still_writes_a_valid_report() {
     assert_eq!(status.code(), Some(130));
     let v = read_json(&report);
     assert_eq!(v["status"], "interrupted");
-    for s in v["samples"].as_array().unwrap() {
+    let samples = v["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "no sample finished before Ctrl-C");
+    for s in samples {
         check_sample(s, 64);
     }
     assert_eq!(

@@ -474,5 +474,44 @@ mod tests {
         assert_eq!(x.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
         let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.abs() <= 0.0347) && v.iter().any(|x| *x != 0.0));
+        // Another seed, other values.
+        let z = random_tensor(
+            &mut SeededRng::new(2),
+            &[3, 5],
+            0.02,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_ne!(x.to_vec2::<f32>().unwrap(), z.to_vec2::<f32>().unwrap());
+        // The intended spread: uniform on ±std·√3, so mean 0 and standard deviation `std`,
+        // reaching close to both ends.
+        let big = random_tensor(
+            &mut SeededRng::new(3),
+            &[64, 64],
+            0.02,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let v: Vec<f64> = big
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(mean.abs() < 0.0015, "mean {mean}");
+        assert!((sd / 0.02 - 1.0).abs() < 0.03, "standard deviation {sd}");
+        let (lo, hi) = v
+            .iter()
+            .fold((0f64, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        assert!(
+            lo < -0.034 && hi > 0.034 && lo >= -0.0347 && hi <= 0.0347,
+            "{lo} {hi}"
+        );
     }
 }
