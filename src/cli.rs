@@ -1,9 +1,13 @@
 //! Command-line arguments. Parsing only: values are validated into options structs by the
 //! command modules, which never see raw arguments.
+//!
+//! Used by commands only; borrows value enums (`Workload`) and the preset list from below.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::bench::workload::Workload;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -329,27 +333,6 @@ pub struct ServerArgs {
     /// The server's context length, for --workload high when the server does not report it.
     #[arg(long)]
     pub context_length: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
-    High,
-    Mid,
-    Low,
-    VisionA,
-    VisionB,
-}
-
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::High => "high",
-            Workload::Mid => "mid",
-            Workload::Low => "low",
-            Workload::VisionA => "vision-a",
-            Workload::VisionB => "vision-b",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

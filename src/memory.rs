@@ -1,6 +1,8 @@
 //! Peak memory: host RSS from the kernel, GPU memory from NVML sampled on a background thread.
 //!
 //! A missing measurement is `None` with a reason, never a made-up zero.
+//!
+//! A leaf: depends on no other vlmbench module.
 
 use serde::{Deserialize, Serialize};
 

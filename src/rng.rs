@@ -5,6 +5,8 @@
 //! code rather than `rand`'s `choose_multiple` or `rand_distr`, whose algorithms may change between
 //! releases. A dependency upgrade therefore cannot silently change which samples are chosen; the
 //! tests pin concrete outputs.
+//!
+//! A leaf: depends on no other vlmbench module.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};

@@ -4,6 +4,9 @@
 //! (`np.percentile(x, p)`, method "linear"), which is also what vLLM's serving benchmark uses:
 //! for sorted values `x[0..n]`, rank `r = p/100 · (n−1)`, result `x[⌊r⌋] + (r−⌊r⌋)·(x[⌊r⌋+1] − x[⌊r⌋])`.
 //! The standard deviation is the population one (divide by n, numpy's default `ddof=0`).
+//!
+//! [`Totals`], [`summarize_each`] and [`summarize_pooled`] are the one aggregation both report
+//! kinds use. A leaf: depends on no other vlmbench module.
 
 use std::collections::BTreeMap;
 

@@ -4,9 +4,31 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
+use clap::ValueEnum;
 
-use crate::cli::Workload;
 use crate::dataset::synthetic;
+
+/// The workloads `--workload` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    High,
+    Mid,
+    Low,
+    VisionA,
+    VisionB,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::High => "high",
+            Workload::Mid => "mid",
+            Workload::Low => "low",
+            Workload::VisionA => "vision-a",
+            Workload::VisionB => "vision-b",
+        }
+    }
+}
 
 /// A seeds-style workload: prompt and output lengths, concurrency levels, images or not.
 pub struct WorkloadSpec {

@@ -4,6 +4,9 @@
 //! Every set shares one schema ([`DatasetFile`]) so the runner never needs to know where a
 //! sample came from. The file is deterministic: the same inputs and seed give the same bytes on
 //! any machine (no absolute paths, no timestamps, keys in a fixed order).
+//!
+//! Uses rng, fsutil and synth's built-in tokenizer (the default for synthetic prompt lengths).
+//! Must not depend on engine, bench, report or commands.
 
 pub mod coco;
 pub mod jsonl;

@@ -1,5 +1,11 @@
-//! Backends that turn a prompt (and maybe an image) into tokens, and say when each token
-//! arrived. One trait, one file per backend; an engine knows nothing about reports.
+//! In-process engines that turn a prompt (and maybe an image) into tokens, and say when each
+//! token arrived: the [`Engine`] trait, opening a model ([`open`]), the candle engines (one file
+//! each), their shared greedy decode loop ([`decode`]) and prompt templates ([`template`]).
+//! The model math itself is in `models`; the HTTP client for servers is
+//! `client`, driven by the serving loop rather than through this trait.
+//!
+//! Uses models, synth (for `random:` presets), memory and profile. Must not depend on bench,
+//! report, client, dataset or commands: an engine knows nothing about reports or data sets.
 //!
 //! Timing contract: every `Duration` in a [`Generation`] is measured from the moment
 //! [`Engine::generate`] was called, with the host clock read only after the device finished the

@@ -4,8 +4,15 @@
 //! - [`csv`]: one row per sample (`<base>.csv`), same basename.
 //! - [`table`]: the terminal summary, one row per metric.
 //! - [`compare`]: several reports side by side, with ratios to the first.
-//! - [`load`]: reading either kind of report back (in-process or serving).
-//! - [`html`]: one self-contained page with tables and charts.
+//! - [`read`]: reading either kind of report back (in-process or serving).
+//! - [`serving`]: the serving report (one section per load level).
+//!
+//! Both kinds aggregate through [`crate::stats::Totals`] and its summaries
+//! ([`RunSummary::from_samples`], [`serving::LevelReport::from_requests`]).
+//!
+//! Uses engine (the facts an engine reports), metrics, stats, memory and fsutil. Must not
+//! depend on plot (charts and HTML read reports, not the other way round), bench, client or
+//! commands.
 
 pub mod compare;
 pub mod csv;

@@ -9,6 +9,9 @@
 //! bytes, then merges `space+letter`, `letter+letter`, `space+letter+letter`, three-letter
 //! groups... until the vocabulary is full. Every id decodes to valid UTF-8 by itself, so a
 //! random model's output never produces partial characters.
+//!
+//! Which presets exist is said in one place, [`presets`]. Uses models (configurations and the
+//! CLIP constants) and rng. Must not depend on engine, dataset or anything above.
 
 pub mod llava;
 pub mod presets;
