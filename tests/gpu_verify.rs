@@ -6,17 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use common::scripts::{bash, path_without, python, repo, stderr};
-use serde_json::{json, Value};
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
+use common::{read_json, vlmbench};
+use serde_json::json;
 
 #[test]
 fn verify_without_a_gpu_fails_with_one_clear_line() {

@@ -10,7 +10,7 @@
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
-use crate::dataset::sampling::SeededRng;
+use crate::rng::SeededRng;
 
 /// A seeded source of uniform random weights for one device.
 pub enum WeightRng {

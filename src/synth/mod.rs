@@ -1,7 +1,7 @@
 //! Weightless benchmarking: real architectures with seeded random weights.
 //!
 //! Timing does not depend on weight values, so a random model of the right shape is a real
-//! benchmark. `random:<preset>` builds one in memory; [`write_model`] writes it in the Hugging
+//! benchmark. `random:<preset>` builds one in memory; [`presets::write_model`] writes it in the Hugging
 //! Face layout (config.json, generation_config.json, safetensors, tokenizer.json,
 //! tokenizer_config.json, special_tokens_map.json) so the real loading code is what runs.
 //!
@@ -9,6 +9,13 @@
 //! bytes, then merges `space+letter`, `letter+letter`, `space+letter+letter`, three-letter
 //! groups... until the vocabulary is full. Every id decodes to valid UTF-8 by itself, so a
 //! random model's output never produces partial characters.
+//!
+//! Which presets exist is said in one place, [`presets`]. Uses models (configurations and the
+//! CLIP constants) and rng. Must not depend on engine, dataset or anything above.
+
+pub mod llava;
+pub mod presets;
+pub mod weight_rng;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::weight_rng::WeightRng;
+use weight_rng::WeightRng;
 
 /// Special tokens of every preset tokenizer, at these ids.
 pub const UNK: u32 = 0;
@@ -397,31 +404,14 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
     )
 }
 
-/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    write_preset(preset, out, dtype, Some(seed))
-}
-
-/// Writes a preset's files; with `weights_seed` `None`, everything but the weights (configs,
-/// tokenizer, processor files): enough to make data sets exact against its tokenizer or to
-/// build the same architecture elsewhere, without gigabytes on disk.
-pub fn write_preset(
-    preset: &str,
+/// Writes a text preset in the Hugging Face layout (the registry, [`presets::write_preset`],
+/// picks this or the LLaVA writer); without weights when `weights_seed` is `None`.
+pub fn write_llama(
+    shape: &LlamaShape,
     out: &Path,
     dtype: DType,
     weights_seed: Option<u64>,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    if crate::engine::llava::synth::llava_preset(preset).is_some() {
-        return crate::engine::llava::synth::write_model(preset, out, dtype, weights_seed);
-    }
-    let Some(shape) = llama_preset(preset) else {
-        bail!(
-            "unknown preset {preset:?}; presets: {}, {}",
-            TEXT_PRESETS.join(", "),
-            crate::engine::llava::synth::VISION_PRESETS.join(", ")
-        );
-    };
     write_configs(out, &shape.hf_config(dtype))?;
     write_tokenizer_files(out, &tokenizer_json(shape.vocab_size, &[])?, &[])?;
     let Some(seed) = weights_seed else {
@@ -464,7 +454,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for preset in ["llama-2-7b", "llava-1.5-7b"] {
             let out = dir.path().join(preset);
-            write_preset(preset, &out, DType::F16, None).unwrap();
+            presets::write_preset(preset, &out, DType::F16, None).unwrap();
             let mut names: Vec<String> = std::fs::read_dir(&out)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -501,5 +491,47 @@ mod tests {
         assert_ne!(a, c);
         let bound = (0.2f64 * 3f64.sqrt()) as f32 * 1.0001;
         assert!(a.iter().all(|x| x.abs() <= bound) && a.iter().any(|x| *x != 0.0));
+    }
+
+    #[test]
+    fn cpu_random_tensors_are_seeded_and_spread_as_intended() {
+        let mut a = WeightRng::new(1, &Device::Cpu).unwrap();
+        let mut b = WeightRng::new(1, &Device::Cpu).unwrap();
+        let x = a.uniform(&[3, 5], 0.02, DType::F32, &Device::Cpu).unwrap();
+        let y = b.uniform(&[3, 5], 0.02, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(x.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
+        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.abs() <= 0.0347) && v.iter().any(|x| *x != 0.0));
+        // Another seed, other values.
+        let z = WeightRng::new(2, &Device::Cpu)
+            .unwrap()
+            .uniform(&[3, 5], 0.02, DType::F32, &Device::Cpu)
+            .unwrap();
+        assert_ne!(x.to_vec2::<f32>().unwrap(), z.to_vec2::<f32>().unwrap());
+        // The intended spread: uniform on ±std·√3, so mean 0 and standard deviation `std`,
+        // reaching close to both ends.
+        let big = WeightRng::new(3, &Device::Cpu)
+            .unwrap()
+            .uniform(&[64, 64], 0.02, DType::F32, &Device::Cpu)
+            .unwrap();
+        let v: Vec<f64> = big
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(mean.abs() < 0.0015, "mean {mean}");
+        assert!((sd / 0.02 - 1.0).abs() < 0.03, "standard deviation {sd}");
+        let (lo, hi) = v
+            .iter()
+            .fold((0f64, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        assert!(
+            lo < -0.034 && hi > 0.034 && lo >= -0.0347 && hi <= 0.0347,
+            "{lo} {hi}"
+        );
     }
 }

@@ -3,18 +3,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::clip::{Activation, ClipVisionConfig};
-use super::preprocess::{CLIP_MEAN, CLIP_STD};
-use super::DEFAULT_GRID;
-use crate::engine::synth::{
+use crate::models::clip::{Activation, ClipVisionConfig};
+use crate::models::llava::preprocess::{CLIP_MEAN, CLIP_STD};
+use crate::models::llava::DEFAULT_GRID;
+use crate::synth::weight_rng::WeightRng;
+use crate::synth::{
     llama_preset, tokenizer_json, torch_dtype_name, write, write_configs, write_safetensors,
     write_tokenizer_files, LlamaShape, PAD,
 };
-use crate::engine::weight_rng::WeightRng;
 
 /// The vision presets.
 pub const VISION_PRESETS: &[&str] = &[
@@ -240,18 +240,11 @@ pub fn tokenizer(shape: &LlavaShape) -> Result<String> {
 
 /// Writes a vision preset in llava-hf's layout (without weights when `weights_seed` is `None`).
 pub fn write_model(
-    preset: &str,
+    shape: &LlavaShape,
     out: &Path,
     dtype: DType,
     weights_seed: Option<u64>,
 ) -> Result<()> {
-    let Some(shape) = llava_preset(preset) else {
-        bail!(
-            "unknown vision preset {preset:?}; presets: {}",
-            VISION_PRESETS.join(", ")
-        );
-    };
-    std::fs::create_dir_all(out)?;
     write_configs(out, &shape.hf_config(dtype))?;
     write(
         out,
@@ -270,7 +263,7 @@ pub fn write_model(
         "processor_config.json",
         &serde_json::to_vec_pretty(&processor)?,
     )?;
-    write_tokenizer_files(out, &tokenizer(&shape)?, &["<image>"])?;
+    write_tokenizer_files(out, &tokenizer(shape)?, &["<image>"])?;
     let Some(seed) = weights_seed else {
         return Ok(());
     };

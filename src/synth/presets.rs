@@ -1,0 +1,89 @@
+//! The one registry of random-weight presets: every name that `random:<preset>` and
+//! `vlmbench synth-model --preset` accept, and what it stands for. Text presets are listed in
+//! [`super::TEXT_PRESETS`], vision presets in [`super::llava::VISION_PRESETS`]; everything else
+//! (help text, errors, loading, writing) asks this module.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+
+use super::llava::{llava_preset, LlavaShape, VISION_PRESETS};
+use super::{llama_preset, LlamaShape, TEXT_PRESETS};
+
+/// A preset's shape: a Llama-family text model, or LLaVA (CLIP tower + projector + Llama).
+#[derive(Debug, Clone)]
+pub enum Preset {
+    Text(LlamaShape),
+    Vision(LlavaShape),
+}
+
+/// Every preset name, text presets first.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    TEXT_PRESETS.iter().chain(VISION_PRESETS).copied()
+}
+
+/// The names, comma-separated, for help text and errors.
+pub fn list() -> String {
+    names().collect::<Vec<_>>().join(", ")
+}
+
+/// The preset called `name`, if there is one.
+pub fn lookup(name: &str) -> Option<Preset> {
+    llava_preset(name)
+        .map(Preset::Vision)
+        .or_else(|| llama_preset(name).map(Preset::Text))
+}
+
+/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
+pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+    write_preset(preset, out, dtype, Some(seed))
+}
+
+/// Writes a preset's files; with `weights_seed` `None`, everything but the weights (configs,
+/// tokenizer, processor files): enough to make data sets exact against its tokenizer or to
+/// build the same architecture elsewhere, without gigabytes on disk.
+pub fn write_preset(
+    preset: &str,
+    out: &Path,
+    dtype: DType,
+    weights_seed: Option<u64>,
+) -> Result<()> {
+    let Some(shape) = lookup(preset) else {
+        bail!("unknown preset {preset:?}; presets: {}", list());
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    match shape {
+        Preset::Text(shape) => super::write_llama(&shape, out, dtype, weights_seed),
+        Preset::Vision(shape) => super::llava::write_model(&shape, out, dtype, weights_seed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_is_a_preset_of_its_kind() {
+        for name in TEXT_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Text(_))), "{name}");
+        }
+        for name in VISION_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Vision(_))), "{name}");
+        }
+        assert!(lookup("no-such-preset").is_none());
+        assert_eq!(names().count(), TEXT_PRESETS.len() + VISION_PRESETS.len());
+        assert!(list().starts_with("tiny-llama, "), "{}", list());
+    }
+
+    #[test]
+    fn unknown_preset_names_the_presets() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_model("nope", dir.path(), DType::F32, 0).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"nope\"") && msg.contains("tiny-llava-next"),
+            "{msg}"
+        );
+    }
+}
