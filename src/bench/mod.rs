@@ -6,7 +6,9 @@
 //! Uses engine, client, dataset, metrics, the report's record types, rng and profile. Must not
 //! depend on commands or cli (settings arrive as options), nor on plot.
 
+pub mod cancel;
 pub mod request_record;
 pub mod runner;
 pub mod serving;
+pub mod unique_inputs;
 pub mod workload;

@@ -12,12 +12,15 @@ use tokenizers::Tokenizer;
 use super::common::{
     default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
-use crate::bench::request_record::{output_tokens_source, record};
+use crate::bench::request_record::record;
 use crate::bench::serving::{run_level, LoadLevel};
+use crate::bench::unique_inputs::{SentInput, UniqueInputs};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
+use crate::client::cache_reset::reset_cache;
 use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
 use crate::client::probe;
+use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
 use crate::report::serving::{
@@ -25,7 +28,18 @@ use crate::report::serving::{
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
 
-pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
+/// Seed of level `k`'s arrival schedule (recorded in the report).
+fn arrival_seed(level: usize) -> u64 {
+    42 + level as u64
+}
+
+/// Runs the served benchmark; every error message is scrubbed of the API key.
+pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    let scrubber = Scrubber::new(args.server.api_key.as_deref());
+    execute_unscrubbed(args).map_err(|e| anyhow!("{}", scrubber.scrub(&format!("{e:#}"))))
+}
+
+fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
     let base_url = s
         .base_url
@@ -72,7 +86,11 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         stream_usage: !s.no_stream_usage,
         timeout: Duration::from_secs_f64(s.request_timeout),
     };
-    let (models, props) = runtime.block_on(probe::probe(&http, &cfg))?;
+    let scrubber = Scrubber::new(cfg.api_key.as_deref());
+    let (mut models, mut props) = runtime.block_on(probe::probe(&http, &cfg))?;
+    for v in [models.as_mut(), props.as_mut()].into_iter().flatten() {
+        scrubber.scrub_json(v);
+    }
     if cfg.model.is_empty() {
         cfg.model = models
             .as_ref()
@@ -107,14 +125,27 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         bail!("{} holds no samples", data_path.display());
     }
     let num_prompts = s.num_prompts.unwrap_or(samples.len());
-    // Bodies (images base64-encoded) are built before any clock starts.
-    let mut bodies = Vec::with_capacity(num_prompts);
-    let mut order = Vec::with_capacity(num_prompts);
-    for i in 0..num_prompts {
-        let sample = &samples[i % samples.len()];
-        bodies.push(body_for(&cfg, &dataset, sample)?);
-        order.push(i % samples.len());
-    }
+    // Every request's inputs (a repeat made unique unless --repeat-inputs), and its body with
+    // images base64-encoded, are made before any clock starts.
+    let mut inputs = UniqueInputs::new(s.repeat_inputs, tokenizer.as_ref());
+    let mut images = ImageCache::default();
+    let mut requests_for = |count: usize,
+                            inputs: &mut UniqueInputs|
+     -> Result<(Vec<Vec<u8>>, Vec<crate::dataset::Sample>)> {
+        let mut bodies = Vec::with_capacity(count);
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            let sample = &samples[i % samples.len()];
+            let image = images.get(&dataset, sample)?;
+            let input = inputs.next(&sample.prompt, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
+            bodies.push(body_for(&cfg, &input));
+            sent.push(crate::dataset::Sample {
+                prompt: input.prompt,
+                ..sample.clone()
+            });
+        }
+        Ok((bodies, sent))
+    };
     let levels: Vec<LoadLevel> = if s.concurrency.is_empty() {
         vec![LoadLevel {
             concurrency: None,
@@ -139,13 +170,12 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     // Warm-up requests, untimed, one at a time.
-    for i in 0..args.warmup.min(bodies.len()) {
-        let o = runtime.block_on(send(
-            &http,
-            &cfg,
-            bodies[i].clone(),
-            std::time::Instant::now(),
-        ));
+    let (warm_bodies, _) = requests_for(args.warmup.min(num_prompts), &mut inputs)?;
+    for body in warm_bodies {
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let o = runtime.block_on(send(&http, &cfg, body, std::time::Instant::now()));
         if let Some(e) = o.error {
             eprintln!("warm-up request failed: {e}");
         }
@@ -154,44 +184,61 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let (started_at, stamp) = utc_now();
     let mut level_reports = Vec::new();
     let mut status = RunStatus::Complete;
+    let mut resets = Vec::new();
     for (k, level) in levels.iter().enumerate() {
         if cancel.load(Ordering::SeqCst) {
             status = RunStatus::Interrupted;
             break;
         }
+        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        if s.reset_cache {
+            match runtime.block_on(reset_cache(&http, &cfg)) {
+                Ok(path) => resets.push(path),
+                Err(why) => {
+                    eprintln!("warning: --reset-cache: the server has no cache reset ({why})");
+                    resets.push(format!("none answered ({why})"));
+                }
+            }
+        }
         eprintln!(
-            "level {}/{}: concurrency {:?}, rate {:?}, {} requests ...",
+            "level {}/{}: {}, {} requests ...",
             k + 1,
             levels.len(),
-            level.concurrency,
-            level.request_rate,
+            describe_level(level),
             bodies.len()
         );
         let run = runtime.block_on(run_level(
             http.clone(),
             cfg.clone(),
-            bodies.clone(),
+            bodies,
             level,
-            42 + k as u64,
+            arrival_seed(k),
             cancel.clone(),
         ));
         let records: Vec<RequestRecord> = run
             .outcomes
             .iter()
             .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
+            .map(|(o, &pos)| record(o, &sent[pos], tokenizer.as_ref()))
             .collect();
-        let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
-        level_reports.push(LevelReport::from_requests(
+        let mut report = LevelReport::from_requests(
             level.concurrency,
             level.request_rate,
             run.duration.as_secs_f64(),
             records,
-            source,
-        ));
+        );
+        report.arrival_seed = level
+            .request_rate
+            .is_some_and(|r| r.is_finite())
+            .then(|| arrival_seed(k));
+        level_reports.push(report);
         if cancel.load(Ordering::SeqCst) {
             status = RunStatus::Interrupted;
         }
+    }
+    if s.reset_cache {
+        resets.dedup();
+        inputs.set_cache_reset(resets.join("; "));
     }
 
     let report = ServingReport {
@@ -199,7 +246,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         kind: "serving".into(),
         status,
         status_detail: (status == RunStatus::Interrupted)
-            .then(|| "interrupted by the user (Ctrl-C)".into()),
+            .then(|| "interrupted (Ctrl-C or a termination signal)".into()),
         started_at,
         environment: Environment::capture(None),
         server: ServerInfo {
@@ -220,6 +267,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             warmup_requests: args.warmup.min(num_prompts),
             request_timeout_s: s.request_timeout,
             burstiness: s.burstiness,
+            input_policy: Some(inputs.policy().clone()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
         levels: level_reports,
@@ -281,34 +329,62 @@ fn apply_workload(
     Ok(())
 }
 
-fn body_for(
-    cfg: &ClientConfig,
-    dataset: &LoadedDataset,
-    sample: &crate::dataset::Sample,
-) -> Result<Vec<u8>> {
-    let Some(path) = dataset.image_path(sample) else {
-        return Ok(build_body(cfg, &sample.prompt, None));
+/// A level's load in words: "concurrency 4, 2 requests/s".
+fn describe_level(level: &LoadLevel) -> String {
+    let c = match level.concurrency {
+        Some(c) => format!("concurrency {c}"),
+        None => "unlimited concurrency".into(),
     };
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "sample {}: cannot read image {}",
-            sample.index,
-            path.display()
-        )
-    })?;
-    let mime = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Png) => "image/png",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Bmp) => "image/bmp",
-        _ => "image/jpeg",
-    };
-    Ok(build_body(
+    match level.request_rate.filter(|r| r.is_finite()) {
+        Some(r) => format!("{c}, {r} requests/s"),
+        None => format!("{c}, all requests due at once"),
+    }
+}
+
+/// Image files read once each, with their MIME type.
+#[derive(Default)]
+struct ImageCache {
+    by_path: std::collections::HashMap<std::path::PathBuf, (&'static str, Vec<u8>)>,
+}
+
+impl ImageCache {
+    fn get(
+        &mut self,
+        dataset: &LoadedDataset,
+        sample: &crate::dataset::Sample,
+    ) -> Result<Option<(&'static str, Vec<u8>)>> {
+        let Some(path) = dataset.image_path(sample) else {
+            return Ok(None);
+        };
+        if let Some(hit) = self.by_path.get(&path) {
+            return Ok(Some(hit.clone()));
+        }
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "sample {}: cannot read image {}",
+                sample.index,
+                path.display()
+            )
+        })?;
+        let mime = match image::guess_format(&bytes) {
+            Ok(image::ImageFormat::Png) => "image/png",
+            Ok(image::ImageFormat::Gif) => "image/gif",
+            Ok(image::ImageFormat::WebP) => "image/webp",
+            Ok(image::ImageFormat::Bmp) => "image/bmp",
+            _ => "image/jpeg",
+        };
+        self.by_path.insert(path, (mime, bytes.clone()));
+        Ok(Some((mime, bytes)))
+    }
+}
+
+fn body_for(cfg: &ClientConfig, input: &SentInput) -> Vec<u8> {
+    build_body(
         cfg,
-        &sample.prompt,
-        Some(ImagePayload {
-            mime,
-            bytes: &bytes,
-        }),
-    ))
+        &input.prompt,
+        input
+            .image
+            .as_ref()
+            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
+    )
 }
