@@ -134,3 +134,31 @@ fn pixel_values_equal_transformers_bit_for_bit() {
         );
     }
 }
+
+/// Text families and config variants: each fixture is a checkpoint transformers wrote, with
+/// the greedy tokens of a plain argmax loop over its KV cache (`scripts/parity/make_fixtures.py`).
+macro_rules! text_parity {
+    ($($test:ident => $name:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            assert_same_tokens($name);
+        }
+    )*};
+}
+
+text_parity! {
+    llama_5x_layout_bias_head_dim_equal_transformers => "llama_v5_bias_headdim",
+    llama_4x_layout_linear_rope_equal_transformers => "llama_v4_linear",
+    llama_dynamic_rope_past_the_context_equal_transformers => "llama_dynamic",
+    llama_yarn_rope_equal_transformers => "llama_yarn",
+    llama3_rope_tied_mqa_equal_transformers => "llama3_tied_mqa",
+    mistral_sliding_window_equal_transformers => "mistral_window",
+    qwen2_equal_transformers => "qwen2",
+    qwen2_sliding_window_layers_equal_transformers => "qwen2_window",
+    qwen3_equal_transformers => "qwen3",
+    gemma2_equal_transformers => "gemma2",
+    gemma3_equal_transformers => "gemma3",
+    phi3_longrope_equal_transformers => "phi3_longrope",
+    gpt2_equal_transformers => "gpt2",
+    pythia_equal_transformers => "pythia",
+}
