@@ -162,7 +162,10 @@ def run_llava(tok, out, next_):
     })
 
 
-TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank."
+TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank at 10:45, in 2026."
+# Qwen2's tokenizer.json: NFC, and a split that keeps digits apart (llama.cpp's `qwen2`).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SMALL = dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
              bos_token_id=1, eos_token_id=2, pad_token_id=3)
@@ -186,6 +189,44 @@ def to_4x_layout(out):
     cfg["rope_scaling"] = None if rp.get("rope_type", "default") == "default" else rp
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2)
+
+
+def edit_json(out, name, change):
+    path = os.path.join(out, name)
+    with open(path) as f:
+        v = json.load(f)
+    change(v)
+    with open(path, "w") as f:
+        json.dump(v, f, indent=2, ensure_ascii=False)
+
+
+def qwen2_tokenizer(v):
+    v["normalizer"] = {"type": "NFC"}
+    v["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+
+
+def qwen_edit(layout_4x=False):
+    def edit(out):
+        edit_json(out, "tokenizer.json", qwen2_tokenizer)
+        if layout_4x:
+            to_4x_layout(out)
+    return edit
+
+
+def gpt2_edit(out):
+    # GPT-2 releases also carry `n_ctx` (llama.cpp's converter reads it).
+    edit_json(out, "config.json", lambda v: v.update(n_ctx=v["n_positions"]))
+
+
+def neox_4x_layout(out):
+    """GPT-NeoX as 4.x (and the Pythia releases) write it: `rotary_pct`, `rotary_emb_base`."""
+    def change(v):
+        rp = v.pop("rope_parameters")
+        v["rotary_pct"] = rp["partial_rotary_factor"]
+        v["rotary_emb_base"] = rp["rope_theta"]
+    edit_json(out, "config.json", change)
 
 
 def text_fixtures():
@@ -214,18 +255,18 @@ def text_fixtures():
         # A window shorter than the prompt: prefill and decode both limited to it.
         "mistral_window": (MistralConfig, small(sliding_window=6, max_position_embeddings=256), None),
         "qwen2": (Qwen2Config, small(tie_word_embeddings=True, max_position_embeddings=256,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), None),
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), qwen_edit()),
         # Sliding window on the layers from max_window_layers on.
         "qwen2_window": (Qwen2Config, small(tie_word_embeddings=False, max_position_embeddings=256,
-                         use_sliding_window=True, sliding_window=6, max_window_layers=1), to_4x_layout),
+                         use_sliding_window=True, sliding_window=6, max_window_layers=1), qwen_edit(True)),
         "qwen3": (Qwen3Config, small(head_dim=32, tie_word_embeddings=True, max_position_embeddings=256,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), None),
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), qwen_edit()),
         "gemma2": (Gemma2Config, small(head_dim=16, sliding_window=6, query_pre_attn_scalar=24,
                    max_position_embeddings=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                    initializer_range=0.2), None),
-        "gemma3": (Gemma3TextConfig, small(num_hidden_layers=3, head_dim=16, sliding_window=6,
+        # Six layers: the released pattern (five sliding, one global), which llama.cpp assumes.
+        "gemma3": (Gemma3TextConfig, small(num_hidden_layers=6, head_dim=16, sliding_window=6,
                    query_pre_attn_scalar=16, max_position_embeddings=256, initializer_range=0.2,
-                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), None),
         # Longrope with partial rotary: the long factors take over past 16 positions.
@@ -236,11 +277,12 @@ def text_fixtures():
                                            "short_factor": [1.0, 1.1, 1.3, 1.6][:half],
                                            "long_factor": [1.0, 2.0, 4.0, 8.0][:half]}), None),
         "gpt2": (GPT2Config, dict(vocab_size=None, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                 initializer_range=0.5, bos_token_id=1, eos_token_id=2), None),
+                 initializer_range=0.5, bos_token_id=1, eos_token_id=2), gpt2_edit),
         "pythia": (GPTNeoXConfig, dict(vocab_size=None, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                    num_attention_heads=4, max_position_embeddings=256, initializer_range=0.5,
                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-                   use_parallel_residual=True, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False), None),
+                   use_parallel_residual=True, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+                   neox_4x_layout),
     }
 
 
@@ -278,9 +320,10 @@ def run_text(tok, out, name, cls, kwargs, edit):
     tok.save_pretrained(out)
     if edit is not None:
         edit(out)
-    # The reference comes from the checkpoint as written (config.json edits included).
+    # The reference comes from the checkpoint as written (config.json / tokenizer.json edits
+    # included).
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids = tok(TEXT_PROMPT, return_tensors="pt").input_ids
+    ids = PreTrainedTokenizerFast.from_pretrained(out)(TEXT_PROMPT, return_tensors="pt").input_ids
     import transformers
     save_expected(out, {"prompt": TEXT_PROMPT, "input_ids": ids[0].tolist(),
                         "output_ids": argmax_loop(model, ids, MAX_NEW_TOKENS),

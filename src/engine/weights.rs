@@ -381,7 +381,8 @@ pub fn config_from_gguf(content: &gguf_file::Content) -> Result<LlamaConfig> {
         rope_theta: f("rope.freq_base").unwrap_or(10_000.0),
         rope_scaling,
         rotary_dim,
-        local_rope: (family == Family::Gemma3).then_some((10_000.0, None)),
+        local_rope: (family == Family::Gemma3)
+            .then(|| (f("rope.freq_base_swa").unwrap_or(10_000.0), None)),
         tie_word_embeddings: !has("output.weight"),
         bos_token_id: tok_u32("tokenizer.ggml.bos_token_id"),
         eos_token_ids: tok_u32("tokenizer.ggml.eos_token_id").into_iter().collect(),
