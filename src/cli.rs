@@ -214,7 +214,10 @@ pub struct RunArgs {
     pub backend: Backend,
     /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
     /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b, tiny-llava,
-    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
+    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b; text families: llama-3.2-1b, mistral-7b,
+    /// qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, qwen3-8b, gemma-2-2b, gemma-3-1b, gemma-3-4b,
+    /// phi-3.5-mini, gpt2, pythia-70m, tiny-<family>; NAME@N keeps N layers); default
+    /// random:tiny-llava. With --backend openai: the model name to request (default: the first
     /// model the server lists).
     #[arg(
         long,
@@ -374,7 +377,9 @@ pub enum DtypeArg {
     after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
 )]
 pub struct SynthModelArgs {
-    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b.
+    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b, a text-family preset
+    /// (qwen2.5-7b, gemma-3-4b, phi-3.5-mini, ..., tiny-qwen2, ...; NAME@N keeps N layers) or a
+    /// vision preset.
     #[arg(long)]
     pub preset: String,
     /// Output folder (created).
