@@ -1,4 +1,5 @@
-//! `random:` presets of the text families beyond Llama, in the real shapes people benchmark,
+//! `random:` presets of the text families beyond Llama (listed in the registry,
+//! [`super::presets`]), in the real shapes people benchmark,
 //! and seeded random weights for any text config.
 //!
 //! A preset is the `config.json` transformers writes for that model (shape keys as released,
@@ -13,12 +14,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::family::{Family, NormKind};
-use super::llama::LlamaConfig;
-use super::synth::{random_tensor, torch_dtype_name, BOS, EOS, PAD};
-use crate::dataset::sampling::SeededRng;
+use super::{random_tensor, torch_dtype_name, BOS, EOS, PAD};
+use crate::models::family::{Family, NormKind};
+use crate::models::llama::LlamaConfig;
+use crate::rng::SeededRng;
 
-/// Family presets (the Llama ones live in [`super::synth::TEXT_PRESETS`]).
+/// Family presets (the Llama ones live in [`super::TEXT_PRESETS`]).
 pub const FAMILY_PRESETS: &[&str] = &[
     "tiny-mistral",
     "tiny-qwen2",
@@ -281,7 +282,7 @@ pub fn preset_config(name: &str, dtype: DType) -> Result<Option<Value>> {
     };
     let config = match base_config(base) {
         Some(c) => c,
-        None => match super::synth::llama_preset(base) {
+        None => match super::llama_preset(base) {
             Some(shape) if layers.is_some() => shape.hf_config(dtype),
             _ => return Ok(None),
         },
@@ -466,7 +467,7 @@ mod tests {
             }
             let w = random_weights(&parsed, 0.2, 1, DType::F32, &Device::Cpu).unwrap();
             let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
-            let m = super::super::llama::LlamaModel::from_hf(parsed, vb, "model", "lm_head")
+            let m = crate::models::llama::LlamaModel::from_hf(parsed, vb, "model", "lm_head")
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             let mut cache = m.new_cache(32).unwrap();
             let logits = m

@@ -177,15 +177,18 @@ fn activation(v: &Value, keys: &[&str], default: &str) -> Result<Activation> {
 /// Parses a Hugging Face config of any supported family (or a LLaVA `text_config`).
 pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
     let model_type = v.get("model_type").and_then(Value::as_str);
-    let family = match (Family::detect(v), model_type) {
-        (Some(f), _) => f,
-        // LLaVA `text_config`s of older releases name no type: a Llama.
-        (None, None) => Family::Llama,
-        (None, Some(other)) => bail!(
+    let family =
+        match (Family::detect(v), model_type) {
+            (Some(f), _) => f,
+            // LLaVA `text_config`s of older releases name no type: a Llama.
+            (None, None) => Family::Llama,
+            (None, Some(other)) => {
+                bail!(
             "config.json: model_type {other:?} is not a supported text family (supported: {})",
             FAMILIES.iter().map(|(t, _, _)| *t).collect::<Vec<_>>().join(", ")
-        ),
-    };
+        )
+            }
+        };
     let merged;
     let v = match model_type_defaults(model_type) {
         Some(Value::Object(mut d)) => {
@@ -580,7 +583,10 @@ mod tests {
     #[test]
     fn mistral_window_defaults_and_null() {
         let omitted = base(json!({"model_type": "mistral"}));
-        assert_eq!(parse_hf_config(&omitted).unwrap().sliding_window, Some(4096));
+        assert_eq!(
+            parse_hf_config(&omitted).unwrap().sliding_window,
+            Some(4096)
+        );
         let null = base(json!({"model_type": "mistral", "sliding_window": null}));
         let c = parse_hf_config(&null).unwrap();
         assert_eq!(c.sliding_window, None);

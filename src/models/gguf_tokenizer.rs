@@ -263,8 +263,7 @@ mod tests {
     #[test]
     fn gpt2_style_gguf_tokenizes_like_its_tokenizer_json() {
         // The preset tokenizer, carried the way llama.cpp's converter writes it.
-        let json: Value =
-            serde_json::from_str(&crate::engine::synth::builtin_tokenizer_json()).unwrap();
+        let json: Value = serde_json::from_str(&crate::synth::builtin_tokenizer_json()).unwrap();
         let reference = Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap();
         let vocab = reference.get_vocab(true);
         let mut tokens = vec![String::new(); vocab.len()];
@@ -358,11 +357,7 @@ mod tests {
         // Gemma's GGUFs: no dummy prefix, so a leading word has no `▁`.
         let mut md = c.metadata.clone();
         md.insert("tokenizer.ggml.add_space_prefix".into(), G::Bool(false));
-        let gemma = from_gguf(&Content {
-            metadata: md,
-            ..c
-        })
-        .unwrap();
+        let gemma = from_gguf(&Content { metadata: md, ..c }).unwrap();
         let enc = gemma.encode("hello hello", true).unwrap();
         assert_eq!(
             enc.get_ids(),

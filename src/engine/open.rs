@@ -20,13 +20,15 @@ use candle_nn::VarBuilder;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::candle_llava::{CandleLlavaEngine, PromptTemplate};
+use super::candle_llava::CandleLlavaEngine;
 use super::candle_text::CandleTextEngine;
-use super::family::Family;
-use super::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
-use super::llava::{self, LlavaConfig, LlavaModel};
-use super::synth;
+use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
+use crate::models::family::Family;
+use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
+use crate::models::llava::{self, LlavaConfig, LlavaModel};
+use crate::synth;
+use crate::synth::presets::Preset;
 
 /// Architectures this build runs, for error messages.
 pub const SUPPORTED: &str =
@@ -251,16 +253,7 @@ fn open_hf_dir(
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
         .with_context(|| format!("loading the weights in {}", dir.display()))?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -365,7 +358,7 @@ fn open_llava_dir(
                 format!("no config.json in the vision tower {}", tower_dir.display())
             })?;
         let vision_json = tower_config.get("vision_config").unwrap_or(&tower_config);
-        cfg.vision = llava::clip::ClipVisionConfig::from_json(vision_json)
+        cfg.vision = crate::models::clip::ClipVisionConfig::from_json(vision_json)
             .with_context(|| format!("reading {}", tower_dir.join("config.json").display()))?;
         if preprocessor.is_none() {
             preprocessor = read_json_if_present(&tower_dir.join("preprocessor_config.json"))?;
@@ -386,6 +379,25 @@ fn open_llava_dir(
     Ok(Box::new(CandleLlavaEngine::new(
         model, processor, tokenizer, eos, template, info,
     )?))
+}
+
+/// What a loaded Llama-family text model reports; `dtype` is a dtype or GGUF quantisation name.
+fn llama_info(
+    opts: &EngineOptions,
+    model: &LlamaModel,
+    dtype: String,
+    device: &Device,
+) -> EngineInfo {
+    EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: model.config.family.name().into(),
+        dtype,
+        device: device_name(device),
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
+    }
 }
 
 fn llava_info(
@@ -486,7 +498,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let beside = path.with_file_name("tokenizer.json");
     let tokenizer = match opts.tokenizer.clone().or_else(|| beside.is_file().then_some(beside)) {
         Some(p) => load_tokenizer(&p)?,
-        None => super::gguf_tokenizer::from_gguf(&content).with_context(|| {
+        None => crate::models::gguf_tokenizer::from_gguf(&content).with_context(|| {
             format!(
                 "{}: no tokenizer.json beside it and its own tokenizer could not be used; pass --tokenizer FILE",
                 path.display()
@@ -502,16 +514,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let model = LlamaModel::from_gguf(&content, &mut file, device)
         .with_context(|| format!("loading {}", path.display()))?;
     let eos = model.config.eos_token_ids.clone();
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: quant,
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, quant, device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -523,23 +526,17 @@ fn open_random(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
-    if let Some(shape) = llava::synth::llava_preset(preset) {
-        return open_random_llava(&shape, opts, device, dtype);
-    }
-    if let Some(config) = super::presets::preset_config(preset, dtype)? {
-        return open_random_family(&config, opts, device, dtype);
-    }
-    let Some(shape) = synth::llama_preset(preset) else {
-        bail!(
-            "unknown preset random:{preset}; presets in this build: {} (a text preset NAME@N keeps its first N layers)",
-            synth::TEXT_PRESETS
-                .iter()
-                .chain(super::presets::FAMILY_PRESETS)
-                .chain(llava::synth::VISION_PRESETS)
+    let shape = match synth::presets::lookup_with(preset, dtype)? {
+        Some(Preset::Vision(shape)) => return open_random_llava(&shape, opts, device, dtype),
+        Some(Preset::Text(shape)) => shape,
+        Some(Preset::Family(config)) => return open_random_family(&config, opts, device, dtype),
+        None => bail!(
+            "unknown preset random:{preset}; presets in this build: {}",
+            synth::presets::names()
                 .map(|p| format!("random:{p}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ),
     };
     let tokenizer = match &opts.tokenizer {
         Some(p) => load_tokenizer(p)?,
@@ -550,16 +547,7 @@ fn open_random(
     let weights = shape.random_weights(opts.seed, dtype, device, "")?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: "llama".into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
@@ -580,19 +568,10 @@ fn open_random_family(
             .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
     };
     let std = config["initializer_range"].as_f64().unwrap_or(0.02);
-    let weights = super::presets::random_weights(&cfg, std, opts.seed, dtype, device)?;
+    let weights = synth::families::random_weights(&cfg, std, opts.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
@@ -600,14 +579,14 @@ fn open_random_family(
 }
 
 fn open_random_llava(
-    shape: &llava::synth::LlavaShape,
+    shape: &synth::llava::LlavaShape,
     opts: &EngineOptions,
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
     let tokenizer = match &opts.tokenizer {
         Some(p) => load_tokenizer(p)?,
-        None => Tokenizer::from_bytes(llava::synth::tokenizer(shape)?.as_bytes())
+        None => Tokenizer::from_bytes(synth::llava::tokenizer(shape)?.as_bytes())
             .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
     };
     let config = shape.hf_config(dtype);
@@ -684,7 +663,7 @@ mod tests {
         };
         let e = open_engine(&opts).err().unwrap().to_string();
         assert!(e.contains("config.json"), "{e}");
-        synth::write_model("tiny-llama", dir.path(), DType::F32, 0).unwrap();
+        synth::presets::write_model("tiny-llama", dir.path(), DType::F32, 0).unwrap();
         std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
         let e = format!("{:#}", open_engine(&opts).err().unwrap());
         assert!(e.contains("model.safetensors"), "{e}");
@@ -695,7 +674,7 @@ mod tests {
         use crate::engine::GenerationRequest;
         use std::sync::atomic::AtomicBool;
         let dir = tempfile::tempdir().unwrap();
-        synth::write_model("tiny-llama", dir.path(), DType::F32, 5).unwrap();
+        synth::presets::write_model("tiny-llama", dir.path(), DType::F32, 5).unwrap();
         let cancel = AtomicBool::new(false);
         let req = GenerationRequest {
             prompt: "Hello world",
@@ -766,7 +745,7 @@ mod tests {
             ("tiny-pythia", "gpt_neox"),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            synth::write_model(preset, dir.path(), DType::F32, 4).unwrap();
+            synth::presets::write_model(preset, dir.path(), DType::F32, 4).unwrap();
             let mut disk = open(dir.path().display().to_string(), 0);
             let mut memory = open(format!("random:{preset}"), 4);
             assert_eq!(disk.info().architecture, arch, "{preset}");
@@ -786,8 +765,8 @@ mod tests {
         use std::sync::atomic::AtomicBool;
         let dir = tempfile::tempdir().unwrap();
         let hf = dir.path().join("hf");
-        synth::write_model("tiny-llava", &hf, DType::F32, 3).unwrap();
-        let shape = llava::synth::llava_preset("tiny-llava").unwrap();
+        synth::presets::write_model("tiny-llava", &hf, DType::F32, 3).unwrap();
+        let shape = synth::llava::llava_preset("tiny-llava").unwrap();
         let weights = shape.random_weights(3, DType::F32, &Device::Cpu).unwrap();
         let (mut main, mut tower) = (HashMap::new(), HashMap::new());
         for (name, t) in weights {
