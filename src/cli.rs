@@ -214,7 +214,8 @@ pub struct RunArgs {
     pub backend: Backend,
     /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
     /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b, tiny-llava,
-    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
+    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b, tiny-qwen2.5-vl, tiny-qwen2-vl, qwen2.5-vl-7b,
+    /// qwen2-vl-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
     /// model the server lists).
     #[arg(
         long,
@@ -374,7 +375,9 @@ pub enum DtypeArg {
     after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
 )]
 pub struct SynthModelArgs {
-    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b.
+    /// Architecture preset: any of `run --model-path random:<preset>` (tiny-llama, perf-181m,
+    /// llama-2-7b, tiny-llava, tiny-llava-next, llava-1.5-7b, llava-1.6-7b, tiny-qwen2.5-vl,
+    /// tiny-qwen2-vl, qwen2.5-vl-7b, qwen2-vl-7b).
     #[arg(long)]
     pub preset: String,
     /// Output folder (created).

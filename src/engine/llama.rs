@@ -250,7 +250,7 @@ impl LlamaConfig {
     }
 
     /// Inverse frequencies per rotary pair, with `rope_scaling` applied.
-    fn inv_freq(&self) -> Vec<f32> {
+    pub fn inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
         (0..d / 2)
             .map(|i| {
@@ -428,6 +428,11 @@ pub struct KvCache {
     v: Vec<Tensor>,
     len: usize,
     capacity: usize,
+    /// Rotary angles `(cos, sin)`, `(seq, head_dim / 2)`, for the next forward's tokens when
+    /// their positions are not their cache slots (see [`KvCache::set_rotary`]).
+    pending_rotary: Option<(Tensor, Tensor)>,
+    /// Cache slot `i` rotates as position `i + position_shift`.
+    position_shift: i64,
 }
 
 impl KvCache {
@@ -441,9 +446,18 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Forgets the contents (the buffers are kept).
+    /// Forgets the contents (the buffers are kept) and any rotary positions set.
     pub fn reset(&mut self) {
         self.len = 0;
+        self.pending_rotary = None;
+        self.position_shift = 0;
+    }
+    /// Positions that are not the cache slots (Qwen2-VL's multimodal rotary, M-RoPE): the next
+    /// forward's tokens rotate by `cos` / `sin` (`(seq, head_dim / 2)`, the model's dtype),
+    /// and every token after them at slot `i` as position `i + shift`.
+    pub fn set_rotary(&mut self, cos: Tensor, sin: Tensor, shift: i64) {
+        self.pending_rotary = Some((cos, sin));
+        self.position_shift = shift;
     }
     /// Bytes held by the buffers.
     pub fn bytes(&self) -> usize {
@@ -638,6 +652,8 @@ impl LlamaModel {
             v,
             len: 0,
             capacity,
+            pending_rotary: None,
+            position_shift: 0,
         })
     }
 
@@ -662,8 +678,32 @@ impl LlamaModel {
         }
         let c = &self.config;
         let mut x = embeds.unsqueeze(0)?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
+        let (cos, sin) = match cache.pending_rotary.take() {
+            Some((cos, sin)) => {
+                if cos.dims() != [seq, c.head_dim / 2] || sin.dims() != cos.dims() {
+                    bail!(
+                        "rotary angles of shape {:?} given for {seq} tokens of head size {}",
+                        cos.dims(),
+                        c.head_dim
+                    );
+                }
+                (cos, sin)
+            }
+            None => {
+                let start = offset as i64 + cache.position_shift;
+                let max = c.max_position_embeddings as i64;
+                if start < 0 || start + seq as i64 > max {
+                    bail!(
+                        "rotary position {} is outside the model's {max} positions",
+                        start + seq as i64 - 1
+                    );
+                }
+                (
+                    self.cos.narrow(0, start as usize, seq)?,
+                    self.sin.narrow(0, start as usize, seq)?,
+                )
+            }
+        };
         let mask = if seq > 1 {
             Some(self.causal_mask(seq, offset)?)
         } else {

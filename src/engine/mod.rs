@@ -7,6 +7,7 @@
 //! to the host is itself a synchronisation point).
 
 pub mod candle_llava;
+pub mod candle_qwen2vl;
 pub mod candle_text;
 pub mod gemv;
 pub mod gguf_tokenizer;
@@ -14,6 +15,7 @@ pub mod llama;
 pub mod llava;
 pub mod load;
 pub mod openai;
+pub mod qwen2vl;
 pub mod synth;
 
 use std::path::Path;

@@ -431,11 +431,15 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
     if crate::engine::llava::synth::llava_preset(preset).is_some() {
         return crate::engine::llava::synth::write_model(preset, out, dtype, seed);
     }
+    if crate::engine::qwen2vl::synth::qwen_vl_preset(preset).is_some() {
+        return crate::engine::qwen2vl::synth::write_model(preset, out, dtype, seed);
+    }
     let Some(shape) = llama_preset(preset) else {
         bail!(
-            "unknown preset {preset:?}; presets: {}, {}",
+            "unknown preset {preset:?}; presets: {}, {}, {}",
             TEXT_PRESETS.join(", "),
-            crate::engine::llava::synth::VISION_PRESETS.join(", ")
+            crate::engine::llava::synth::VISION_PRESETS.join(", "),
+            crate::engine::qwen2vl::synth::QWEN_VL_PRESETS.join(", ")
         );
     };
     write_configs(out, &shape.hf_config(dtype))?;
