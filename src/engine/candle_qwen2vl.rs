@@ -235,7 +235,7 @@ impl Engine for CandleQwen2VlEngine {
         let embeds = candle_core::Tensor::cat(&parts, 0).map_err(anyhow::Error::from)?;
         if image.is_some() {
             let (positions, shift) = mrope_positions(&prompt.segments);
-            let (cos, sin) = self.model.rotary(&positions)?;
+            let (cos, sin) = self.model.rotary(&positions);
             self.cache.set_rotary(cos, sin, shift);
         }
         let d = prefill_and_decode(

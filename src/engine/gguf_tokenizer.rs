@@ -16,6 +16,9 @@ const TYPE_UNKNOWN: i32 = 2;
 const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
+/// Qwen2's pre-tokenizer split (`tokenizer.ggml.pre = "qwen2"`): Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Llama 3's pre-tokenizer split (`tokenizer.ggml.pre = "llama-bpe"`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -139,10 +142,20 @@ pub fn tokenizer_json(content: &Content) -> Result<Value> {
                     {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
                     {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
                 ]}),
+                // Qwen2's tokenizer.json: NFC, then the split, then bytes.
+                "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+                ]}),
                 _ => byte_level.clone(),
             };
+            let normalizer = if pre == "qwen2" {
+                json!({"type": "NFC"})
+            } else {
+                Value::Null
+            };
             (
-                Value::Null,
+                normalizer,
                 pre_tokenizer,
                 json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
                 json!({

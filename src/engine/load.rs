@@ -23,6 +23,7 @@ use tokenizers::Tokenizer;
 use super::candle_llava::{CandleLlavaEngine, PromptTemplate};
 use super::candle_qwen2vl::{qwen_template, CandleQwen2VlEngine};
 use super::candle_text::CandleTextEngine;
+use super::family::Family;
 use super::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use super::llava::{self, LlavaConfig, LlavaModel};
 use super::qwen2vl::{self, preprocess::Qwen2VlImageProcessor, vision::VisionKind};
@@ -31,7 +32,9 @@ use super::{Engine, EngineInfo};
 
 /// Architectures this build runs, for error messages.
 pub const SUPPORTED: &str =
-    "llama (LlamaForCausalLM, MistralForCausalLM) from safetensors or GGUF; \
+    "text: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2, gpt_neox \
+(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, \
+Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM) from safetensors or GGUF; \
 llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM), llava_next \
 (LlavaNextForConditionalGeneration), qwen2_vl (Qwen2VLForConditionalGeneration) and qwen2_5_vl \
 (Qwen2_5_VLForConditionalGeneration) from safetensors";
@@ -197,12 +200,6 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
         .and_then(Value::as_str)
         .unwrap_or("");
     let named = |n: &str| archs.contains(&n);
-    if named("LlamaForCausalLM")
-        || named("MistralForCausalLM")
-        || matches!(model_type, "llama" | "mistral") && archs.is_empty()
-    {
-        return Ok("llama");
-    }
     if named("LlavaForConditionalGeneration")
         || named("LlavaLlamaForCausalLM")
         || model_type == "llava"
@@ -217,6 +214,9 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
     }
     if named("Qwen2VLForConditionalGeneration") || model_type == "qwen2_vl" {
         return Ok("qwen2_vl");
+    }
+    if let Some(family) = Family::detect(config) {
+        return Ok(family.name());
     }
     bail!(
         "unsupported architecture {} (model_type {:?}); supported: {SUPPORTED}",
@@ -249,7 +249,7 @@ fn open_hf_dir(
     if let Some(kind) = qwen_kind(arch) {
         return open_qwen_vl_dir(dir, &config, kind, opts, device, dtype);
     }
-    if arch != "llama" {
+    if arch == "llava" || arch == "llava_next" {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
     let cfg = LlamaConfig::from_hf_json(&config)
@@ -266,7 +266,7 @@ fn open_hf_dir(
     let info = EngineInfo {
         backend: "candle".into(),
         model: opts.model.clone(),
-        architecture: "llama".into(),
+        architecture: model.config.family.name().into(),
         dtype: dtype_name(dtype).into(),
         device: device_name(device),
         parameters: Some(model.config.parameters()),
@@ -616,9 +616,9 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    if arch != "llama" {
+    if Family::from_gguf_arch(&arch).is_none() {
         bail!(
-            "{}: GGUF architecture {arch:?} is not supported; supported: {SUPPORTED}",
+            "{}: GGUF architecture {arch:?} is not supported; supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2, gptneox",
             path.display()
         );
     }
@@ -636,6 +636,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let quant = content
         .tensor_infos
         .get("blk.0.attn_q.weight")
+        .or_else(|| content.tensor_infos.get("blk.0.attn_qkv.weight"))
         .map(|t| format!("{:?}", t.ggml_dtype).to_ascii_lowercase())
         .unwrap_or_else(|| "unknown".into());
     let model = LlamaModel::from_gguf(&content, &mut file, device)
@@ -644,7 +645,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let info = EngineInfo {
         backend: "candle".into(),
         model: opts.model.clone(),
-        architecture: "llama".into(),
+        architecture: model.config.family.name().into(),
         dtype: quant,
         device: device_name(device),
         parameters: Some(model.config.parameters()),
@@ -668,11 +669,15 @@ fn open_random(
     if let Some(shape) = qwen2vl::synth::qwen_vl_preset(preset) {
         return open_random_qwen_vl(&shape, opts, device, dtype);
     }
+    if let Some(config) = super::presets::preset_config(preset, dtype)? {
+        return open_random_family(&config, opts, device, dtype);
+    }
     let Some(shape) = synth::llama_preset(preset) else {
         bail!(
-            "unknown preset random:{preset}; presets in this build: {}",
+            "unknown preset random:{preset}; presets in this build: {} (a text preset NAME@N keeps its first N layers)",
             synth::TEXT_PRESETS
                 .iter()
+                .chain(super::presets::FAMILY_PRESETS)
                 .chain(llava::synth::VISION_PRESETS)
                 .chain(qwen2vl::synth::QWEN_VL_PRESETS)
                 .map(|p| format!("random:{p}"))
@@ -693,6 +698,39 @@ fn open_random(
         backend: "candle".into(),
         model: opts.model.clone(),
         architecture: "llama".into(),
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
+    };
+    Ok(Box::new(
+        CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
+            .with_template(text_template(opts)?),
+    ))
+}
+
+/// A family preset's config with seeded random weights, through the family's real loader.
+fn open_random_family(
+    config: &Value,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let cfg = LlamaConfig::from_hf_json(config)?;
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(synth::tokenizer_json(cfg.vocab_size, &[])?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let weights = super::presets::random_weights(&cfg, std, opts.seed, dtype, device)?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
+    let info = EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: model.config.family.name().into(),
         dtype: dtype_name(dtype).into(),
         device: device_name(device),
         parameters: Some(model.config.parameters()),

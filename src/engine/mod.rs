@@ -9,14 +9,18 @@
 pub mod candle_llava;
 pub mod candle_qwen2vl;
 pub mod candle_text;
+pub mod family;
 pub mod gemv;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llava;
 pub mod load;
 pub mod openai;
+pub mod presets;
 pub mod qwen2vl;
+pub mod rope;
 pub mod synth;
+pub mod weights;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -434,10 +434,19 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
     if crate::engine::qwen2vl::synth::qwen_vl_preset(preset).is_some() {
         return crate::engine::qwen2vl::synth::write_model(preset, out, dtype, seed);
     }
+    if let Some(config) = crate::engine::presets::preset_config(preset, dtype)? {
+        let cfg = crate::engine::llama::LlamaConfig::from_hf_json(&config)?;
+        write_configs(out, &config)?;
+        write_tokenizer_files(out, &tokenizer_json(cfg.vocab_size, &[])?, &[])?;
+        let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+        let weights = crate::engine::presets::random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
+        return write_safetensors(out, &weights);
+    }
     let Some(shape) = llama_preset(preset) else {
         bail!(
-            "unknown preset {preset:?}; presets: {}, {}, {}",
+            "unknown preset {preset:?}; presets: {}, {}, {}, {}",
             TEXT_PRESETS.join(", "),
+            crate::engine::presets::FAMILY_PRESETS.join(", "),
             crate::engine::llava::synth::VISION_PRESETS.join(", "),
             crate::engine::qwen2vl::synth::QWEN_VL_PRESETS.join(", ")
         );

@@ -234,31 +234,32 @@ impl Qwen2VlModel {
         (image.grid_thw.1 / m, image.grid_thw.2 / m)
     }
 
-    /// Rotary `(cos, sin)`, `(tokens, head_dim / 2)` in the model's dtype, for M-RoPE positions.
-    pub fn rotary(&self, positions: &[[u32; 3]]) -> Result<(Tensor, Tensor)> {
-        let inv = self.config.text.inv_freq();
+    /// Rotary cos / sin rows (`tokens × head_dim / 2`, row-major) of M-RoPE positions: pair `j`
+    /// rotates with the temporal, height or width position by the section it falls in.
+    pub fn rotary(&self, positions: &[[u32; 3]]) -> (Vec<f32>, Vec<f32>) {
+        let spec = self.config.text.rope_spec(false);
+        let inv = spec.inv_freq(positions.len());
         let [t, h, _] = self.config.mrope_section;
-        let section: Vec<usize> = (0..inv.len())
-            .map(|j| {
-                if j < t {
-                    0
-                } else if j < t + h {
-                    1
-                } else {
-                    2
-                }
-            })
-            .collect();
-        let mut angles = Vec::with_capacity(positions.len() * inv.len());
+        let section = |j: usize| {
+            if j < t {
+                0
+            } else if j < t + h {
+                1
+            } else {
+                2
+            }
+        };
+        let af = spec.attention_factor();
+        let mut cos = Vec::with_capacity(positions.len() * inv.len());
+        let mut sin = Vec::with_capacity(positions.len() * inv.len());
         for p in positions {
-            angles.extend(inv.iter().zip(&section).map(|(f, &s)| p[s] as f32 * f));
+            for (j, f) in inv.iter().enumerate() {
+                let a = p[section(j)] as f32 * f;
+                cos.push(a.cos() * af);
+                sin.push(a.sin() * af);
+            }
         }
-        let angles = Tensor::from_vec(angles, (positions.len(), inv.len()), self.device())?;
-        let dtype = self.llm.dtype();
-        Ok((
-            angles.cos()?.to_dtype(dtype)?,
-            angles.sin()?.to_dtype(dtype)?,
-        ))
+        (cos, sin)
     }
 }
 
