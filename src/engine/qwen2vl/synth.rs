@@ -323,6 +323,26 @@ mod tests {
     use crate::engine::GenerationRequest;
     use std::sync::atomic::AtomicBool;
 
+    /// The 7 B presets have the published models' shapes: Qwen2.5-VL-7B-Instruct has
+    /// 8,292,166,656 parameters, Qwen2-VL-7B-Instruct 8,291,375,616.
+    #[test]
+    fn big_presets_have_the_published_parameter_counts() {
+        use crate::engine::qwen2vl::Qwen2VlConfig;
+        for (preset, want) in [
+            ("qwen2.5-vl-7b", 8_292_166_656u64),
+            ("qwen2-vl-7b", 8_291_375_616),
+        ] {
+            let shape = qwen_vl_preset(preset).unwrap();
+            let c = Qwen2VlConfig::from_json(&shape.hf_config(DType::BF16), shape.kind).unwrap();
+            assert_eq!(
+                c.vision.parameters() + c.text.parameters(),
+                want,
+                "{preset}"
+            );
+            assert_eq!(c.mrope_section, [16, 24, 24]);
+        }
+    }
+
     /// The preset written to disk (Qwen's published layout and config.json) computes what the
     /// in-memory preset computes, and counts the image tokens the processor implies.
     #[test]
