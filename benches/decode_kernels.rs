@@ -17,7 +17,7 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlmbench::engine::gemv::{matvec_many, Weight};
+use vlmbench::models::gemv::{matvec_many, Weight};
 
 const HIDDEN: usize = 1024;
 const INTERMEDIATE: usize = 2816;

@@ -1,9 +1,13 @@
 //! Command-line arguments. Parsing only: values are validated into options structs by the
 //! command modules, which never see raw arguments.
+//!
+//! Used by commands only; borrows value enums (`Workload`) and the preset list from below.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::bench::workload::Workload;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         tokens/s, end-to-end latency and peak memory. `vlmbench compare`, `plot` and `html` \
         read reports back: side by side with ratios, as charts, as one HTML page.",
     after_help = "Examples:\n  \
-        vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
+        vlmbench run                                   # random:tiny-llava on the built-in synthetic set\n  \
         vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
         vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_short.json --device cuda\n  \
         vlmbench compare reports/base.json reports/new.json"
@@ -212,13 +216,9 @@ pub struct RunArgs {
     /// Where the model runs: in this process (candle) or behind an OpenAI-compatible server.
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
     pub backend: Backend,
-    /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
-    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b, tiny-llava,
-    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b, tiny-qwen2.5-vl, tiny-qwen2-vl, qwen2.5-vl-7b,
-    /// qwen2-vl-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
-    /// model the server lists).
     #[arg(
         long,
+        help = format!("Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a Hugging Face hub id, or random:<preset> ({}); default random:tiny-llava. With --backend openai: the model name to request (default: the first model the server lists)", crate::synth::presets::list()),
         visible_alias = "model",
         env = "VLMBENCH_MODEL_PATH",
         value_name = "PATH|ID|NAME"
@@ -336,27 +336,6 @@ pub struct ServerArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
-    High,
-    Mid,
-    Low,
-    VisionA,
-    VisionB,
-}
-
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::High => "high",
-            Workload::Mid => "mid",
-            Workload::Low => "low",
-            Workload::VisionA => "vision-a",
-            Workload::VisionB => "vision-b",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EndpointArg {
     Chat,
     Completions,
@@ -375,10 +354,7 @@ pub enum DtypeArg {
     after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
 )]
 pub struct SynthModelArgs {
-    /// Architecture preset: any of `run --model-path random:<preset>` (tiny-llama, perf-181m,
-    /// llama-2-7b, tiny-llava, tiny-llava-next, llava-1.5-7b, llava-1.6-7b, tiny-qwen2.5-vl,
-    /// tiny-qwen2-vl, qwen2.5-vl-7b, qwen2-vl-7b).
-    #[arg(long)]
+    #[arg(long, help = format!("Architecture preset: {}", crate::synth::presets::list()))]
     pub preset: String,
     /// Output folder (created).
     #[arg(long, value_name = "DIR")]

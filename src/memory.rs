@@ -1,6 +1,8 @@
 //! Peak memory: host RSS from the kernel, GPU memory from NVML sampled on a background thread.
 //!
 //! A missing measurement is `None` with a reason, never a made-up zero.
+//!
+//! A leaf: depends on no other vlmbench module.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,16 +52,22 @@ pub struct MemoryReport {
     pub gpu_pool_peak_decode: MaybeBytes,
 }
 
+/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
+/// (see [`DevicePool`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasePeaks {
+    pub vision_bytes: Option<u64>,
+    pub prefill_bytes: Option<u64>,
+    pub decode_bytes: Option<u64>,
+}
+
 fn not_measured() -> MaybeBytes {
     MaybeBytes::unknown("not measured")
 }
 
 impl MemoryReport {
     /// Fills the pool peaks from the samples' per-phase measurements.
-    pub fn with_pool_peaks<'a>(
-        mut self,
-        peaks: impl Iterator<Item = &'a crate::engine::PhasePeaks>,
-    ) -> Self {
+    pub fn with_pool_peaks<'a>(mut self, peaks: impl Iterator<Item = &'a PhasePeaks>) -> Self {
         let (mut prefill, mut decode, mut any) = (None::<u64>, None::<u64>, false);
         for p in peaks {
             any = true;

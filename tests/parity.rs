@@ -11,22 +11,20 @@
 //! holds llama.cpp converter output of some of them (`scripts/parity/make_gguf.py`). The real
 //! binary runs each and must produce the same tokens, token for token.
 
+mod common;
+
+use common::{read_json, vlmbench};
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use vlmbench::engine::llava::preprocess::ImageProcessor;
-use vlmbench::engine::qwen2vl::preprocess::Qwen2VlImageProcessor;
+use vlmbench::models::llava::preprocess::ImageProcessor;
+use vlmbench::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/parity")
         .join(name)
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -55,8 +53,7 @@ fn run_model(model: &Path, expected: &Value) -> Value {
     let jsonl = dir.path().join("in.jsonl");
     std::fs::write(&jsonl, format!("{line}\n")).unwrap();
     let data = dir.path().join("set.json");
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args(["prepare", "jsonl", "--file"])
         .arg(&jsonl)
         .arg("--out")
@@ -65,8 +62,7 @@ fn run_model(model: &Path, expected: &Value) -> Value {
         .success();
     let report = dir.path().join("r.json");
     let max_new = ids(&expected["output_ids"]).len().to_string();
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args([
             "run", "--quiet", "--warmup", "0", "--device", "cpu", "--dtype", "f32",
         ])
@@ -231,8 +227,7 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
     let jsonl = dir.path().join("in.jsonl");
     std::fs::write(&jsonl, lines).unwrap();
     let data = dir.path().join("set.json");
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args(["prepare", "jsonl", "--file"])
         .arg(&jsonl)
         .arg("--out")
@@ -242,8 +237,7 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
     let max_new = ids(&cases[0]["output_ids"]).len().to_string();
     let report = dir.path().join("r.json");
     // The reference is an argmax loop of fixed length: it runs on past end-of-sequence tokens.
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args([
             "run",
             "--quiet",

@@ -1,8 +1,6 @@
 //! `vlmbench run --backend openai`: drive an OpenAI-compatible server at one or more load
 //! levels and write a serving report.
 
-use std::collections::BTreeMap;
-
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,20 +9,21 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::Tokenizer;
 
-use super::run::{
+use super::common::{
     default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
+use crate::bench::request_record::{output_tokens_source, record};
+use crate::bench::serving::{run_level, LoadLevel};
+use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
-use crate::dataset::synthetic;
+use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
+use crate::client::probe;
+use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
-use crate::engine::openai::client::{build_body, send, ClientConfig, ImagePayload, RequestOutcome};
-use crate::engine::openai::load::{run_level, LoadLevel};
-use crate::engine::openai::stream::Endpoint;
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
-use crate::stats::summarize;
 
 pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
@@ -73,7 +72,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         stream_usage: !s.no_stream_usage,
         timeout: Duration::from_secs_f64(s.request_timeout),
     };
-    let (models, props) = runtime.block_on(probe(&http, &cfg))?;
+    let (models, props) = runtime.block_on(probe::probe(&http, &cfg))?;
     if cfg.model.is_empty() {
         cfg.model = models
             .as_ref()
@@ -182,12 +181,13 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             .zip(&run.positions)
             .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
             .collect();
-        level_reports.push(summarize_level(
-            level,
+        let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
+        level_reports.push(LevelReport::from_requests(
+            level.concurrency,
+            level.request_rate,
             run.duration.as_secs_f64(),
             records,
-            cfg.stream_usage,
-            tokenizer.is_some(),
+            source,
         ));
         if cancel.load(Ordering::SeqCst) {
             status = RunStatus::Interrupted;
@@ -248,72 +248,6 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// A seeds-style workload: prompt and output lengths, concurrency levels, images or not.
-struct WorkloadSpec {
-    /// Prompt tokens; `None` = the context length minus 2,048 (and a small margin for the
-    /// chat template).
-    input_tokens: Option<usize>,
-    output_tokens: usize,
-    concurrency: &'static [usize],
-    images: bool,
-}
-
-fn workload_spec(w: Workload) -> WorkloadSpec {
-    match w {
-        Workload::High => WorkloadSpec {
-            input_tokens: None,
-            output_tokens: 2048,
-            concurrency: &[1, 5, 10],
-            images: false,
-        },
-        Workload::Mid => WorkloadSpec {
-            input_tokens: Some(200),
-            output_tokens: 250,
-            concurrency: &[32, 64, 128],
-            images: false,
-        },
-        Workload::Low => WorkloadSpec {
-            input_tokens: Some(100),
-            output_tokens: 150,
-            concurrency: &[1, 4, 8, 16, 32],
-            images: false,
-        },
-        Workload::VisionA => WorkloadSpec {
-            input_tokens: Some(50),
-            output_tokens: 300,
-            concurrency: &[8, 16, 32, 64, 128],
-            images: true,
-        },
-        Workload::VisionB => WorkloadSpec {
-            input_tokens: Some(100),
-            output_tokens: 100,
-            concurrency: &[1, 8, 16, 32],
-            images: true,
-        },
-    }
-}
-
-/// The server's context length: `--context-length`, vLLM's `max_model_len` in /v1/models, or
-/// llama.cpp's `n_ctx` in /props.
-fn context_length(
-    args: &RunArgs,
-    models: Option<&serde_json::Value>,
-    props: Option<&serde_json::Value>,
-) -> Option<usize> {
-    args.server
-        .context_length
-        .or_else(|| {
-            models
-                .and_then(|m| m["data"][0]["max_model_len"].as_u64())
-                .map(|n| n as usize)
-        })
-        .or_else(|| {
-            props
-                .and_then(|p| p["default_generation_settings"]["n_ctx"].as_u64())
-                .map(|n| n as usize)
-        })
-}
-
 /// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
 /// user set them explicitly).
 fn apply_workload(
@@ -326,107 +260,25 @@ fn apply_workload(
     if args.data_file.is_some() {
         bail!("--workload makes its own data set; do not combine it with --data-file");
     }
-    let spec = workload_spec(w);
-    let input = match spec.input_tokens {
-        Some(n) => n,
-        None => {
-            let ctx = context_length(args, models, props).ok_or_else(|| {
-                anyhow!("--workload high needs the context length: the server does not report it; pass --context-length N")
-            })?;
-            ctx.checked_sub(2048 + 64)
-                .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow!("context length {ctx} is too small for --workload high (needs more than 2,112 tokens)"))?
-        }
-    };
-    if args.server.concurrency.is_empty() {
-        args.server.concurrency = spec.concurrency.to_vec();
-    }
-    let max_concurrency = *args.server.concurrency.iter().max().unwrap_or(&1);
-    let num_prompts = *args
-        .server
-        .num_prompts
-        .get_or_insert((4 * max_concurrency).max(50));
-    args.max_new_tokens = spec.output_tokens;
-    args.ignore_eos = true;
-    cfg.max_tokens = spec.output_tokens;
-    cfg.ignore_eos = true;
-    let name = format!("workload_{}", w.name());
-    let out = std::path::PathBuf::from("perf_data").join(synthetic::default_file_name(&name));
-    eprintln!(
-        "writing the {} workload ({num_prompts} prompts of {input} tokens{}) to {} ...",
-        w.name(),
-        if spec.images {
-            " with unique images"
-        } else {
-            ""
-        },
-        out.display()
-    );
-    synthetic::prepare(
-        &synthetic::SyntheticOptions {
-            name,
-            num_samples: num_prompts,
-            seed: 42,
-            images: spec.images.then_some(synthetic::ImageSpec {
-                width_mean: 512.0,
-                width_stddev: 0.0,
-                height_mean: 512.0,
-                height_stddev: 0.0,
-                format: synthetic::SynthImageFormat::Png,
-            }),
-            input_tokens_mean: input as f64,
-            input_tokens_stddev: 0.0,
-            output_tokens: Some((spec.output_tokens as f64, 0.0)),
-            tokenizer: args.tokenizer.clone(),
-        },
-        &out,
+    let needs_context = workload::workload_spec(w).input_tokens.is_none();
+    let context = needs_context
+        .then(|| probe::context_length(args.server.context_length, models, props))
+        .flatten();
+    let plan = workload::prepare(
+        w,
+        &args.server.concurrency,
+        args.server.num_prompts,
+        context,
+        args.tokenizer.clone(),
     )?;
-    args.data_file = Some(out);
+    args.server.concurrency = plan.concurrency;
+    args.server.num_prompts = Some(plan.num_prompts);
+    args.max_new_tokens = plan.output_tokens;
+    args.ignore_eos = true;
+    cfg.max_tokens = plan.output_tokens;
+    cfg.ignore_eos = true;
+    args.data_file = Some(plan.data_file);
     Ok(())
-}
-
-/// `GET /v1/models` (must answer: fails fast on an unreachable server) and llama.cpp's
-/// `GET /props` (optional).
-async fn probe(
-    http: &reqwest::Client,
-    cfg: &ClientConfig,
-) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {
-    let get = |url: String| {
-        let mut req = http.get(url).timeout(Duration::from_secs(10));
-        if let Some(k) = &cfg.api_key {
-            req = req.bearer_auth(k);
-        }
-        req.send()
-    };
-    let url = cfg.url("models");
-    let resp = get(url.clone()).await.map_err(|e| {
-        anyhow!(
-            "cannot reach the server at {url}: {} (is it running, and is --base-url right?)",
-            crate::engine::openai::client::describe_reqwest(&e)
-        )
-    })?;
-    let models = if resp.status().is_success() {
-        resp.bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    } else {
-        None
-    };
-    let base = cfg
-        .url("")
-        .trim_end_matches('/')
-        .trim_end_matches("/v1")
-        .to_string();
-    let props = match get(format!("{base}/props")).await {
-        Ok(r) if r.status().is_success() => r
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
-        _ => None,
-    };
-    Ok((models, props))
 }
 
 fn body_for(
@@ -459,118 +311,4 @@ fn body_for(
             bytes: &bytes,
         }),
     ))
-}
-
-fn record(
-    o: &RequestOutcome,
-    sample: &crate::dataset::Sample,
-    tokenizer: Option<&Tokenizer>,
-) -> RequestRecord {
-    let count = |text: &str| {
-        tokenizer
-            .and_then(|t| t.encode(text, false).ok())
-            .map(|e| e.len() as u64)
-    };
-    let output_tokens = o
-        .completion_tokens
-        .or_else(|| count(&o.text))
-        .or_else(|| (!o.timeline.chunks.is_empty()).then(|| o.timeline.chunks.len() as u64));
-    let input_tokens = o.prompt_tokens.or_else(|| count(&sample.prompt));
-    let metrics = if o.error.is_none() {
-        o.timeline.metrics(output_tokens.unwrap_or(0))
-    } else {
-        None
-    };
-    RequestRecord {
-        index: sample.index,
-        ok: metrics.is_some(),
-        error: o
-            .error
-            .clone()
-            .or_else(|| metrics.is_none().then(|| "no content".to_string())),
-        http_status: o.status,
-        ttft_ms: metrics.as_ref().map(|m| m.ttft_ms),
-        ttft_from_send_ms: metrics.as_ref().map(|m| m.ttft_from_send_ms),
-        e2el_ms: metrics.as_ref().map(|m| m.e2e_ms),
-        tpot_ms: metrics.as_ref().and_then(|m| m.tpot_ms),
-        queue_ms: metrics.as_ref().map(|m| m.queue_ms),
-        input_tokens,
-        output_tokens,
-        itl_ms: metrics
-            .as_ref()
-            .map(|m| m.itl_ms.clone())
-            .unwrap_or_default(),
-        chunk_gaps_ms: metrics
-            .as_ref()
-            .map(|m| m.chunk_gaps_ms.clone())
-            .unwrap_or_default(),
-        text: o.text.clone(),
-    }
-}
-
-fn summarize_level(
-    level: &LoadLevel,
-    duration: f64,
-    requests: Vec<RequestRecord>,
-    usage_requested: bool,
-    has_tokenizer: bool,
-) -> LevelReport {
-    let ok: Vec<&RequestRecord> = requests.iter().filter(|r| r.ok).collect();
-    let pick = |f: &dyn Fn(&RequestRecord) -> Option<f64>| {
-        summarize(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-    };
-    let mut failure_reasons = BTreeMap::new();
-    for r in requests.iter().filter(|r| !r.ok) {
-        *failure_reasons
-            .entry(r.error.clone().unwrap_or_default())
-            .or_insert(0) += 1;
-    }
-    let out_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
-    let in_tokens: u64 = ok.iter().filter_map(|r| r.input_tokens).sum();
-    let per_s = |x: f64| if duration > 0.0 { x / duration } else { 0.0 };
-    let source =
-        if usage_requested && ok.iter().all(|r| r.output_tokens.is_some()) && !ok.is_empty() {
-            // Usage may still be missing on servers that ignore stream_options; `record` then fell
-            // back, and the tokenizer flag says how.
-            if has_tokenizer {
-                "server usage, else tokenizer"
-            } else {
-                "server usage, else chunks"
-            }
-        } else if has_tokenizer {
-            "tokenizer"
-        } else {
-            "chunks"
-        };
-    LevelReport {
-        concurrency: level.concurrency,
-        request_rate: level.request_rate.filter(|r| r.is_finite()),
-        duration,
-        completed: ok.len(),
-        failed: requests.len() - ok.len(),
-        failure_reasons,
-        request_throughput: per_s(ok.len() as f64),
-        output_throughput: per_s(out_tokens as f64),
-        total_token_throughput: per_s((out_tokens + in_tokens) as f64),
-        total_input_tokens: in_tokens,
-        total_output_tokens: out_tokens,
-        output_tokens_source: source.into(),
-        ttft_ms: pick(&|r| r.ttft_ms),
-        ttft_from_send_ms: pick(&|r| r.ttft_from_send_ms),
-        tpot_ms: pick(&|r| r.tpot_ms),
-        itl_ms: summarize(
-            &ok.iter()
-                .flat_map(|r| r.itl_ms.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
-        chunk_gap_ms: summarize(
-            &ok.iter()
-                .flat_map(|r| r.chunk_gaps_ms.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
-        e2el_ms: pick(&|r| r.e2el_ms),
-        e2el_from_send_ms: None,
-        queue_ms: pick(&|r| r.queue_ms),
-        requests,
-    }
 }

@@ -4,15 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{DtypeArg, SynthModelArgs};
+use super::common::dtype_of;
+use crate::cli::SynthModelArgs;
 
 pub fn execute(args: SynthModelArgs) -> Result<ExitCode> {
-    let dtype = match args.dtype {
-        DtypeArg::Auto | DtypeArg::F32 => candle_core::DType::F32,
-        DtypeArg::F16 => candle_core::DType::F16,
-        DtypeArg::Bf16 => candle_core::DType::BF16,
-    };
-    crate::engine::synth::write_model(&args.preset, &args.out, dtype, args.seed)?;
+    let dtype = dtype_of(args.dtype).unwrap_or(candle_core::DType::F32);
+    crate::synth::presets::write_model(&args.preset, &args.out, dtype, args.seed)?;
     println!(
         "wrote {} ({}) to {}",
         args.preset,

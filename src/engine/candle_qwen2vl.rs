@@ -10,15 +10,17 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::candle_llava::{PromptTemplate, IMAGE_PLACEHOLDER};
-use super::candle_text::{ensure_cache, prefill_and_decode};
-use super::llama::KvCache;
-use super::qwen2vl::preprocess::Qwen2VlImageProcessor;
-use super::qwen2vl::{mrope_positions, Qwen2VlModel, Segment, IMAGE_PAD, VISION_END, VISION_START};
+use super::decode::{ensure_cache, prefill_and_decode};
+use super::template::{PromptTemplate, IMAGE_PLACEHOLDER};
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
 };
 use crate::memory::DevicePool;
+use crate::models::llama::KvCache;
+use crate::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
+use crate::models::qwen2vl::{
+    mrope_positions, Qwen2VlModel, Segment, IMAGE_PAD, VISION_END, VISION_START,
+};
 use crate::profile;
 
 /// The system turn Qwen2-VL's and Qwen2.5-VL's chat templates add when a conversation has none.
@@ -269,7 +271,7 @@ impl Engine for CandleQwen2VlEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::qwen2vl::synth::{qwen_vl_preset, tokenizer};
+    use crate::synth::qwen2vl::{qwen_vl_preset, tokenizer};
 
     #[test]
     fn template_follows_the_checkpoint() {

@@ -1,5 +1,11 @@
-//! Backends that turn a prompt (and maybe an image) into tokens, and say when each token
-//! arrived. One trait, one file per backend; an engine knows nothing about reports.
+//! In-process engines that turn a prompt (and maybe an image) into tokens, and say when each
+//! token arrived: the [`Engine`] trait, opening a model ([`open`]), the candle engines (one file
+//! each), their shared greedy decode loop ([`decode`]) and prompt templates ([`template`]).
+//! The model math itself is in `models`; the HTTP client for servers is
+//! `client`, driven by the serving loop rather than through this trait.
+//!
+//! Uses models, synth (for `random:` presets), memory and profile. Must not depend on bench,
+//! report, client, dataset or commands: an engine knows nothing about reports or data sets.
 //!
 //! Timing contract: every `Duration` in a [`Generation`] is measured from the moment
 //! [`Engine::generate`] was called, with the host clock read only after the device finished the
@@ -9,18 +15,9 @@
 pub mod candle_llava;
 pub mod candle_qwen2vl;
 pub mod candle_text;
-pub mod family;
-pub mod gemv;
-pub mod gguf_tokenizer;
-pub mod llama;
-pub mod llava;
-pub mod load;
-pub mod openai;
-pub mod presets;
-pub mod qwen2vl;
-pub mod rope;
-pub mod synth;
-pub mod weights;
+pub mod decode;
+pub mod open;
+pub mod template;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -119,14 +116,7 @@ pub struct Generation {
     pub pool_peaks: Option<PhasePeaks>,
 }
 
-/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
-/// (see [`crate::memory::DevicePool`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhasePeaks {
-    pub vision_bytes: Option<u64>,
-    pub prefill_bytes: Option<u64>,
-    pub decode_bytes: Option<u64>,
-}
+pub use crate::memory::PhasePeaks;
 
 /// Errors the runner treats differently: a failed sample is recorded and the run goes on;
 /// a cancellation ends the run.

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::load::{level_suffix, AnyReport, NamedReport};
+use super::read::{level_suffix, AnyReport, NamedReport};
 use super::serving::LevelReport;
 use super::table::num;
 use super::{RunStatus, RunSummary};

@@ -4,16 +4,23 @@
 //! - [`csv`]: one row per sample (`<base>.csv`), same basename.
 //! - [`table`]: the terminal summary, one row per metric.
 //! - [`compare`]: several reports side by side, with ratios to the first.
-//! - [`load`]: reading either kind of report back (in-process or serving).
-//! - [`html`]: one self-contained page with tables and charts.
+//! - [`read`]: reading either kind of report back (in-process or serving).
+//! - [`serving`]: the serving report (one section per load level).
+//!
+//! Both kinds aggregate through [`crate::stats::Totals`] and its summaries
+//! ([`RunSummary::from_samples`], [`serving::LevelReport::from_requests`]).
+//!
+//! Uses engine (the facts an engine reports), metrics, stats, memory and fsutil. Must not
+//! depend on plot (charts and HTML read reports, not the other way round), bench, client or
+//! commands.
 
 pub mod compare;
 pub mod csv;
 pub mod environment;
-pub mod html;
 pub mod json;
-pub mod load;
+pub mod read;
 pub mod serving;
+mod serving_summary;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -25,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineInfo;
 use crate::memory::MemoryReport;
 use crate::metrics::SampleMetrics;
-use crate::stats::{summarize, Summary};
+use crate::stats::{summarize_each, summarize_pooled, Outcome, Summary, Totals};
 pub use environment::Environment;
 
 /// Bumped when a report field changes meaning or disappears.
@@ -172,43 +179,35 @@ impl RunSummary {
     /// Computes the aggregates of `samples` measured over `duration_s` seconds.
     pub fn from_samples(samples: &[SampleRecord], duration_s: f64) -> Self {
         let ok: Vec<&SampleMetrics> = samples.iter().filter_map(|s| s.metrics.as_ref()).collect();
-        let collect = |f: &dyn Fn(&SampleMetrics) -> Option<f64>| -> Option<Summary> {
-            summarize(&ok.iter().filter_map(|m| f(m)).collect::<Vec<_>>())
-        };
-        let tbt: Vec<f64> = ok.iter().flat_map(|m| m.tbt_ms.iter().copied()).collect();
-        let mut failure_reasons = BTreeMap::new();
-        for s in samples.iter().filter(|s| !s.ok) {
-            let reason = s.error.clone().unwrap_or_else(|| "unknown error".into());
-            *failure_reasons.entry(reason).or_insert(0) += 1;
-        }
-        let total_input_tokens: usize = ok.iter().map(|m| m.input_tokens).sum();
-        let total_output_tokens: usize = ok.iter().map(|m| m.output_tokens).sum();
-        let per_s = |x: f64| {
-            if duration_s > 0.0 {
-                x / duration_s
-            } else {
-                0.0
-            }
-        };
-        let succeeded = ok.len();
+        let collect = |f: &dyn Fn(&SampleMetrics) -> Option<f64>| summarize_each(&ok, |m| f(m));
+        let totals = Totals::over(
+            samples.iter().map(|s| match &s.metrics {
+                Some(m) => Outcome::Succeeded {
+                    input_tokens: m.input_tokens as u64,
+                    output_tokens: m.output_tokens as u64,
+                },
+                None => Outcome::Failed(s.error.as_deref()),
+            }),
+            duration_s,
+        );
         Self {
             num_samples: samples.len(),
-            succeeded,
-            failed: samples.len() - succeeded,
+            succeeded: totals.succeeded,
+            failed: totals.failed,
             success_rate: if samples.is_empty() {
                 0.0
             } else {
-                succeeded as f64 / samples.len() as f64
+                totals.succeeded as f64 / samples.len() as f64
             },
-            failure_reasons,
+            failure_reasons: totals.failure_reasons,
             duration_s,
-            request_throughput: per_s(succeeded as f64),
-            output_throughput: per_s(total_output_tokens as f64),
-            total_token_throughput: per_s((total_input_tokens + total_output_tokens) as f64),
-            total_input_tokens,
-            total_output_tokens,
+            request_throughput: totals.request_throughput,
+            output_throughput: totals.output_throughput,
+            total_token_throughput: totals.total_token_throughput,
+            total_input_tokens: totals.input_tokens as usize,
+            total_output_tokens: totals.output_tokens as usize,
             ttft_ms: collect(&|m| Some(m.ttft_ms)),
-            tbt_ms: summarize(&tbt),
+            tbt_ms: summarize_pooled(&ok, |m| &m.tbt_ms),
             tpot_ms: collect(&|m| m.tpot_ms),
             tps: collect(&|m| m.tps),
             e2e_ms: collect(&|m| Some(m.e2e_ms)),

@@ -93,7 +93,8 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn bytes(m: &MaybeBytes) -> String {
+/// A memory figure in MiB, or `n/a` where it was not measured.
+pub fn bytes(m: &MaybeBytes) -> String {
     match m.bytes {
         Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
         None => "n/a".into(),

@@ -11,8 +11,8 @@ use crate::metrics::SampleMetrics;
 use crate::stats::{summarize, Summary};
 
 /// A report as the commands hold it, named `label` (read from `label.json`).
-pub fn named(label: &str, report: super::load::AnyReport) -> super::load::NamedReport {
-    super::load::NamedReport {
+pub fn named(label: &str, report: super::read::AnyReport) -> super::read::NamedReport {
+    super::read::NamedReport {
         label: label.into(),
         path: std::path::PathBuf::from(format!("{label}.json")),
         report,

@@ -15,7 +15,6 @@
 //! `delta = last position + 1 − prompt length`.
 
 pub mod preprocess;
-pub mod synth;
 pub mod vision;
 
 use anyhow::{bail, Context, Result};

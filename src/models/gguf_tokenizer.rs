@@ -252,8 +252,7 @@ mod tests {
     #[test]
     fn gpt2_style_gguf_tokenizes_like_its_tokenizer_json() {
         // The preset tokenizer, carried the way llama.cpp's converter writes it.
-        let json: Value =
-            serde_json::from_str(&crate::engine::synth::builtin_tokenizer_json()).unwrap();
+        let json: Value = serde_json::from_str(&crate::synth::builtin_tokenizer_json()).unwrap();
         let reference = Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap();
         let vocab = reference.get_vocab(true);
         let mut tokens = vec![String::new(); vocab.len()];

@@ -4,14 +4,13 @@
 
 use std::fmt::Write as _;
 
-use super::compare::{fact_rows, ratio_note, shows_ratio, Better, Comparison};
-use super::load::{level_suffix, AnyReport, NamedReport};
-use super::serving::{level_metric_rows, ServingReport};
-use super::table::{metric_rows, num};
-use super::{Report, RunStatus};
-use crate::memory::MaybeBytes;
 use crate::plot::charts::NamedChart;
 use crate::plot::svg::esc;
+use crate::report::compare::{fact_rows, ratio_note, shows_ratio, Better, Comparison};
+use crate::report::read::{level_suffix, AnyReport, NamedReport};
+use crate::report::serving::{level_metric_rows, ServingReport};
+use crate::report::table::{bytes, metric_rows, num};
+use crate::report::{Report, RunStatus};
 use crate::stats::Summary;
 
 const STYLE: &str = r#"
@@ -304,13 +303,6 @@ fn failures(h: &mut String, reasons: &std::collections::BTreeMap<String, usize>)
         let _ = writeln!(h, "<li>failed ×{n}: {}</li>", esc(reason));
     }
     let _ = writeln!(h, "</ul>");
-}
-
-fn bytes(m: &MaybeBytes) -> String {
-    match m.bytes {
-        Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
-        None => "n/a".into(),
-    }
 }
 
 /// Where, what and with which data each run happened: one column per report, grouped rows.

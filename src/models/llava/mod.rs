@@ -14,9 +14,7 @@
 //!   `model.mm_projector.{0,2}`, `model.image_newline`), whose CLIP tower is a separate
 //!   checkpoint named by `mm_vision_tower`.
 
-pub mod clip;
 pub mod preprocess;
-pub mod synth;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -24,7 +22,7 @@ use candle_nn::{Module, VarBuilder};
 use serde_json::Value;
 
 use super::llama::{LlamaConfig, LlamaModel};
-use clip::{Activation, ClipVisionConfig, ClipVisionTower};
+use crate::models::clip::{Activation, ClipVisionConfig, ClipVisionTower};
 use preprocess::{select_best_resolution, ImageProcessor, PreparedImage};
 
 /// transformers' default LLaVA-NeXT grid, `(height, width)`.
@@ -619,7 +617,7 @@ mod tests {
     /// features of the f32 model with the same (rounded) weights.
     #[test]
     fn half_weights_on_the_cpu_encode_in_f32() {
-        use super::synth::llava_preset;
+        use crate::synth::llava::llava_preset;
         let shape = llava_preset("tiny-llava").unwrap();
         let weights = shape.random_weights(5, DType::F32, &Device::Cpu).unwrap();
         let cfg =

@@ -1005,7 +1005,7 @@ pub type Weights = HashMap<String, Tensor>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::synth::llama_preset;
+    use crate::synth::llama_preset;
 
     fn tiny() -> (LlamaModel, Weights) {
         let shape = llama_preset("tiny-llama").unwrap();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::client::{send, ClientConfig, RequestOutcome};
-use crate::dataset::sampling::SeededRng;
+use crate::client::http::{send, ClientConfig, RequestOutcome};
+use crate::rng::SeededRng;
 
 /// One level of a sweep.
 #[derive(Debug, Clone, PartialEq)]

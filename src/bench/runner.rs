@@ -115,11 +115,9 @@ pub fn run(
             if let Some(path) = image.as_deref().filter(|p| !p.is_file()) {
                 record.error = Some(format!("image not found: {}", path.display()));
             } else {
-                // A set may ask for a per-sample output length (synthetic `output_tokens`).
+                // A set may ask for a per-sample output length (synthetic sets do).
                 let max_new_tokens = sample
-                    .fields
-                    .get("output_tokens")
-                    .and_then(|v| v.as_u64())
+                    .requested_output_tokens()
                     .map_or(opts.max_new_tokens, |n| {
                         opts.max_new_tokens.min(n.max(1) as usize)
                     });

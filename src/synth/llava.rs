@@ -3,15 +3,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::clip::{Activation, ClipVisionConfig};
-use super::preprocess::{CLIP_MEAN, CLIP_STD};
-use super::DEFAULT_GRID;
-use crate::dataset::sampling::SeededRng;
-use crate::engine::synth::{
+use crate::models::clip::{Activation, ClipVisionConfig};
+use crate::models::llava::preprocess::{CLIP_MEAN, CLIP_STD};
+use crate::models::llava::DEFAULT_GRID;
+use crate::rng::SeededRng;
+use crate::synth::{
     llama_preset, random_tensor, tokenizer_json, torch_dtype_name, write, write_configs,
     write_safetensors, write_tokenizer_files, LlamaShape, PAD,
 };
@@ -239,14 +239,7 @@ pub fn tokenizer(shape: &LlavaShape) -> Result<String> {
 }
 
 /// Writes a vision preset in llava-hf's layout.
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    let Some(shape) = llava_preset(preset) else {
-        bail!(
-            "unknown vision preset {preset:?}; presets: {}",
-            VISION_PRESETS.join(", ")
-        );
-    };
-    std::fs::create_dir_all(out)?;
+pub fn write_model(shape: &LlavaShape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     write_configs(out, &shape.hf_config(dtype))?;
     write(
         out,
@@ -265,7 +258,7 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
         "processor_config.json",
         &serde_json::to_vec_pretty(&processor)?,
     )?;
-    write_tokenizer_files(out, &tokenizer(&shape)?, &["<image>"])?;
+    write_tokenizer_files(out, &tokenizer(shape)?, &["<image>"])?;
     let weights = shape.random_weights(seed, dtype, &Device::Cpu)?;
     write_safetensors(out, &weights)
 }

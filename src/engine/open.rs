@@ -20,15 +20,17 @@ use candle_nn::VarBuilder;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use super::candle_llava::{CandleLlavaEngine, PromptTemplate};
+use super::candle_llava::CandleLlavaEngine;
 use super::candle_qwen2vl::{qwen_template, CandleQwen2VlEngine};
 use super::candle_text::CandleTextEngine;
-use super::family::Family;
-use super::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
-use super::llava::{self, LlavaConfig, LlavaModel};
-use super::qwen2vl::{self, preprocess::Qwen2VlImageProcessor, vision::VisionKind};
-use super::synth;
+use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
+use crate::models::family::Family;
+use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
+use crate::models::llava::{self, LlavaConfig, LlavaModel};
+use crate::models::qwen2vl::{self, preprocess::Qwen2VlImageProcessor, vision::VisionKind};
+use crate::synth;
+use crate::synth::presets::Preset;
 
 /// Architectures this build runs, for error messages.
 pub const SUPPORTED: &str =
@@ -263,16 +265,7 @@ fn open_hf_dir(
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
         .with_context(|| format!("loading the weights in {}", dir.display()))?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -377,7 +370,7 @@ fn open_llava_dir(
                 format!("no config.json in the vision tower {}", tower_dir.display())
             })?;
         let vision_json = tower_config.get("vision_config").unwrap_or(&tower_config);
-        cfg.vision = llava::clip::ClipVisionConfig::from_json(vision_json)
+        cfg.vision = crate::models::clip::ClipVisionConfig::from_json(vision_json)
             .with_context(|| format!("reading {}", tower_dir.join("config.json").display()))?;
         if preprocessor.is_none() {
             preprocessor = read_json_if_present(&tower_dir.join("preprocessor_config.json"))?;
@@ -400,132 +393,23 @@ fn open_llava_dir(
     )?))
 }
 
-/// The Qwen2-VL generation of an architecture name from [`detect_architecture`].
-fn qwen_kind(arch: &str) -> Option<VisionKind> {
-    match arch {
-        "qwen2_vl" => Some(VisionKind::Qwen2),
-        "qwen2_5_vl" => Some(VisionKind::Qwen25),
-        _ => None,
-    }
-}
-
-/// The image processor's settings: preprocessor_config.json, else the `image_processor` part
-/// of transformers 5's processor_config.json.
-fn image_processor_json(dir: &Path) -> Result<Option<Value>> {
-    match read_json_if_present(&dir.join("preprocessor_config.json"))? {
-        Some(p) => Ok(Some(p)),
-        None => Ok(read_json_if_present(&dir.join("processor_config.json"))?
-            .and_then(|p| p.get("image_processor").cloned())),
-    }
-}
-
-/// The checkpoint's chat template text: chat_template.jinja, chat_template.json or
-/// tokenizer_config.json's `chat_template`.
-fn chat_template_text(dir: &Path) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return Ok(Some(
-            std::fs::read_to_string(&jinja)
-                .with_context(|| format!("cannot read {}", jinja.display()))?,
-        ));
-    }
-    for file in ["chat_template.json", "tokenizer_config.json"] {
-        if let Some(v) = read_json_if_present(&dir.join(file))? {
-            if let Some(t) = v.get("chat_template").and_then(Value::as_str) {
-                return Ok(Some(t.to_string()));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// A Qwen2-VL / Qwen2.5-VL checkpoint folder.
-fn open_qwen_vl_dir(
-    dir: &Path,
-    config: &Value,
-    kind: VisionKind,
+/// What a loaded Llama-family text model reports; `dtype` is a dtype or GGUF quantisation name.
+fn llama_info(
     opts: &EngineOptions,
-    device: &Device,
-    dtype: DType,
-) -> Result<Box<dyn Engine>> {
-    let cfg = qwen2vl::Qwen2VlConfig::from_json(config, kind)
-        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
-    let tokenizer = folder_tokenizer(
-        dir,
-        opts,
-        "pass --tokenizer FILE for a tokenizer.json elsewhere",
-    )?;
-    let processor = match image_processor_json(dir)? {
-        Some(p) => Qwen2VlImageProcessor::from_json(&p).with_context(|| {
-            format!("reading the image processor settings in {}", dir.display())
-        })?,
-        None => Qwen2VlImageProcessor::default(),
-    };
-    let template = match &opts.prompt_template {
-        Some(t) => PromptTemplate::custom(t)?,
-        None => qwen_template(chat_template_text(dir)?.as_deref()),
-    };
-    let vb = open_weights(dir, dtype, device)?;
-    let layout = qwen2vl::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
-    let eos = eos_ids(dir, config);
-    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, layout)
-        .with_context(|| format!("loading the weights in {}", dir.display()))?;
-    let info = qwen_vl_info(opts, &model, dtype, device);
-    Ok(Box::new(CandleQwen2VlEngine::new(
-        model, processor, tokenizer, eos, template, info,
-    )?))
-}
-
-fn qwen_vl_info(
-    opts: &EngineOptions,
-    model: &qwen2vl::Qwen2VlModel,
-    dtype: DType,
+    model: &LlamaModel,
+    dtype: String,
     device: &Device,
 ) -> EngineInfo {
     EngineInfo {
         backend: "candle".into(),
         model: opts.model.clone(),
-        architecture: match model.config.kind() {
-            VisionKind::Qwen2 => "qwen2-vl".into(),
-            VisionKind::Qwen25 => "qwen2.5-vl".into(),
-        },
-        dtype: dtype_name(dtype).into(),
+        architecture: model.config.family.name().into(),
+        dtype,
         device: device_name(device),
-        parameters: Some(model.parameters()),
-        context_length: model.llm.config.max_position_embeddings,
-        vision: true,
+        parameters: Some(model.config.parameters()),
+        context_length: model.config.max_position_embeddings,
+        vision: false,
     }
-}
-
-fn open_random_qwen_vl(
-    shape: &qwen2vl::synth::QwenVlShape,
-    opts: &EngineOptions,
-    device: &Device,
-    dtype: DType,
-) -> Result<Box<dyn Engine>> {
-    let tokenizer = match &opts.tokenizer {
-        Some(p) => load_tokenizer(p)?,
-        None => Tokenizer::from_bytes(qwen2vl::synth::tokenizer(shape)?.as_bytes())
-            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
-    };
-    let cfg = qwen2vl::Qwen2VlConfig::from_json(&shape.hf_config(dtype), shape.kind)?;
-    let processor = Qwen2VlImageProcessor::from_json(&shape.preprocessor_config())?;
-    let template = match &opts.prompt_template {
-        Some(t) => PromptTemplate::custom(t)?,
-        None => qwen_template(None),
-    };
-    let weights = shape.random_weights(opts.seed, dtype, device)?;
-    let vb = VarBuilder::from_tensors(weights, dtype, device);
-    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, qwen2vl::Layout::Published)?;
-    let info = qwen_vl_info(opts, &model, dtype, device);
-    Ok(Box::new(CandleQwen2VlEngine::new(
-        model,
-        processor,
-        tokenizer,
-        vec![synth::EOS],
-        template,
-        info,
-    )?))
 }
 
 fn llava_info(
@@ -626,7 +510,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let beside = path.with_file_name("tokenizer.json");
     let tokenizer = match opts.tokenizer.clone().or_else(|| beside.is_file().then_some(beside)) {
         Some(p) => load_tokenizer(&p)?,
-        None => super::gguf_tokenizer::from_gguf(&content).with_context(|| {
+        None => crate::models::gguf_tokenizer::from_gguf(&content).with_context(|| {
             format!(
                 "{}: no tokenizer.json beside it and its own tokenizer could not be used; pass --tokenizer FILE",
                 path.display()
@@ -642,16 +526,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let model = LlamaModel::from_gguf(&content, &mut file, device)
         .with_context(|| format!("loading {}", path.display()))?;
     let eos = model.config.eos_token_ids.clone();
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: quant,
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, quant, device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -663,27 +538,20 @@ fn open_random(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
-    if let Some(shape) = llava::synth::llava_preset(preset) {
-        return open_random_llava(&shape, opts, device, dtype);
-    }
-    if let Some(shape) = qwen2vl::synth::qwen_vl_preset(preset) {
-        return open_random_qwen_vl(&shape, opts, device, dtype);
-    }
-    if let Some(config) = super::presets::preset_config(preset, dtype)? {
+    if let Some(config) = synth::families::preset_config(preset, dtype)? {
         return open_random_family(&config, opts, device, dtype);
     }
-    let Some(shape) = synth::llama_preset(preset) else {
-        bail!(
+    let shape = match synth::presets::lookup(preset) {
+        Some(Preset::Vision(shape)) => return open_random_llava(&shape, opts, device, dtype),
+        Some(Preset::QwenVl(shape)) => return open_random_qwen_vl(&shape, opts, device, dtype),
+        Some(Preset::Text(shape)) => shape,
+        None => bail!(
             "unknown preset random:{preset}; presets in this build: {} (a text preset NAME@N keeps its first N layers)",
-            synth::TEXT_PRESETS
-                .iter()
-                .chain(super::presets::FAMILY_PRESETS)
-                .chain(llava::synth::VISION_PRESETS)
-                .chain(qwen2vl::synth::QWEN_VL_PRESETS)
+            synth::presets::names()
                 .map(|p| format!("random:{p}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ),
     };
     let tokenizer = match &opts.tokenizer {
         Some(p) => load_tokenizer(p)?,
@@ -694,16 +562,7 @@ fn open_random(
     let weights = shape.random_weights(opts.seed, dtype, device, "")?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: "llama".into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
@@ -724,34 +583,153 @@ fn open_random_family(
             .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
     };
     let std = config["initializer_range"].as_f64().unwrap_or(0.02);
-    let weights = super::presets::random_weights(&cfg, std, opts.seed, dtype, device)?;
+    let weights = synth::families::random_weights(&cfg, std, opts.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
-        vision: false,
-    };
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
     ))
 }
 
-fn open_random_llava(
-    shape: &llava::synth::LlavaShape,
+/// The Qwen2-VL generation of an architecture name from [`detect_architecture`].
+fn qwen_kind(arch: &str) -> Option<VisionKind> {
+    match arch {
+        "qwen2_vl" => Some(VisionKind::Qwen2),
+        "qwen2_5_vl" => Some(VisionKind::Qwen25),
+        _ => None,
+    }
+}
+
+/// The image processor's settings: preprocessor_config.json, else the `image_processor` part
+/// of transformers 5's processor_config.json.
+fn image_processor_json(dir: &Path) -> Result<Option<Value>> {
+    match read_json_if_present(&dir.join("preprocessor_config.json"))? {
+        Some(p) => Ok(Some(p)),
+        None => Ok(read_json_if_present(&dir.join("processor_config.json"))?
+            .and_then(|p| p.get("image_processor").cloned())),
+    }
+}
+
+/// The checkpoint's chat template text: chat_template.jinja, chat_template.json or
+/// tokenizer_config.json's `chat_template`.
+fn chat_template_text(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja)
+                .with_context(|| format!("cannot read {}", jinja.display()))?,
+        ));
+    }
+    for file in ["chat_template.json", "tokenizer_config.json"] {
+        if let Some(v) = read_json_if_present(&dir.join(file))? {
+            if let Some(t) = v.get("chat_template").and_then(Value::as_str) {
+                return Ok(Some(t.to_string()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A Qwen2-VL / Qwen2.5-VL checkpoint folder.
+fn open_qwen_vl_dir(
+    dir: &Path,
+    config: &Value,
+    kind: VisionKind,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let cfg = qwen2vl::Qwen2VlConfig::from_json(config, kind)
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let tokenizer = folder_tokenizer(
+        dir,
+        opts,
+        "pass --tokenizer FILE for a tokenizer.json elsewhere",
+    )?;
+    let processor = match image_processor_json(dir)? {
+        Some(p) => Qwen2VlImageProcessor::from_json(&p).with_context(|| {
+            format!("reading the image processor settings in {}", dir.display())
+        })?,
+        None => Qwen2VlImageProcessor::default(),
+    };
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => qwen_template(chat_template_text(dir)?.as_deref()),
+    };
+    let vb = open_weights(dir, dtype, device)?;
+    let layout = qwen2vl::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
+    let eos = eos_ids(dir, config);
+    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, layout)
+        .with_context(|| format!("loading the weights in {}", dir.display()))?;
+    let info = qwen_vl_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleQwen2VlEngine::new(
+        model, processor, tokenizer, eos, template, info,
+    )?))
+}
+
+fn qwen_vl_info(
+    opts: &EngineOptions,
+    model: &qwen2vl::Qwen2VlModel,
+    dtype: DType,
+    device: &Device,
+) -> EngineInfo {
+    EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: match model.config.kind() {
+            VisionKind::Qwen2 => "qwen2-vl".into(),
+            VisionKind::Qwen25 => "qwen2.5-vl".into(),
+        },
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.parameters()),
+        context_length: model.llm.config.max_position_embeddings,
+        vision: true,
+    }
+}
+
+fn open_random_qwen_vl(
+    shape: &synth::qwen2vl::QwenVlShape,
     opts: &EngineOptions,
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
     let tokenizer = match &opts.tokenizer {
         Some(p) => load_tokenizer(p)?,
-        None => Tokenizer::from_bytes(llava::synth::tokenizer(shape)?.as_bytes())
+        None => Tokenizer::from_bytes(synth::qwen2vl::tokenizer(shape)?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let cfg = qwen2vl::Qwen2VlConfig::from_json(&shape.hf_config(dtype), shape.kind)?;
+    let processor = Qwen2VlImageProcessor::from_json(&shape.preprocessor_config())?;
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => qwen_template(None),
+    };
+    let weights = shape.random_weights(opts.seed, dtype, device)?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, qwen2vl::Layout::Published)?;
+    let info = qwen_vl_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleQwen2VlEngine::new(
+        model,
+        processor,
+        tokenizer,
+        vec![synth::EOS],
+        template,
+        info,
+    )?))
+}
+
+fn open_random_llava(
+    shape: &synth::llava::LlavaShape,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(synth::llava::tokenizer(shape)?.as_bytes())
             .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
     };
     let config = shape.hf_config(dtype);
@@ -828,7 +806,7 @@ mod tests {
         };
         let e = open_engine(&opts).err().unwrap().to_string();
         assert!(e.contains("config.json"), "{e}");
-        synth::write_model("tiny-llama", dir.path(), DType::F32, 0).unwrap();
+        synth::presets::write_model("tiny-llama", dir.path(), DType::F32, 0).unwrap();
         std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
         let e = format!("{:#}", open_engine(&opts).err().unwrap());
         assert!(e.contains("model.safetensors"), "{e}");
@@ -839,7 +817,7 @@ mod tests {
         use crate::engine::GenerationRequest;
         use std::sync::atomic::AtomicBool;
         let dir = tempfile::tempdir().unwrap();
-        synth::write_model("tiny-llama", dir.path(), DType::F32, 5).unwrap();
+        synth::presets::write_model("tiny-llama", dir.path(), DType::F32, 5).unwrap();
         let cancel = AtomicBool::new(false);
         let req = GenerationRequest {
             prompt: "Hello world",
@@ -884,8 +862,8 @@ mod tests {
         use std::sync::atomic::AtomicBool;
         let dir = tempfile::tempdir().unwrap();
         let hf = dir.path().join("hf");
-        synth::write_model("tiny-llava", &hf, DType::F32, 3).unwrap();
-        let shape = llava::synth::llava_preset("tiny-llava").unwrap();
+        synth::presets::write_model("tiny-llava", &hf, DType::F32, 3).unwrap();
+        let shape = synth::llava::llava_preset("tiny-llava").unwrap();
         let weights = shape.random_weights(3, DType::F32, &Device::Cpu).unwrap();
         let (mut main, mut tower) = (HashMap::new(), HashMap::new());
         for (name, t) in weights {

@@ -1,7 +1,7 @@
 //! Weightless benchmarking: real architectures with seeded random weights.
 //!
 //! Timing does not depend on weight values, so a random model of the right shape is a real
-//! benchmark. `random:<preset>` builds one in memory; [`write_model`] writes it in the Hugging
+//! benchmark. `random:<preset>` builds one in memory; [`presets::write_model`] writes it in the Hugging
 //! Face layout (config.json, generation_config.json, safetensors, tokenizer.json,
 //! tokenizer_config.json, special_tokens_map.json) so the real loading code is what runs.
 //!
@@ -9,6 +9,14 @@
 //! bytes, then merges `space+letter`, `letter+letter`, `space+letter+letter`, three-letter
 //! groups... until the vocabulary is full. Every id decodes to valid UTF-8 by itself, so a
 //! random model's output never produces partial characters.
+//!
+//! Which presets exist is said in one place, [`presets`]. Uses models (configurations and the
+//! CLIP constants) and rng. Must not depend on engine, dataset or anything above.
+
+pub mod families;
+pub mod llava;
+pub mod presets;
+pub mod qwen2vl;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::dataset::sampling::SeededRng;
+use crate::rng::SeededRng;
 
 /// Special tokens of every preset tokenizer, at these ids.
 pub const UNK: u32 = 0;
@@ -425,32 +433,9 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
     )
 }
 
-/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    if crate::engine::llava::synth::llava_preset(preset).is_some() {
-        return crate::engine::llava::synth::write_model(preset, out, dtype, seed);
-    }
-    if crate::engine::qwen2vl::synth::qwen_vl_preset(preset).is_some() {
-        return crate::engine::qwen2vl::synth::write_model(preset, out, dtype, seed);
-    }
-    if let Some(config) = crate::engine::presets::preset_config(preset, dtype)? {
-        let cfg = crate::engine::llama::LlamaConfig::from_hf_json(&config)?;
-        write_configs(out, &config)?;
-        write_tokenizer_files(out, &tokenizer_json(cfg.vocab_size, &[])?, &[])?;
-        let std = config["initializer_range"].as_f64().unwrap_or(0.02);
-        let weights = crate::engine::presets::random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
-        return write_safetensors(out, &weights);
-    }
-    let Some(shape) = llama_preset(preset) else {
-        bail!(
-            "unknown preset {preset:?}; presets: {}, {}, {}, {}",
-            TEXT_PRESETS.join(", "),
-            crate::engine::presets::FAMILY_PRESETS.join(", "),
-            crate::engine::llava::synth::VISION_PRESETS.join(", "),
-            crate::engine::qwen2vl::synth::QWEN_VL_PRESETS.join(", ")
-        );
-    };
+/// Writes a text preset in the Hugging Face layout (the registry, [`presets::write_model`],
+/// picks this or the LLaVA writer).
+pub fn write_llama(shape: &LlamaShape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     write_configs(out, &shape.hf_config(dtype))?;
     write_tokenizer_files(out, &tokenizer_json(shape.vocab_size, &[])?, &[])?;
     let weights = shape.random_weights(seed, dtype, &Device::Cpu, "")?;
@@ -494,5 +479,44 @@ mod tests {
         assert_eq!(x.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
         let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         assert!(v.iter().all(|x| x.abs() <= 0.0347) && v.iter().any(|x| *x != 0.0));
+        // Another seed, other values.
+        let z = random_tensor(
+            &mut SeededRng::new(2),
+            &[3, 5],
+            0.02,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_ne!(x.to_vec2::<f32>().unwrap(), z.to_vec2::<f32>().unwrap());
+        // The intended spread: uniform on ±std·√3, so mean 0 and standard deviation `std`,
+        // reaching close to both ends.
+        let big = random_tensor(
+            &mut SeededRng::new(3),
+            &[64, 64],
+            0.02,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let v: Vec<f64> = big
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(mean.abs() < 0.0015, "mean {mean}");
+        assert!((sd / 0.02 - 1.0).abs() < 0.03, "standard deviation {sd}");
+        let (lo, hi) = v
+            .iter()
+            .fold((0f64, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        assert!(
+            lo < -0.034 && hi > 0.034 && lo >= -0.0347 && hi <= 0.0347,
+            "{lo} {hi}"
+        );
     }
 }

@@ -5,18 +5,18 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::vision::VisionKind;
-use super::{IMAGE_PAD, VISION_END, VISION_START};
-use crate::dataset::sampling::SeededRng;
-use crate::engine::llava::preprocess::{CLIP_MEAN, CLIP_STD};
-use crate::engine::synth::{
+use super::{
     llama_preset, random_tensor, tokenizer_json, torch_dtype_name, write, write_configs,
     write_safetensors, write_tokenizer_files, LlamaShape, BOS, EOS, PAD,
 };
+use crate::models::llava::preprocess::{CLIP_MEAN, CLIP_STD};
+use crate::models::qwen2vl::vision::VisionKind;
+use crate::models::qwen2vl::{IMAGE_PAD, VISION_END, VISION_START};
+use crate::rng::SeededRng;
 
 /// The Qwen2-VL family presets.
 pub const QWEN_VL_PRESETS: &[&str] = &[
@@ -297,13 +297,7 @@ pub fn tokenizer(shape: &QwenVlShape) -> Result<String> {
 }
 
 /// Writes a preset in the layout Qwen publishes.
-pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    let Some(shape) = qwen_vl_preset(preset) else {
-        bail!(
-            "unknown Qwen2-VL preset {preset:?}; presets: {}",
-            QWEN_VL_PRESETS.join(", ")
-        );
-    };
+pub fn write_model(shape: &QwenVlShape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     std::fs::create_dir_all(out)?;
     write_configs(out, &shape.hf_config(dtype))?;
     write(
@@ -311,7 +305,7 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
         "preprocessor_config.json",
         &serde_json::to_vec_pretty(&shape.preprocessor_config())?,
     )?;
-    write_tokenizer_files(out, &tokenizer(&shape)?, SPECIALS)?;
+    write_tokenizer_files(out, &tokenizer(shape)?, SPECIALS)?;
     let weights = shape.random_weights(seed, dtype, &Device::Cpu)?;
     write_safetensors(out, &weights)
 }
@@ -319,7 +313,7 @@ pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::load::{open_engine, EngineOptions};
+    use crate::engine::open::{open_engine, EngineOptions};
     use crate::engine::GenerationRequest;
     use std::sync::atomic::AtomicBool;
 
@@ -327,7 +321,7 @@ mod tests {
     /// 8,292,166,656 parameters, Qwen2-VL-7B-Instruct 8,291,375,616.
     #[test]
     fn big_presets_have_the_published_parameter_counts() {
-        use crate::engine::qwen2vl::Qwen2VlConfig;
+        use crate::models::qwen2vl::Qwen2VlConfig;
         for (preset, want) in [
             ("qwen2.5-vl-7b", 8_292_166_656u64),
             ("qwen2-vl-7b", 8_291_375_616),
@@ -349,7 +343,7 @@ mod tests {
     fn written_preset_loads_and_matches_the_in_memory_one() {
         for preset in ["tiny-qwen2.5-vl", "tiny-qwen2-vl"] {
             let dir = tempfile::tempdir().unwrap();
-            write_model(preset, dir.path(), DType::F32, 4).unwrap();
+            crate::synth::presets::write_model(preset, dir.path(), DType::F32, 4).unwrap();
             let image = dir.path().join("frame.png");
             image::RgbImage::from_fn(300, 200, |x, y| {
                 image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])

@@ -13,12 +13,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::family::{Family, NormKind};
-use super::llama::LlamaConfig;
-use super::synth::{random_tensor, torch_dtype_name, BOS, EOS, PAD};
-use crate::dataset::sampling::SeededRng;
+use super::{random_tensor, torch_dtype_name, BOS, EOS, PAD};
+use crate::models::family::{Family, NormKind};
+use crate::models::llama::LlamaConfig;
+use crate::rng::SeededRng;
 
-/// Family presets (the Llama ones live in [`super::synth::TEXT_PRESETS`]).
+/// Family presets (the Llama ones live in [`super::TEXT_PRESETS`]).
 pub const FAMILY_PRESETS: &[&str] = &[
     "tiny-mistral",
     "tiny-qwen2",
@@ -281,7 +281,7 @@ pub fn preset_config(name: &str, dtype: DType) -> Result<Option<Value>> {
     };
     let config = match base_config(base) {
         Some(c) => c,
-        None => match super::synth::llama_preset(base) {
+        None => match super::llama_preset(base) {
             Some(shape) if layers.is_some() => shape.hf_config(dtype),
             _ => return Ok(None),
         },
@@ -466,7 +466,7 @@ mod tests {
             }
             let w = random_weights(&parsed, 0.2, 1, DType::F32, &Device::Cpu).unwrap();
             let vb = VarBuilder::from_tensors(w, DType::F32, &Device::Cpu);
-            let m = super::super::llama::LlamaModel::from_hf(parsed, vb, "model", "lm_head")
+            let m = crate::models::llama::LlamaModel::from_hf(parsed, vb, "model", "lm_head")
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             let mut cache = m.new_cache(32).unwrap();
             let logits = m
@@ -491,4 +491,14 @@ mod tests {
         assert!(preset_config("perf-181m@2", DType::F32).unwrap().is_some());
         assert!(preset_config("nope", DType::F32).unwrap().is_none());
     }
+}
+
+/// Writes a family preset's `config` with seeded random weights in the Hugging Face layout.
+pub fn write_model(config: &Value, out: &std::path::Path, dtype: DType, seed: u64) -> Result<()> {
+    let cfg = LlamaConfig::from_hf_json(config)?;
+    super::write_configs(out, config)?;
+    super::write_tokenizer_files(out, &super::tokenizer_json(cfg.vocab_size, &[])?, &[])?;
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let weights = random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
+    super::write_safetensors(out, &weights)
 }

@@ -20,7 +20,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde_json::Value;
 
 use super::preprocess::PatchedImage;
-use crate::engine::llava::clip::Activation;
+use crate::models::clip::Activation;
 
 /// Which generation of the tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde_json::Value;
 
-use crate::engine::llava::preprocess::{
+use crate::models::llava::preprocess::{
     json_triple, normalize_into, resize, to_rgb, Resample, CLIP_MEAN, CLIP_STD,
 };
 

@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn patch_matmul_equals_the_strided_convolution() {
+    fn forward_embeds_patches_as_the_strided_convolution_does() {
         let c = tiny();
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -372,29 +372,44 @@ mod tests {
             "hidden_states[-2] needs 2 of 3 layers"
         );
         let pixels = Tensor::randn(0f32, 1.0, (2, 3, 28, 28), &Device::Cpu).unwrap();
-        let weight = tower.patch_weight.reshape((16, 3, 14, 14)).unwrap();
+        // hidden_states[0] is the embedding output: patches, class token, positions, pre-norm.
+        // The real forward, asked for it, must equal the same computed independently, with
+        // candle's strided convolution and a layer norm written out here.
+        let embeddings = ClipVisionTower::load(c.clone(), vb.pp("vision_model"), &[0])
+            .unwrap()
+            .forward(&pixels)
+            .unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let var = |name: &str| vars[&format!("vision_model.{name}")].as_tensor().clone();
         let conv = pixels
-            .conv2d(&weight, 0, 14, 1, 1)
+            .conv2d(&var("embeddings.patch_embedding.weight"), 0, 14, 1, 1)
             .unwrap()
             .flatten_from(2)
             .unwrap()
             .transpose(1, 2)
             .unwrap();
-        let side = 2;
-        let mm = pixels
-            .reshape((2, 3, side, 14, side, 14))
+        let class = var("embeddings.class_embedding")
+            .reshape((1, 1, 16))
             .unwrap()
-            .permute((0, 2, 4, 1, 3, 5))
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((2 * 4, 3 * 196))
-            .unwrap()
-            .matmul(&tower.patch_weight.t().unwrap())
-            .unwrap()
-            .reshape((2, 4, 16))
+            .broadcast_as((2, 1, 16))
             .unwrap();
-        let diff = (conv - mm)
+        let x = Tensor::cat(&[&class, &conv], 1)
+            .unwrap()
+            .broadcast_add(&var("embeddings.position_embedding.weight"))
+            .unwrap();
+        let mean = x.mean_keepdim(2).unwrap();
+        let centred = x.broadcast_sub(&mean).unwrap();
+        let var_x = centred.sqr().unwrap().mean_keepdim(2).unwrap();
+        let reference = centred
+            .broadcast_div(&(var_x + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&var("pre_layrnorm.weight"))
+            .unwrap()
+            .broadcast_add(&var("pre_layrnorm.bias"))
+            .unwrap();
+        drop(vars);
+        assert_eq!(embeddings.dims(), &[2, 5, 16]);
+        let diff = (embeddings - reference)
             .unwrap()
             .abs()
             .unwrap()

@@ -1,0 +1,110 @@
+//! The one registry of random-weight presets: every name that `random:<preset>` and
+//! `vlmbench synth-model --preset` accept, and what it stands for. Text presets are listed in
+//! [`super::TEXT_PRESETS`] and [`super::families::FAMILY_PRESETS`], vision presets in
+//! [`super::llava::VISION_PRESETS`] and [`super::qwen2vl::QWEN_VL_PRESETS`]; everything else
+//! (help text, errors, loading, writing) asks this module.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+
+use super::families::FAMILY_PRESETS;
+use super::llava::{llava_preset, LlavaShape, VISION_PRESETS};
+use super::qwen2vl::{qwen_vl_preset, QwenVlShape, QWEN_VL_PRESETS};
+use super::{llama_preset, LlamaShape, TEXT_PRESETS};
+
+/// A preset's shape: a Llama text model, LLaVA (CLIP tower + projector + Llama) or Qwen2-VL.
+/// (The other text families' presets are configs, see [`super::families::preset_config`].)
+#[derive(Debug, Clone)]
+pub enum Preset {
+    Text(LlamaShape),
+    Vision(LlavaShape),
+    QwenVl(QwenVlShape),
+}
+
+/// Every preset name, text presets first.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    TEXT_PRESETS
+        .iter()
+        .chain(FAMILY_PRESETS)
+        .chain(VISION_PRESETS)
+        .chain(QWEN_VL_PRESETS)
+        .copied()
+}
+
+/// The names, comma-separated, for help text and errors.
+pub fn list() -> String {
+    names().collect::<Vec<_>>().join(", ")
+}
+
+/// The preset called `name`, if there is one.
+pub fn lookup(name: &str) -> Option<Preset> {
+    llava_preset(name)
+        .map(Preset::Vision)
+        .or_else(|| qwen_vl_preset(name).map(Preset::QwenVl))
+        .or_else(|| llama_preset(name).map(Preset::Text))
+}
+
+/// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
+pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+    if let Some(config) = super::families::preset_config(preset, dtype)? {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        return super::families::write_model(&config, out, dtype, seed);
+    }
+    let Some(shape) = lookup(preset) else {
+        bail!("unknown preset {preset:?}; presets: {}", list());
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    match shape {
+        Preset::Text(shape) => super::write_llama(&shape, out, dtype, seed),
+        Preset::Vision(shape) => super::llava::write_model(&shape, out, dtype, seed),
+        Preset::QwenVl(shape) => super::qwen2vl::write_model(&shape, out, dtype, seed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_is_a_preset_of_its_kind() {
+        for name in TEXT_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Text(_))), "{name}");
+        }
+        for name in VISION_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Vision(_))), "{name}");
+        }
+        for name in QWEN_VL_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::QwenVl(_))), "{name}");
+        }
+        for name in FAMILY_PRESETS {
+            assert!(
+                super::super::families::preset_config(name, DType::F32)
+                    .unwrap()
+                    .is_some(),
+                "{name}"
+            );
+        }
+        assert!(lookup("no-such-preset").is_none());
+        assert_eq!(
+            names().count(),
+            TEXT_PRESETS.len()
+                + FAMILY_PRESETS.len()
+                + VISION_PRESETS.len()
+                + QWEN_VL_PRESETS.len()
+        );
+        assert!(list().starts_with("tiny-llama, "), "{}", list());
+    }
+
+    #[test]
+    fn unknown_preset_names_the_presets() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_model("nope", dir.path(), DType::F32, 0).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"nope\"") && msg.contains("tiny-llava-next"),
+            "{msg}"
+        );
+    }
+}
