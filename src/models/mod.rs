@@ -1,5 +1,6 @@
-//! Model code and kernels: the Llama-family language model, LLaVA and its CLIP tower, the CPU
-//! matrix-vector kernels, and the tokenizer read from GGUF metadata.
+//! Model code and kernels: the Llama-family language model (and the other text families it
+//! runs), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL, the CPU matrix-vector kernels, and
+//! the tokenizer read from GGUF metadata.
 //!
 //! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
