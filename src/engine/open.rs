@@ -538,13 +538,11 @@ fn open_random(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
-    if let Some(config) = synth::families::preset_config(preset, dtype)? {
-        return open_random_family(&config, opts, device, dtype);
-    }
-    let shape = match synth::presets::lookup(preset) {
+    let shape = match synth::presets::lookup_with(preset, dtype)? {
         Some(Preset::Vision(shape)) => return open_random_llava(&shape, opts, device, dtype),
         Some(Preset::QwenVl(shape)) => return open_random_qwen_vl(&shape, opts, device, dtype),
         Some(Preset::Text(shape)) => shape,
+        Some(Preset::Family(config)) => return open_random_family(&config, opts, device, dtype),
         None => bail!(
             "unknown preset random:{preset}; presets in this build: {} (a text preset NAME@N keeps its first N layers)",
             synth::presets::names()
@@ -850,6 +848,52 @@ mod tests {
         assert_eq!(a.output_token_ids.len(), 6);
         assert_eq!(a.token_arrivals.len(), 6);
         assert_eq!(from_disk.info().architecture, "llama");
+    }
+
+    /// Every tiny family preset written by `synth-model` loads through the folder path and
+    /// generates what the in-memory `random:` preset of the same seed generates.
+    #[test]
+    fn written_family_presets_match_the_in_memory_ones() {
+        use crate::engine::GenerationRequest;
+        use std::sync::atomic::AtomicBool;
+        let cancel = AtomicBool::new(false);
+        let req = GenerationRequest {
+            prompt: "Hello world, 12 times",
+            image: None,
+            max_new_tokens: 5,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let open = |model: String, seed: u64| {
+            open_engine(&EngineOptions {
+                model,
+                dtype: None,
+                device: "cpu".into(),
+                tokenizer: None,
+                seed,
+                prompt_template: None,
+            })
+            .unwrap()
+        };
+        for (preset, arch) in [
+            ("tiny-mistral", "mistral"),
+            ("tiny-qwen2", "qwen2"),
+            ("tiny-qwen3", "qwen3"),
+            ("tiny-gemma2", "gemma2"),
+            ("tiny-gemma3", "gemma3_text"),
+            ("tiny-phi3", "phi3"),
+            ("tiny-gpt2", "gpt2"),
+            ("tiny-pythia", "gpt_neox"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            synth::presets::write_model(preset, dir.path(), DType::F32, 4).unwrap();
+            let mut disk = open(dir.path().display().to_string(), 0);
+            let mut memory = open(format!("random:{preset}"), 4);
+            assert_eq!(disk.info().architecture, arch, "{preset}");
+            let (a, b) = (disk.generate(&req).unwrap(), memory.generate(&req).unwrap());
+            assert_eq!(a.output_token_ids, b.output_token_ids, "{preset}");
+            assert_eq!(a.output_token_ids.len(), 5, "{preset}");
+        }
     }
 
     /// The original LLaVA release's layout (`model.*`, `model.mm_projector.{0,2}`, the CLIP

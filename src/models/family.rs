@@ -177,13 +177,26 @@ fn activation(v: &Value, keys: &[&str], default: &str) -> Result<Activation> {
 /// Parses a Hugging Face config of any supported family (or a LLaVA `text_config`).
 pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
     let model_type = v.get("model_type").and_then(Value::as_str);
-    let family = Family::detect(v).unwrap_or(Family::Llama);
+    let family =
+        match (Family::detect(v), model_type) {
+            (Some(f), _) => f,
+            // LLaVA `text_config`s of older releases name no type: a Llama.
+            (None, None) => Family::Llama,
+            (None, Some(other)) => {
+                bail!(
+            "config.json: model_type {other:?} is not a supported text family (supported: {})",
+            FAMILIES.iter().map(|(t, _, _)| *t).collect::<Vec<_>>().join(", ")
+        )
+            }
+        };
     let merged;
     let v = match model_type_defaults(model_type) {
         Some(Value::Object(mut d)) => {
             if let Some(obj) = v.as_object() {
                 for (k, x) in obj {
-                    if !x.is_null() || !d.contains_key(k) {
+                    // An explicit `"sliding_window": null` means no window (Mistral's
+                    // default is 4096); other nulls keep transformers' defaults.
+                    if !x.is_null() || !d.contains_key(k) || k == "sliding_window" {
                         d.insert(k.clone(), x.clone());
                     }
                 }
@@ -568,6 +581,19 @@ mod tests {
     }
 
     #[test]
+    fn mistral_window_defaults_and_null() {
+        let omitted = base(json!({"model_type": "mistral"}));
+        assert_eq!(
+            parse_hf_config(&omitted).unwrap().sliding_window,
+            Some(4096)
+        );
+        let null = base(json!({"model_type": "mistral", "sliding_window": null}));
+        let c = parse_hf_config(&null).unwrap();
+        assert_eq!(c.sliding_window, None);
+        assert!(c.sliding_layers.iter().all(|s| !s));
+    }
+
+    #[test]
     fn qwen2_window_only_when_enabled() {
         let off =
             base(json!({"model_type": "qwen2", "sliding_window": 4, "use_sliding_window": false}));
@@ -594,6 +620,9 @@ mod tests {
         );
         let e = parse_hf_config(&v).unwrap_err().to_string();
         assert!(e.contains("\"su\""), "{e}");
+        let v = base(json!({"model_type": "falcon"}));
+        let e = parse_hf_config(&v).unwrap_err().to_string();
+        assert!(e.contains("falcon") && e.contains("qwen2"), "{e}");
     }
 
     #[test]

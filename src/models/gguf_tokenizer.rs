@@ -173,17 +173,28 @@ pub fn tokenizer_json(content: &Content) -> Result<Value> {
                 bail!("GGUF tokenizer: {} scores for {} tokens", scores.len(), tokens.len());
             }
             let merges = sentencepiece_merges(&tokens, &scores);
-            (
+            // Llama 1/2 and Mistral prefix a space (SentencePiece's dummy prefix); Gemma's
+            // converter stores `add_space_prefix = false` and its tokenizer.json only maps
+            // spaces to `▁`.
+            let space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            let normalizer = if space_prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
                 json!({"type": "Sequence", "normalizers": [
-                    {"type": "Prepend", "prepend": "\u{2581}"},
-                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}
-                ]}),
+                    {"type": "Prepend", "prepend": "\u{2581}"}, replace
+                ]})
+            } else {
+                replace
+            };
+            (
+                normalizer,
                 Value::Null,
-                json!({"type": "Sequence", "decoders": [
-                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                    {"type": "ByteFallback"}, {"type": "Fuse"},
-                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}
-                ]}),
+                json!({"type": "Sequence", "decoders": decoders}),
                 json!({
                     "type": "BPE", "dropout": null, "unk_token": unk_token, "continuing_subword_prefix": null,
                     "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
@@ -343,5 +354,15 @@ mod tests {
             &[1, ids["\u{2581}"], ids["h"], ids["<0xC3>"], ids["<0xA9>"]]
         );
         assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "hé");
+        // Gemma's GGUFs: no dummy prefix, so a leading word has no `▁`.
+        let mut md = c.metadata.clone();
+        md.insert("tokenizer.ggml.add_space_prefix".into(), G::Bool(false));
+        let gemma = from_gguf(&Content { metadata: md, ..c }).unwrap();
+        let enc = gemma.encode("hello hello", true).unwrap();
+        assert_eq!(
+            enc.get_ids(),
+            &[1, ids["he"], ids["llo"], ids["\u{2581}hello"]]
+        );
+        assert_eq!(gemma.decode(enc.get_ids(), true).unwrap(), "hello hello");
     }
 }

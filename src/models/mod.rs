@@ -1,6 +1,6 @@
-//! Model code and kernels: the Llama-family language model (and the other text families it
-//! runs), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL, the CPU matrix-vector kernels, and
-//! the tokenizer read from GGUF metadata.
+//! Model code and kernels: the text decoder of every supported family ([`llama`], configured by
+//! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL ([`qwen2vl`]), the CPU
+//! matrix-vector kernels, and the tokenizer read from GGUF metadata.
 //!
 //! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.

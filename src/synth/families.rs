@@ -1,4 +1,5 @@
-//! `random:` presets of the text families beyond Llama, in the real shapes people benchmark,
+//! `random:` presets of the text families beyond Llama (listed in the registry,
+//! [`super::presets`]), in the real shapes people benchmark,
 //! and seeded random weights for any text config.
 //!
 //! A preset is the `config.json` transformers writes for that model (shape keys as released,
@@ -491,14 +492,4 @@ mod tests {
         assert!(preset_config("perf-181m@2", DType::F32).unwrap().is_some());
         assert!(preset_config("nope", DType::F32).unwrap().is_none());
     }
-}
-
-/// Writes a family preset's `config` with seeded random weights in the Hugging Face layout.
-pub fn write_model(config: &Value, out: &std::path::Path, dtype: DType, seed: u64) -> Result<()> {
-    let cfg = LlamaConfig::from_hf_json(config)?;
-    super::write_configs(out, config)?;
-    super::write_tokenizer_files(out, &super::tokenizer_json(cfg.vocab_size, &[])?, &[])?;
-    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
-    let weights = random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
-    super::write_safetensors(out, &weights)
 }

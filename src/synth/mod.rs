@@ -433,6 +433,17 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
     )
 }
 
+/// A text-family preset's config.json (see [`families`]) written in the Hugging Face layout
+/// with seeded random weights under the family's names.
+pub fn write_family(config: &Value, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+    let cfg = crate::models::llama::LlamaConfig::from_hf_json(config)?;
+    write_configs(out, config)?;
+    write_tokenizer_files(out, &tokenizer_json(cfg.vocab_size, &[])?, &[])?;
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let weights = families::random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
+    write_safetensors(out, &weights)
+}
+
 /// Writes a text preset in the Hugging Face layout (the registry, [`presets::write_model`],
 /// picks this or the LLaVA writer).
 pub fn write_llama(shape: &LlamaShape, out: &Path, dtype: DType, seed: u64) -> Result<()> {

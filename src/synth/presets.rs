@@ -14,11 +14,12 @@ use super::llava::{llava_preset, LlavaShape, VISION_PRESETS};
 use super::qwen2vl::{qwen_vl_preset, QwenVlShape, QWEN_VL_PRESETS};
 use super::{llama_preset, LlamaShape, TEXT_PRESETS};
 
-/// A preset's shape: a Llama text model, LLaVA (CLIP tower + projector + Llama) or Qwen2-VL.
-/// (The other text families' presets are configs, see [`super::families::preset_config`].)
+/// A preset's shape: a Llama text model, another text family (its config.json, see
+/// [`super::families`]), LLaVA (CLIP tower + projector + Llama) or Qwen2-VL.
 #[derive(Debug, Clone)]
 pub enum Preset {
     Text(LlamaShape),
+    Family(serde_json::Value),
     Vision(LlavaShape),
     QwenVl(QwenVlShape),
 }
@@ -35,29 +36,40 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 /// The names, comma-separated, for help text and errors.
 pub fn list() -> String {
-    names().collect::<Vec<_>>().join(", ")
+    let mut l = names().collect::<Vec<_>>().join(", ");
+    l.push_str("; a text preset NAME@N keeps its first N layers");
+    l
 }
 
-/// The preset called `name`, if there is one.
+/// The preset called `name` (text presets also as `NAME@N`), if there is one. Family configs
+/// carry `dtype` as their `torch_dtype`.
+pub fn lookup_with(name: &str, dtype: DType) -> Result<Option<Preset>> {
+    if let Some(v) = llava_preset(name) {
+        return Ok(Some(Preset::Vision(v)));
+    }
+    if let Some(q) = qwen_vl_preset(name) {
+        return Ok(Some(Preset::QwenVl(q)));
+    }
+    if let Some(config) = super::families::preset_config(name, dtype)? {
+        return Ok(Some(Preset::Family(config)));
+    }
+    Ok(llama_preset(name).map(Preset::Text))
+}
+
+/// The preset called `name`, if there is one (f32 configs; a malformed `NAME@N` is none).
 pub fn lookup(name: &str) -> Option<Preset> {
-    llava_preset(name)
-        .map(Preset::Vision)
-        .or_else(|| qwen_vl_preset(name).map(Preset::QwenVl))
-        .or_else(|| llama_preset(name).map(Preset::Text))
+    lookup_with(name, DType::F32).ok().flatten()
 }
 
 /// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
 pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    if let Some(config) = super::families::preset_config(preset, dtype)? {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        return super::families::write_model(&config, out, dtype, seed);
-    }
-    let Some(shape) = lookup(preset) else {
+    let Some(shape) = lookup_with(preset, dtype)? else {
         bail!("unknown preset {preset:?}; presets: {}", list());
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     match shape {
         Preset::Text(shape) => super::write_llama(&shape, out, dtype, seed),
+        Preset::Family(config) => super::write_family(&config, out, dtype, seed),
         Preset::Vision(shape) => super::llava::write_model(&shape, out, dtype, seed),
         Preset::QwenVl(shape) => super::qwen2vl::write_model(&shape, out, dtype, seed),
     }
@@ -72,21 +84,17 @@ mod tests {
         for name in TEXT_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::Text(_))), "{name}");
         }
+        for name in FAMILY_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Family(_))), "{name}");
+        }
         for name in VISION_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::Vision(_))), "{name}");
         }
         for name in QWEN_VL_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::QwenVl(_))), "{name}");
         }
-        for name in FAMILY_PRESETS {
-            assert!(
-                super::super::families::preset_config(name, DType::F32)
-                    .unwrap()
-                    .is_some(),
-                "{name}"
-            );
-        }
         assert!(lookup("no-such-preset").is_none());
+        assert!(matches!(lookup("perf-181m@2"), Some(Preset::Family(_))));
         assert_eq!(
             names().count(),
             TEXT_PRESETS.len()
