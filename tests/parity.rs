@@ -1,14 +1,15 @@
 //! vlmbench computes what Hugging Face transformers computes.
 //!
 //! `tests/fixtures/parity/` holds tiny checkpoints written by transformers' own
-//! `save_pretrained` (Llama, LLaVA 1.5, LLaVA-NeXT, and one per text family and config
-//! variant), with test images and transformers' results (`expected.json`): prompt token ids,
-//! image token count, a digest of the processor's pixel values and the greedy tokens (the text
-//! families' from a plain argmax loop over the KV cache, so end-of-sequence tokens are kept,
-//! which `--ignore-eos` reproduces). They were made by `scripts/parity/make_fixtures.py`
-//! (versions in `VERSIONS` and each `expected.json`); `gguf/` holds llama.cpp converter
-//! output of some of them (`scripts/parity/make_gguf.py`). The real binary runs each and must
-//! produce the same tokens, token for token.
+//! `save_pretrained` (Llama, LLaVA 1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and one per text
+//! family and config variant), with test images and transformers' results (`expected.json`):
+//! prompt token ids, image token count, a digest of the processor's pixel values and the greedy
+//! tokens (the text families' from a plain argmax loop over the KV cache, so end-of-sequence
+//! tokens are kept, which `--ignore-eos` reproduces; the Qwen2-VL family's from an argmax loop
+//! over full forward passes, one case per image). They were made by
+//! `scripts/parity/make_fixtures.py` (versions in `VERSIONS` and each `expected.json`); `gguf/`
+//! holds llama.cpp converter output of some of them (`scripts/parity/make_gguf.py`). The real
+//! binary runs each and must produce the same tokens, token for token.
 
 mod common;
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use vlmbench::models::llava::preprocess::ImageProcessor;
+use vlmbench::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -203,4 +205,139 @@ gguf_parity! {
     gemma3_gguf_equals_safetensors => "gemma3",
     gpt2_gguf_equals_safetensors => "gpt2",
     pythia_gguf_equals_safetensors => "pythia",
+}
+
+/// Runs every case of a several-image fixture (`expected.json` `cases`) in one run; returns the
+/// report's samples in data-file order, and the cases.
+fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
+    let model = fixture(name);
+    let expected = read_json(&model.join("expected.json"));
+    let cases = expected["cases"].as_array().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = cases
+        .iter()
+        .map(|c| {
+            let image = model.join(c["image"].as_str().unwrap());
+            format!(
+                "{}\n",
+                serde_json::json!({"text": c["prompt"], "image": image.display().to_string()})
+            )
+        })
+        .collect();
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, lines).unwrap();
+    let data = dir.path().join("set.json");
+    vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&data)
+        .assert()
+        .success();
+    let max_new = ids(&cases[0]["output_ids"]).len().to_string();
+    let report = dir.path().join("r.json");
+    // The reference is an argmax loop of fixed length: it runs on past end-of-sequence tokens.
+    vlmbench()
+        .args([
+            "run",
+            "--quiet",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--ignore-eos",
+        ])
+        .args(["--max-new-tokens", &max_new])
+        .arg("--model-path")
+        .arg(&model)
+        .arg("--data-file")
+        .arg(&data)
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .success();
+    let prepared = read_json(&data);
+    let mut samples = read_json(&report)["samples"].as_array().unwrap().clone();
+    // Data-file order (the report lists samples as they ran).
+    let order: Vec<i64> = prepared["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["index"].as_i64().unwrap())
+        .collect();
+    samples.sort_by_key(|s| {
+        let i = s["index"].as_i64().unwrap();
+        order.iter().position(|&o| o == i).unwrap()
+    });
+    assert_eq!(samples.len(), cases.len(), "{name}");
+    (samples, cases)
+}
+
+fn assert_cases_equal(name: &str) {
+    let (samples, cases) = run_cases(name);
+    for (sample, case) in samples.iter().zip(&cases) {
+        let image = case["image"].as_str().unwrap();
+        assert_eq!(sample["ok"], true, "{name} {image}: {sample}");
+        assert_eq!(
+            sample["image_tokens"].as_u64(),
+            case["image_tokens"].as_u64(),
+            "{name} {image}: image token count"
+        );
+        assert_eq!(
+            sample["input_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len(),
+            "{name} {image}: prompt length (image tokens included) differs"
+        );
+        assert_eq!(
+            ids(&sample["output_token_ids"]),
+            ids(&case["output_ids"]),
+            "{name} {image}: greedy tokens differ from transformers'"
+        );
+    }
+}
+
+#[test]
+fn qwen2_5_vl_greedy_tokens_equal_transformers() {
+    assert_cases_equal("qwen2_5_vl");
+}
+
+#[test]
+fn qwen2_vl_greedy_tokens_equal_transformers() {
+    assert_cases_equal("qwen2_vl");
+}
+
+/// Qwen2-VL's patches are bit-identical to transformers' Pillow-backed processor for images
+/// resized down, up and only rounded: smart_resize, resampling, normalisation, the temporal
+/// repeat and the patch order.
+#[test]
+fn qwen2_vl_patches_equal_transformers_bit_for_bit() {
+    for name in ["qwen2_5_vl", "qwen2_vl"] {
+        let dir = fixture(name);
+        let expected = read_json(&dir.join("expected.json"));
+        let settings = read_json(&dir.join("processor_config.json"))["image_processor"].clone();
+        let processor = Qwen2VlImageProcessor::from_json(&settings).unwrap();
+        for case in expected["cases"].as_array().unwrap() {
+            let image_name = case["image"].as_str().unwrap();
+            let image = processor.prepare_file(&dir.join(image_name)).unwrap();
+            let (t, h, w) = image.grid_thw;
+            assert_eq!(
+                vec![t as u64, h as u64, w as u64],
+                ids(&case["image_grid_thw"]),
+                "{name} {image_name}"
+            );
+            assert_eq!(
+                ids(&case["pixel_values"]["shape"]),
+                vec![(t * h * w) as u64, image.patch_len as u64],
+                "{name} {image_name}"
+            );
+            let bytes: Vec<u8> = image.patches.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                case["pixel_values"]["sha256"].as_str().unwrap(),
+                "{name} {image_name}: pixel values differ from transformers'"
+            );
+        }
+    }
 }

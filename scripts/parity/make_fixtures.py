@@ -16,7 +16,15 @@ usage: python make_fixtures.py TOKENIZER_JSON OUT_DIR [NAME...]
   writes one, with `<image>` as its last id).
   NAME: only these fixtures (default: all).
 
-Needs torch, transformers (5.x), pillow, numpy; CPU only. Re-running gives the same files.
+Qwen2-VL and Qwen2.5-VL checkpoints get several images of different sizes and aspect ratios
+(resized down to `max_pixels`, up to `min_pixels`, or only rounded to the 28-pixel grid), one
+case per image in `expected.json` (`cases`), with greedy tokens from a plain argmax loop over
+full forward passes (no cache, no `generate`). They need the Qwen2-VL preset tokenizer
+(`vlmbench synth-model --preset tiny-qwen2.5-vl --out DIR`, `<|im_start|>` ... `<|video_pad|>` as
+its last ids), named by the environment variable QWEN_TOKENIZER_JSON.
+
+Needs torch, transformers (5.x), torchvision (transformers' Qwen2-VL image processor module
+imports it), pillow, numpy; CPU only. Re-running gives the same files.
 """
 import hashlib
 import json
@@ -160,6 +168,94 @@ def run_llava(tok, out, next_):
         "pixel_values": digest(inputs["pixel_values"]),
         "output_ids": gen[0, ids.shape[1]:].tolist(),
     })
+
+
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>"]
+QWEN_MAX_NEW_TOKENS = 16
+
+
+def qwen_tokenizer(path):
+    return PreTrainedTokenizerFast(tokenizer_file=path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<|image_pad|>",
+                                                                            "video_token": "<|video_pad|>"})
+
+
+def run_qwen(tok, out, v25):
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_SPECIALS}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                initializer_range=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    token_ids = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                     vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                     tie_word_embeddings=False)
+    torch.manual_seed(11 if v25 else 12)
+    if v25:
+        # Windows of 2x2 merged units (56 px), full attention on the middle layer.
+        vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      window_size=56, fullatt_block_indexes=[1], hidden_act="silu", patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.1)
+        model = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)).eval()
+        processor_class = Qwen2_5_VLProcessor
+    else:
+        vision = dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, hidden_act="quick_gelu",
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.1)
+        model = Qwen2VLForConditionalGeneration(
+            Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)).eval()
+        processor_class = Qwen2VLProcessor
+    # transformers initialises biases to zero and norms to one; random values make the test
+    # see every bias (the language model's q/k/v, the tower's) and every norm weight.
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if pname.endswith(".bias"):
+                param.normal_(0.0, 0.2)
+            elif "norm" in pname or "ln_q" in pname:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64, resample=3,
+                                                 image_mean=CLIP_MEAN, image_std=CLIP_STD, patch_size=14,
+                                                 temporal_patch_size=2, merge_size=2),
+        tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                "<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n")
+    # (width, height, seed, question): above max_pixels, below min_pixels, tall and above
+    # max_pixels, and one only rounded to the 28-pixel grid.
+    shapes = [(640, 480, 21, "Describe the scene in detail."), (50, 36, 22, "What is this?"),
+              (130, 460, 23, "Which colours are there?"), (213, 130, 24, "Count the squares.")]
+    cases = []
+    for width, height, seed, question in shapes:
+        name = f"image_{width}x{height}.png"
+        test_image(width, height, seed).save(os.path.join(out, name))
+        prompt_text = template.format(question)
+        inputs = processor(images=Image.open(os.path.join(out, name)), text=prompt_text, return_tensors="pt")
+        prompt = inputs["input_ids"]
+        types = inputs["mm_token_type_ids"]
+        generated = []
+        with torch.no_grad():
+            for _ in range(QWEN_MAX_NEW_TOKENS):
+                tail = torch.tensor([generated], dtype=prompt.dtype)
+                full = torch.cat([prompt, tail], dim=1)
+                full_types = torch.cat([types, torch.zeros_like(tail, dtype=types.dtype)], dim=1)
+                logits = model(input_ids=full, attention_mask=torch.ones_like(full),
+                               pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+                               mm_token_type_ids=full_types, use_cache=False).logits
+                generated.append(int(logits[0, -1].argmax()))
+        cases.append({
+            "prompt": question, "text": prompt_text, "image": name, "image_size": [height, width],
+            "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
+            "input_ids": prompt[0].tolist(), "image_tokens": int((prompt[0] == ids["<|image_pad|>"]).sum()),
+            "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated,
+        })
+    import transformers
+    save_expected(out, {"transformers": transformers.__version__, "torch": torch.__version__, "cases": cases})
 
 
 TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank at 10:45, in 2026."
@@ -338,7 +434,7 @@ def main():
     torch.set_num_threads(2)
     tok = tokenizer(tok_path)
     texts = text_fixtures()
-    names = ["llama", "llava", "llava_next"] + list(texts)
+    names = ["llama", "llava", "llava_next"] + list(texts) + ["qwen2_5_vl", "qwen2_vl"]
     for name in names:
         if only and name not in only:
             continue
@@ -348,8 +444,15 @@ def main():
             run_text(tok, out, name, *texts[name])
         elif name == "llama":
             run_llama(tok, out)
-        else:
+        elif name in ("llava", "llava_next"):
             run_llava(tok, out, next_=name == "llava_next")
+        elif name in ("qwen2_5_vl", "qwen2_vl"):
+            qwen_tok = os.environ.get("QWEN_TOKENIZER_JSON")
+            if not qwen_tok:
+                sys.exit("set QWEN_TOKENIZER_JSON to the tiny-qwen2.5-vl preset's tokenizer.json")
+            run_qwen(qwen_tokenizer(qwen_tok), out, v25=name == "qwen2_5_vl")
+        else:
+            sys.exit(f"unknown fixture {name!r}")
         print(f"wrote {out}")
     if not only:
         import transformers

@@ -13,6 +13,7 @@
 //! to the host is itself a synchronisation point).
 
 pub mod candle_llava;
+pub mod candle_qwen2vl;
 pub mod candle_text;
 pub mod decode;
 pub mod open;

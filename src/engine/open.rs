@@ -21,12 +21,14 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::candle_llava::CandleLlavaEngine;
+use super::candle_qwen2vl::{qwen_template, CandleQwen2VlEngine};
 use super::candle_text::CandleTextEngine;
 use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
 use crate::models::family::Family;
 use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use crate::models::llava::{self, LlavaConfig, LlavaModel};
+use crate::models::qwen2vl::{self, preprocess::Qwen2VlImageProcessor, vision::VisionKind};
 use crate::synth;
 use crate::synth::presets::Preset;
 
@@ -35,8 +37,9 @@ pub const SUPPORTED: &str =
     "text: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2, gpt_neox \
 (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, \
 Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM) from safetensors or GGUF; \
-llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM) and llava_next \
-(LlavaNextForConditionalGeneration) from safetensors";
+llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM), llava_next \
+(LlavaNextForConditionalGeneration), qwen2_vl (Qwen2VLForConditionalGeneration) and qwen2_5_vl \
+(Qwen2_5_VLForConditionalGeneration) from safetensors";
 
 /// How to open an engine.
 #[derive(Debug, Clone)]
@@ -208,6 +211,12 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
     if named("LlavaNextForConditionalGeneration") || model_type == "llava_next" {
         return Ok("llava_next");
     }
+    if named("Qwen2_5_VLForConditionalGeneration") || model_type == "qwen2_5_vl" {
+        return Ok("qwen2_5_vl");
+    }
+    if named("Qwen2VLForConditionalGeneration") || model_type == "qwen2_vl" {
+        return Ok("qwen2_vl");
+    }
     if let Some(family) = Family::detect(config) {
         return Ok(family.name());
     }
@@ -239,6 +248,9 @@ fn open_hf_dir(
         })?)
         .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
     let arch = detect_architecture(&config)?;
+    if let Some(kind) = qwen_kind(arch) {
+        return open_qwen_vl_dir(dir, &config, kind, opts, device, dtype);
+    }
     if arch == "llava" || arch == "llava_next" {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
@@ -528,10 +540,11 @@ fn open_random(
 ) -> Result<Box<dyn Engine>> {
     let shape = match synth::presets::lookup_with(preset, dtype)? {
         Some(Preset::Vision(shape)) => return open_random_llava(&shape, opts, device, dtype),
+        Some(Preset::QwenVl(shape)) => return open_random_qwen_vl(&shape, opts, device, dtype),
         Some(Preset::Text(shape)) => shape,
         Some(Preset::Family(config)) => return open_random_family(&config, opts, device, dtype),
         None => bail!(
-            "unknown preset random:{preset}; presets in this build: {}",
+            "unknown preset random:{preset}; presets in this build: {} (a text preset NAME@N keeps its first N layers)",
             synth::presets::names()
                 .map(|p| format!("random:{p}"))
                 .collect::<Vec<_>>()
@@ -576,6 +589,134 @@ fn open_random_family(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
     ))
+}
+
+/// The Qwen2-VL generation of an architecture name from [`detect_architecture`].
+fn qwen_kind(arch: &str) -> Option<VisionKind> {
+    match arch {
+        "qwen2_vl" => Some(VisionKind::Qwen2),
+        "qwen2_5_vl" => Some(VisionKind::Qwen25),
+        _ => None,
+    }
+}
+
+/// The image processor's settings: preprocessor_config.json, else the `image_processor` part
+/// of transformers 5's processor_config.json.
+fn image_processor_json(dir: &Path) -> Result<Option<Value>> {
+    match read_json_if_present(&dir.join("preprocessor_config.json"))? {
+        Some(p) => Ok(Some(p)),
+        None => Ok(read_json_if_present(&dir.join("processor_config.json"))?
+            .and_then(|p| p.get("image_processor").cloned())),
+    }
+}
+
+/// The checkpoint's chat template text: chat_template.jinja, chat_template.json or
+/// tokenizer_config.json's `chat_template`.
+fn chat_template_text(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja)
+                .with_context(|| format!("cannot read {}", jinja.display()))?,
+        ));
+    }
+    for file in ["chat_template.json", "tokenizer_config.json"] {
+        if let Some(v) = read_json_if_present(&dir.join(file))? {
+            if let Some(t) = v.get("chat_template").and_then(Value::as_str) {
+                return Ok(Some(t.to_string()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A Qwen2-VL / Qwen2.5-VL checkpoint folder.
+fn open_qwen_vl_dir(
+    dir: &Path,
+    config: &Value,
+    kind: VisionKind,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let cfg = qwen2vl::Qwen2VlConfig::from_json(config, kind)
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let tokenizer = folder_tokenizer(
+        dir,
+        opts,
+        "pass --tokenizer FILE for a tokenizer.json elsewhere",
+    )?;
+    let processor = match image_processor_json(dir)? {
+        Some(p) => Qwen2VlImageProcessor::from_json(&p).with_context(|| {
+            format!("reading the image processor settings in {}", dir.display())
+        })?,
+        None => Qwen2VlImageProcessor::default(),
+    };
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => qwen_template(chat_template_text(dir)?.as_deref()),
+    };
+    let vb = open_weights(dir, dtype, device)?;
+    let layout = qwen2vl::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
+    let eos = eos_ids(dir, config);
+    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, layout)
+        .with_context(|| format!("loading the weights in {}", dir.display()))?;
+    let info = qwen_vl_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleQwen2VlEngine::new(
+        model, processor, tokenizer, eos, template, info,
+    )?))
+}
+
+fn qwen_vl_info(
+    opts: &EngineOptions,
+    model: &qwen2vl::Qwen2VlModel,
+    dtype: DType,
+    device: &Device,
+) -> EngineInfo {
+    EngineInfo {
+        backend: "candle".into(),
+        model: opts.model.clone(),
+        architecture: match model.config.kind() {
+            VisionKind::Qwen2 => "qwen2-vl".into(),
+            VisionKind::Qwen25 => "qwen2.5-vl".into(),
+        },
+        dtype: dtype_name(dtype).into(),
+        device: device_name(device),
+        parameters: Some(model.parameters()),
+        context_length: model.llm.config.max_position_embeddings,
+        vision: true,
+    }
+}
+
+fn open_random_qwen_vl(
+    shape: &synth::qwen2vl::QwenVlShape,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(synth::qwen2vl::tokenizer(shape)?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let cfg = qwen2vl::Qwen2VlConfig::from_json(&shape.hf_config(dtype), shape.kind)?;
+    let processor = Qwen2VlImageProcessor::from_json(&shape.preprocessor_config())?;
+    let template = match &opts.prompt_template {
+        Some(t) => PromptTemplate::custom(t)?,
+        None => qwen_template(None),
+    };
+    let weights = shape.random_weights(opts.seed, dtype, device)?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = qwen2vl::Qwen2VlModel::load(cfg, vb, qwen2vl::Layout::Published)?;
+    let info = qwen_vl_info(opts, &model, dtype, device);
+    Ok(Box::new(CandleQwen2VlEngine::new(
+        model,
+        processor,
+        tokenizer,
+        vec![synth::EOS],
+        template,
+        info,
+    )?))
 }
 
 fn open_random_llava(

@@ -35,6 +35,8 @@ pub enum Activation {
     Gelu,
     /// tanh-approximated GELU.
     GeluTanh,
+    /// `x * sigmoid(x)` (Qwen2.5-VL's vision MLP).
+    Silu,
 }
 
 impl Activation {
@@ -43,8 +45,9 @@ impl Activation {
             "quick_gelu" => Self::QuickGelu,
             "gelu" => Self::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
+            "silu" | "swish" => Self::Silu,
             other => {
-                bail!("activation {other:?} is not supported (quick_gelu, gelu, gelu_pytorch_tanh)")
+                bail!("activation {other:?} is not supported (quick_gelu, gelu, gelu_pytorch_tanh, silu)")
             }
         })
     }
@@ -54,6 +57,7 @@ impl Activation {
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Self::Gelu => x.gelu_erf(),
             Self::GeluTanh => x.gelu(),
+            Self::Silu => x.silu(),
         }
     }
 }

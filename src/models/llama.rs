@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -435,6 +435,11 @@ pub struct KvCache {
     v: Vec<Tensor>,
     len: usize,
     capacity: usize,
+    /// Rotary angles `(cos, sin)`, `seq × rotary_dim / 2` row-major, for the next forward's
+    /// tokens when their positions are not their cache slots (see [`KvCache::set_rotary`]).
+    pending_rotary: Option<(Vec<f32>, Vec<f32>)>,
+    /// Cache slot `i` rotates as position `i + position_shift`.
+    position_shift: i64,
 }
 
 impl KvCache {
@@ -448,9 +453,18 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-    /// Forgets the contents (the buffers are kept).
+    /// Forgets the contents (the buffers are kept) and any rotary positions set.
     pub fn reset(&mut self) {
         self.len = 0;
+        self.pending_rotary = None;
+        self.position_shift = 0;
+    }
+    /// Positions that are not the cache slots (Qwen2-VL's multimodal rotary, M-RoPE): the next
+    /// forward's tokens rotate by `cos` / `sin` (`seq × rotary_dim / 2`, row-major), and every
+    /// token after them at slot `i` as position `i + shift`.
+    pub fn set_rotary(&mut self, cos: Vec<f32>, sin: Vec<f32>, shift: i64) {
+        self.pending_rotary = Some((cos, sin));
+        self.position_shift = shift;
     }
     /// Bytes held by the buffers.
     pub fn bytes(&self) -> usize {
@@ -554,6 +568,8 @@ impl LlamaModel {
             v,
             len: 0,
             capacity,
+            pending_rotary: None,
+            position_shift: 0,
         })
     }
 
@@ -572,7 +588,18 @@ impl LlamaModel {
 
     fn angles(&self, spec: &RopeSpec, offset: usize, seq: usize) -> Result<Angles> {
         let (cos_row, sin_row) = spec.angles(offset, seq);
-        let half = spec.rotary_dim / 2;
+        self.angles_from_rows(cos_row, sin_row, seq)
+    }
+
+    /// [`Angles`] of `seq` positions from their cos/sin rows (`seq × rotary_dim / 2`).
+    fn angles_from_rows(&self, cos_row: Vec<f32>, sin_row: Vec<f32>, seq: usize) -> Result<Angles> {
+        let half = self.config.rotary_dim / 2;
+        if cos_row.len() != seq * half || sin_row.len() != cos_row.len() {
+            bail!(
+                "{} rotary angles given for {seq} tokens of {half} rotary pairs",
+                cos_row.len()
+            );
+        }
         let t = |v: &Vec<f32>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v.clone(), (seq, half), &self.device)?.to_dtype(self.dtype)?)
         };
@@ -603,12 +630,24 @@ impl LlamaModel {
         };
         let mut x = embeds.unsqueeze(0)?;
         // The rotary angles of this call, for global and (where they differ) local layers.
+        // Positions are the cache slots, shifted after multimodal rotary positions (or given
+        // explicitly for this call, see `KvCache::set_rotary`).
         let rotary = c.rotary_dim > 0;
-        let global = rotary
-            .then(|| self.angles(&self.ropes[0], offset, seq))
-            .transpose()?;
+        let shift = cache.position_shift;
+        let start = || {
+            usize::try_from(offset as i64 + shift)
+                .map_err(|_| anyhow!("rotary position shift {shift} before the first position"))
+        };
+        let global = match cache.pending_rotary.take() {
+            Some((cos_row, sin_row)) if rotary => {
+                Some(self.angles_from_rows(cos_row, sin_row, seq)?)
+            }
+            _ => rotary
+                .then(|| self.angles(&self.ropes[0], start()?, seq))
+                .transpose()?,
+        };
         let local = (rotary && self.ropes[1] != self.ropes[0])
-            .then(|| self.angles(&self.ropes[1], offset, seq))
+            .then(|| self.angles(&self.ropes[1], start()?, seq))
             .transpose()?;
         let masks = if seq > 1 {
             let full = self.causal_mask(seq, offset, None)?;

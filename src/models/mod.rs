@@ -1,5 +1,5 @@
 //! Model code and kernels: the text decoder of every supported family ([`llama`], configured by
-//! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, the CPU
+//! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL ([`qwen2vl`]), the CPU
 //! matrix-vector kernels, and the tokenizer read from GGUF metadata.
 //!
 //! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
@@ -11,5 +11,6 @@ pub mod gemv;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llava;
+pub mod qwen2vl;
 pub mod rope;
 pub mod weights;

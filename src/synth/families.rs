@@ -14,10 +14,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::{random_tensor, torch_dtype_name, BOS, EOS, PAD};
+use super::weight_rng::WeightRng;
+use super::{torch_dtype_name, BOS, EOS, PAD};
 use crate::models::family::{Family, NormKind};
 use crate::models::llama::LlamaConfig;
-use crate::rng::SeededRng;
 
 /// Family presets (the Llama ones live in [`super::TEXT_PRESETS`]).
 pub const FAMILY_PRESETS: &[&str] = &[
@@ -433,11 +433,11 @@ pub fn random_weights(
     dtype: DType,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut rng = SeededRng::new(seed);
+    let mut rng = WeightRng::new(seed, device)?;
     let mut out = HashMap::new();
     for (name, shape, init) in weight_specs(c) {
         let t = match init {
-            Init::Random => random_tensor(&mut rng, &shape, std, dtype, device)?,
+            Init::Random => rng.uniform(&shape, std, dtype, device)?,
             Init::Ones => Tensor::ones(shape.as_slice(), dtype, device)?,
             Init::Zeros => Tensor::zeros(shape.as_slice(), dtype, device)?,
         };

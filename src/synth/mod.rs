@@ -16,6 +16,7 @@
 pub mod families;
 pub mod llava;
 pub mod presets;
+pub mod qwen2vl;
 pub mod weight_rng;
 
 use std::collections::HashMap;

@@ -1,6 +1,7 @@
 //! The one registry of random-weight presets: every name that `random:<preset>` and
 //! `vlmbench synth-model --preset` accept, and what it stands for. Text presets are listed in
-//! [`super::TEXT_PRESETS`], vision presets in [`super::llava::VISION_PRESETS`]; everything else
+//! [`super::TEXT_PRESETS`] and [`super::families::FAMILY_PRESETS`], vision presets in
+//! [`super::llava::VISION_PRESETS`] and [`super::qwen2vl::QWEN_VL_PRESETS`]; everything else
 //! (help text, errors, loading, writing) asks this module.
 
 use std::path::Path;
@@ -10,15 +11,17 @@ use candle_core::DType;
 
 use super::families::FAMILY_PRESETS;
 use super::llava::{llava_preset, LlavaShape, VISION_PRESETS};
+use super::qwen2vl::{qwen_vl_preset, QwenVlShape, QWEN_VL_PRESETS};
 use super::{llama_preset, LlamaShape, TEXT_PRESETS};
 
 /// A preset's shape: a Llama text model, another text family (its config.json, see
-/// [`super::families`]), or LLaVA (CLIP tower + projector + Llama).
+/// [`super::families`]), LLaVA (CLIP tower + projector + Llama) or Qwen2-VL.
 #[derive(Debug, Clone)]
 pub enum Preset {
     Text(LlamaShape),
     Family(serde_json::Value),
     Vision(LlavaShape),
+    QwenVl(QwenVlShape),
 }
 
 /// Every preset name, text presets first.
@@ -27,6 +30,7 @@ pub fn names() -> impl Iterator<Item = &'static str> {
         .iter()
         .chain(FAMILY_PRESETS)
         .chain(VISION_PRESETS)
+        .chain(QWEN_VL_PRESETS)
         .copied()
 }
 
@@ -42,6 +46,9 @@ pub fn list() -> String {
 pub fn lookup_with(name: &str, dtype: DType) -> Result<Option<Preset>> {
     if let Some(v) = llava_preset(name) {
         return Ok(Some(Preset::Vision(v)));
+    }
+    if let Some(q) = qwen_vl_preset(name) {
+        return Ok(Some(Preset::QwenVl(q)));
     }
     if let Some(config) = super::families::preset_config(name, dtype)? {
         return Ok(Some(Preset::Family(config)));
@@ -76,6 +83,7 @@ pub fn write_preset(
         Preset::Text(shape) => super::write_llama(&shape, out, dtype, weights_seed),
         Preset::Family(config) => super::write_family(&config, out, dtype, weights_seed),
         Preset::Vision(shape) => super::llava::write_model(&shape, out, dtype, weights_seed),
+        Preset::QwenVl(shape) => super::qwen2vl::write_model(&shape, out, dtype, weights_seed),
     }
 }
 
@@ -94,11 +102,17 @@ mod tests {
         for name in VISION_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::Vision(_))), "{name}");
         }
+        for name in QWEN_VL_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::QwenVl(_))), "{name}");
+        }
         assert!(lookup("no-such-preset").is_none());
         assert!(matches!(lookup("perf-181m@2"), Some(Preset::Family(_))));
         assert_eq!(
             names().count(),
-            TEXT_PRESETS.len() + FAMILY_PRESETS.len() + VISION_PRESETS.len()
+            TEXT_PRESETS.len()
+                + FAMILY_PRESETS.len()
+                + VISION_PRESETS.len()
+                + QWEN_VL_PRESETS.len()
         );
         assert!(list().starts_with("tiny-llama, "), "{}", list());
     }

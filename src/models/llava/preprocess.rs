@@ -148,6 +148,10 @@ fn clip8(acc: i32) -> u8 {
 }
 
 /// Resizes like `PIL.Image.resize((width, height), resample)` on an RGB image.
+///
+/// Two separable passes, each rounded to 8 bits. Their order matters for the result and is
+/// Pillow's (13): the vertical pass first when the height shrinks by more than twice as many
+/// pixels as the width does, the horizontal pass first otherwise.
 pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
     let (w0, h0) = img.dimensions();
     if (w0, h0) == (width, height) {
@@ -156,54 +160,74 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbI
     if filter == Resample::Nearest {
         return resize_nearest(img, width, height);
     }
-    let mut current = img.clone();
-    if width != w0 {
-        let c = coefficients(w0 as usize, width as usize, filter);
-        let mut out = RgbImage::new(width, h0);
-        let src = current.as_raw();
-        let dst: &mut [u8] = &mut out;
-        for y in 0..h0 as usize {
-            let row = &src[y * w0 as usize * 3..(y + 1) * w0 as usize * 3];
-            for (xx, (start, ws)) in c.starts.iter().zip(&c.weights).enumerate() {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (k, w) in ws.iter().enumerate() {
-                    let px = &row[(start + k) * 3..(start + k) * 3 + 3];
-                    for ch in 0..3 {
-                        acc[ch] += i32::from(px[ch]) * w;
-                    }
-                }
-                let o = (y * width as usize + xx) * 3;
+    let shrink_h = i64::from(h0) - i64::from(height);
+    let shrink_w = i64::from(w0) - i64::from(width);
+    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
+    if vertical_first {
+        let tall = resize_vertical(img, height, filter);
+        resize_horizontal(&tall, width, filter)
+    } else {
+        let wide = resize_horizontal(img, width, filter);
+        resize_vertical(&wide, height, filter)
+    }
+}
+
+/// Pillow's horizontal pass (the identity when the width does not change).
+fn resize_horizontal(img: &RgbImage, width: u32, filter: Resample) -> RgbImage {
+    let (w0, h0) = img.dimensions();
+    if width == w0 {
+        return img.clone();
+    }
+    let c = coefficients(w0 as usize, width as usize, filter);
+    let mut out = RgbImage::new(width, h0);
+    let src = img.as_raw();
+    let dst: &mut [u8] = &mut out;
+    for y in 0..h0 as usize {
+        let row = &src[y * w0 as usize * 3..(y + 1) * w0 as usize * 3];
+        for (xx, (start, ws)) in c.starts.iter().zip(&c.weights).enumerate() {
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            for (k, w) in ws.iter().enumerate() {
+                let px = &row[(start + k) * 3..(start + k) * 3 + 3];
                 for ch in 0..3 {
-                    dst[o + ch] = clip8(acc[ch]);
+                    acc[ch] += i32::from(px[ch]) * w;
                 }
             }
-        }
-        current = out;
-    }
-    if height != h0 {
-        let c = coefficients(h0 as usize, height as usize, filter);
-        let w = width as usize;
-        let mut out = RgbImage::new(width, height);
-        let src = current.as_raw();
-        let dst: &mut [u8] = &mut out;
-        for (yy, (start, ws)) in c.starts.iter().zip(&c.weights).enumerate() {
-            for x in 0..w {
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (k, wt) in ws.iter().enumerate() {
-                    let o = ((start + k) * w + x) * 3;
-                    for ch in 0..3 {
-                        acc[ch] += i32::from(src[o + ch]) * wt;
-                    }
-                }
-                let o = (yy * w + x) * 3;
-                for ch in 0..3 {
-                    dst[o + ch] = clip8(acc[ch]);
-                }
+            let o = (y * width as usize + xx) * 3;
+            for ch in 0..3 {
+                dst[o + ch] = clip8(acc[ch]);
             }
         }
-        current = out;
     }
-    current
+    out
+}
+
+/// Pillow's vertical pass (the identity when the height does not change).
+fn resize_vertical(img: &RgbImage, height: u32, filter: Resample) -> RgbImage {
+    let (w0, h0) = img.dimensions();
+    if height == h0 {
+        return img.clone();
+    }
+    let c = coefficients(h0 as usize, height as usize, filter);
+    let w = w0 as usize;
+    let mut out = RgbImage::new(w0, height);
+    let src = img.as_raw();
+    let dst: &mut [u8] = &mut out;
+    for (yy, (start, ws)) in c.starts.iter().zip(&c.weights).enumerate() {
+        for x in 0..w {
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            for (k, wt) in ws.iter().enumerate() {
+                let o = ((start + k) * w + x) * 3;
+                for ch in 0..3 {
+                    acc[ch] += i32::from(src[o + ch]) * wt;
+                }
+            }
+            let o = (yy * w + x) * 3;
+            for ch in 0..3 {
+                dst[o + ch] = clip8(acc[ch]);
+            }
+        }
+    }
+    out
 }
 
 /// Pillow's nearest neighbour: the source pixel under each output pixel's centre.
@@ -409,21 +433,7 @@ impl ImageProcessor {
         if !flag("do_rescale", true) {
             p.rescale_factor = None;
         }
-        let triple = |k: &str| -> Result<Option<[f64; 3]>> {
-            match v.get(k) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Array(a)) if a.len() == 3 => {
-                    let mut out = [0.0; 3];
-                    for (o, x) in out.iter_mut().zip(a) {
-                        *o = x.as_f64().with_context(|| {
-                            format!("preprocessor_config.json: `{k}` must hold numbers")
-                        })?;
-                    }
-                    Ok(Some(out))
-                }
-                Some(_) => bail!("preprocessor_config.json: `{k}` must be a list of 3 numbers"),
-            }
-        };
+        let triple = |k: &str| json_triple(v, k);
         if let Some(m) = triple("image_mean")? {
             p.mean = Some(m);
         }
@@ -523,24 +533,52 @@ impl ImageProcessor {
         }
     }
 
-    /// Rescale then normalise in f32, as numpy does after transformers' `rescale` (f64 → f32).
     fn normalize_into(&self, img: &RgbImage, out: &mut Vec<f32>) {
-        let raw = img.as_raw();
-        for ch in 0..3 {
-            let mean = self.mean.map(|m| m[ch] as f32);
-            let std = self.std[ch] as f32;
-            for px in raw.chunks_exact(3) {
-                let v = f64::from(px[ch]);
-                let x = match self.rescale_factor {
-                    Some(f) => (v * f) as f32,
-                    None => v as f32,
-                };
-                out.push(match mean {
-                    Some(m) => (x - m) / std,
-                    None => x,
-                });
-            }
+        normalize_into(img, self.rescale_factor, self.mean, self.std, out);
+    }
+}
+
+/// Appends `img` channels first, rescaled then normalised in f32, as numpy does after
+/// transformers' `rescale` (f64 → f32) and `normalize`; `mean: None` skips normalising.
+pub fn normalize_into(
+    img: &RgbImage,
+    rescale_factor: Option<f64>,
+    mean: Option<[f64; 3]>,
+    std: [f64; 3],
+    out: &mut Vec<f32>,
+) {
+    let raw = img.as_raw();
+    for ch in 0..3 {
+        let mean = mean.map(|m| m[ch] as f32);
+        let std = std[ch] as f32;
+        for px in raw.chunks_exact(3) {
+            let v = f64::from(px[ch]);
+            let x = match rescale_factor {
+                Some(f) => (v * f) as f32,
+                None => v as f32,
+            };
+            out.push(match mean {
+                Some(m) => (x - m) / std,
+                None => x,
+            });
         }
+    }
+}
+
+/// A per-channel `[r, g, b]` setting of `preprocessor_config.json` (`image_mean`, `image_std`).
+pub fn json_triple(v: &Value, k: &str) -> Result<Option<[f64; 3]>> {
+    match v.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.len() == 3 => {
+            let mut out = [0.0; 3];
+            for (o, x) in out.iter_mut().zip(a) {
+                *o = x.as_f64().with_context(|| {
+                    format!("preprocessor_config.json: `{k}` must hold numbers")
+                })?;
+            }
+            Ok(Some(out))
+        }
+        Some(_) => bail!("preprocessor_config.json: `{k}` must be a list of 3 numbers"),
     }
 }
 
@@ -627,6 +665,34 @@ mod tests {
         let row = |i: &RgbImage| i.pixels().map(|p| p.0[0]).collect::<Vec<_>>();
         assert_eq!(row(&down), vec![107, 148]);
         assert_eq!(row(&up), vec![0, 54, 216, 215, 40, 39, 201, 255]);
+    }
+
+    #[test]
+    fn pass_order_follows_pillow() {
+        // 9x17 -> 7x6: the height shrinks by 11, more than twice the width's 2, so Pillow 13
+        // runs the vertical pass first (the other order gives 26 different values here).
+        let img = RgbImage::from_fn(9, 17, |x, y| {
+            image::Rgb([
+                ((x * 37 + y * 91) % 256) as u8,
+                ((x * y * 13) % 256) as u8,
+                (((x + y) * 29) % 256) as u8,
+            ])
+        });
+        let out = resize(&img, 7, 6, Resample::Bicubic);
+        let red: Vec<Vec<u8>> = (0..6)
+            .map(|y| (0..7).map(|x| out.get_pixel(x, y).0[0]).collect())
+            .collect();
+        assert_eq!(
+            red,
+            vec![
+                vec![88, 104, 114, 156, 123, 111, 108],
+                vec![118, 121, 116, 95, 130, 124, 142],
+                vec![135, 141, 133, 113, 117, 104, 121],
+                vec![139, 130, 157, 130, 135, 125, 102],
+                vec![142, 119, 122, 134, 152, 142, 122],
+                vec![152, 153, 130, 131, 96, 150, 145],
+            ]
+        );
     }
 
     #[test]
