@@ -264,6 +264,9 @@ fn open_hf_dir(
 pub fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     match safetensor_files(dir) {
         Ok(files) => {
+            for f in &files {
+                super::truncation::check_safetensors(f)?;
+            }
             // SAFETY: the files are memory-mapped read-only; vlmbench does not modify them
             // while running, and a user who rewrites a checkpoint mid-run gets garbage
             // numbers, not UB in practice on Linux (pages keep the old contents or fault).
@@ -272,7 +275,15 @@ pub fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuil
         Err(no_safetensors) => {
             let bins = pytorch_files(dir);
             if bins.is_empty() {
-                return Err(no_safetensors.context("and no pytorch_model.bin either"));
+                let looked_for_none = !dir.join("model.safetensors").is_file()
+                    && !dir.join("model.safetensors.index.json").is_file();
+                if looked_for_none {
+                    bail!(
+                        "no weights in {}: looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin",
+                        dir.display()
+                    );
+                }
+                return Err(no_safetensors);
             }
             let mut tensors = std::collections::HashMap::new();
             for f in &bins {
@@ -480,8 +491,7 @@ fn find_vision_tower(model_dir: &Path, reference: Option<&str>) -> Result<PathBu
 fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<dyn Engine>> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .map_err(|e| anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+    let content = super::truncation::read_gguf(path, &mut file)?;
     let arch = content
         .metadata
         .get("general.architecture")
@@ -610,6 +620,24 @@ mod tests {
         assert!(
             err.to_string().contains("BertModel") && err.to_string().contains("llama"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_folder_without_weights_says_so_in_one_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!(
+            "{:#}",
+            open_weights(dir.path(), DType::F32, &Device::Cpu)
+                .err()
+                .unwrap()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "no weights in {}: looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin",
+                dir.path().display()
+            )
         );
     }
 
