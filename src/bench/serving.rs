@@ -58,6 +58,10 @@ pub struct LevelRun {
     pub duration: Duration,
 }
 
+/// Called as each request finishes, with its position in the input and the seconds since the
+/// level started (the journal writes it out).
+pub type OnDone = Arc<dyn Fn(usize, &RequestOutcome, f64) + Send + Sync>;
+
 /// Sends every body under the level's load pattern and waits for all of them. Requests not yet
 /// sent when `cancel` is set are dropped (not counted); those in flight finish.
 pub async fn run_level(
@@ -68,6 +72,28 @@ pub async fn run_level(
     seed: u64,
     cancel: Arc<AtomicBool>,
 ) -> LevelRun {
+    run_level_reporting(
+        http,
+        cfg,
+        bodies,
+        level,
+        seed,
+        cancel,
+        Arc::new(|_, _, _| {}),
+    )
+    .await
+}
+
+/// [`run_level`], handing each request to `on_done` as soon as it finishes.
+pub async fn run_level_reporting(
+    http: reqwest::Client,
+    cfg: Arc<ClientConfig>,
+    bodies: Vec<Vec<u8>>,
+    level: &LoadLevel,
+    seed: u64,
+    cancel: Arc<AtomicBool>,
+    on_done: OnDone,
+) -> LevelRun {
     let n = bodies.len();
     let offsets = arrival_offsets(n, level.request_rate, level.burstiness, seed);
     let open_loop = level.request_rate.is_some_and(|r| r.is_finite());
@@ -76,8 +102,9 @@ pub async fn run_level(
     ));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n);
-    for (body, offset) in bodies.into_iter().zip(offsets) {
+    for (i, (body, offset)) in bodies.into_iter().zip(offsets).enumerate() {
         let (http, cfg, slots, cancel) = (http.clone(), cfg.clone(), slots.clone(), cancel.clone());
+        let on_done = on_done.clone();
         let due = start + offset;
         handles.push(tokio::spawn(async move {
             tokio::time::sleep_until(due.into()).await;
@@ -86,7 +113,9 @@ pub async fn run_level(
                 return None;
             }
             let scheduled = if open_loop { due } else { Instant::now() };
-            Some(send(&http, &cfg, body, scheduled).await)
+            let outcome = send(&http, &cfg, body, scheduled).await;
+            on_done(i, &outcome, start.elapsed().as_secs_f64());
+            Some(outcome)
         }));
     }
     let mut outcomes = Vec::with_capacity(n);

@@ -8,11 +8,11 @@ use anyhow::Result;
 use super::destination::{write_or_rescue, ReportPaths};
 use crate::cli::RecoverArgs;
 use crate::memory::{MaybeBytes, MemoryReport};
-use crate::report::journal::{self, Journal};
+use crate::report::journal::{self, AnyJournal, Journal, ServingJournal};
+use crate::report::serving::{self, LevelReport, ServingReport};
 use crate::report::{self, Report, RunStatus};
 
 pub fn execute(args: RecoverArgs) -> Result<ExitCode> {
-    let journal = Journal::read(&args.journal)?;
     let json = args
         .report_file
         .clone()
@@ -20,6 +20,10 @@ pub fn execute(args: RecoverArgs) -> Result<ExitCode> {
     let paths = ReportPaths::beside(json);
     // The journal being recovered is the input; it stays until the report is written.
     paths.check_report_files(&[("journal", &args.journal)])?;
+    let journal = match journal::read_any(&args.journal)? {
+        AnyJournal::InProcess(j) => j,
+        AnyJournal::Serving(j) => return recover_serving(&j, &args, &paths),
+    };
 
     let report = recovered(&journal);
     write_or_rescue(&paths.json, &report::json::to_bytes(&report)?)?;
@@ -61,4 +65,65 @@ pub fn recovered(journal: &Journal) -> Report {
             gpu_pool_peak_decode: not_read(),
         },
     )
+}
+
+fn recover_serving(
+    j: &ServingJournal,
+    args: &RecoverArgs,
+    paths: &ReportPaths,
+) -> Result<ExitCode> {
+    let report = recovered_serving(j);
+    let mut bytes = serde_json::to_vec_pretty(&report)?;
+    bytes.push(b'\n');
+    write_or_rescue(&paths.json, &bytes)?;
+    serving::write_csv(&report, &paths.csv)?;
+    let _ = std::fs::remove_file(&args.journal);
+    eprintln!(
+        "recovered {} requests in {} levels\nreport: {}\nper-request CSV: {}",
+        j.requests.len(),
+        report.levels.len(),
+        paths.json.display(),
+        paths.csv.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The serving report of what the journal holds: one level per level that had a finished
+/// request, each lasting until its last finished request.
+pub fn recovered_serving(j: &ServingJournal) -> ServingReport {
+    let mut report = j.header.clone();
+    let has_tokenizer = report
+        .environment
+        .command_line
+        .iter()
+        .any(|a| a == "--tokenizer" || a.starts_with("--tokenizer="));
+    let mut levels: Vec<usize> = j.requests.iter().map(|r| r.level).collect();
+    levels.dedup();
+    levels.sort_unstable();
+    levels.dedup();
+    report.levels = levels
+        .into_iter()
+        .map(|k| {
+            let lines: Vec<_> = j.requests.iter().filter(|r| r.level == k).collect();
+            let records: Vec<_> = lines.iter().map(|r| r.request.clone()).collect();
+            let source = crate::bench::request_record::output_tokens_source(
+                &records,
+                report.config.stream_usage_requested,
+                has_tokenizer,
+            );
+            LevelReport::from_requests(
+                lines[0].concurrency,
+                lines[0].request_rate,
+                lines.iter().map(|r| r.elapsed_s).fold(0.0, f64::max),
+                records,
+                source,
+            )
+        })
+        .collect();
+    report.status = RunStatus::Interrupted;
+    report.status_detail = Some(format!(
+        "rebuilt from the run's journal: the run stopped after {} finished requests without writing its report",
+        j.requests.len()
+    ));
+    report
 }

@@ -12,18 +12,22 @@ use tokenizers::Tokenizer;
 use super::common::{
     default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
+use super::destination::{write_or_rescue, ReportPaths};
 use crate::bench::request_record::{output_tokens_source, record};
-use crate::bench::serving::{run_level, LoadLevel};
+use crate::bench::serving::{run_level_reporting, LoadLevel};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
 use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
 use crate::client::probe;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
+use crate::dataset::Sample;
+use crate::report::journal::{JournalWriter, RequestLine};
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
+use std::sync::Mutex;
 
 pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
@@ -152,54 +156,15 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     let (started_at, stamp) = utc_now();
-    let mut level_reports = Vec::new();
-    let mut status = RunStatus::Complete;
-    for (k, level) in levels.iter().enumerate() {
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-            break;
-        }
-        eprintln!(
-            "level {}/{}: concurrency {:?}, rate {:?}, {} requests ...",
-            k + 1,
-            levels.len(),
-            level.concurrency,
-            level.request_rate,
-            bodies.len()
-        );
-        let run = runtime.block_on(run_level(
-            http.clone(),
-            cfg.clone(),
-            bodies.clone(),
-            level,
-            42 + k as u64,
-            cancel.clone(),
-        ));
-        let records: Vec<RequestRecord> = run
-            .outcomes
-            .iter()
-            .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
-            .collect();
-        let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
-        level_reports.push(LevelReport::from_requests(
-            level.concurrency,
-            level.request_rate,
-            run.duration.as_secs_f64(),
-            records,
-            source,
-        ));
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-        }
-    }
-
-    let report = ServingReport {
+    let paths = ReportPaths::beside(args.report_file.clone().unwrap_or_else(|| {
+        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
+    }));
+    paths.check(&[("--data-file", &data_path)])?;
+    let mut report = ServingReport {
         schema_version: crate::report::REPORT_SCHEMA_VERSION,
         kind: "serving".into(),
-        status,
-        status_detail: (status == RunStatus::Interrupted)
-            .then(|| "interrupted by the user (Ctrl-C)".into()),
+        status: RunStatus::Complete,
+        status_detail: None,
         started_at,
         environment: Environment::capture(None),
         server: ServerInfo {
@@ -222,24 +187,107 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             burstiness: s.burstiness,
         },
         dataset: DatasetRef::of(&data_path, &dataset),
-        levels: level_reports,
+        levels: Vec::new(),
     };
-    let json_path = args.report_file.clone().unwrap_or_else(|| {
-        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
-    });
-    let csv_path = json_path.with_extension("csv");
-    serving::write_json(&report, &json_path)?;
-    serving::write_csv(&report, &csv_path)?;
+    // Each finished request goes to the journal at once (see report::journal).
+    let journal = Arc::new(Mutex::new(Some(JournalWriter::create_serving(
+        &paths.journal,
+        &report,
+    )?)));
+    let request_samples: Arc<Vec<Sample>> =
+        Arc::new(order.iter().map(|&i| samples[i].clone()).collect());
+    let journal_tokenizer = Arc::new(tokenizer.clone());
+    let mut level_reports = Vec::new();
+    let mut status = RunStatus::Complete;
+    for (k, level) in levels.iter().enumerate() {
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+            break;
+        }
+        eprintln!(
+            "level {}/{}: concurrency {:?}, rate {:?}, {} requests ...",
+            k + 1,
+            levels.len(),
+            level.concurrency,
+            level.request_rate,
+            bodies.len()
+        );
+        let on_done = {
+            let (journal, samples, tokenizer) = (
+                journal.clone(),
+                request_samples.clone(),
+                journal_tokenizer.clone(),
+            );
+            let (concurrency, request_rate) = (level.concurrency, level.request_rate);
+            Arc::new(move |pos: usize, o: &_, elapsed_s: f64| {
+                let line = RequestLine {
+                    level: k,
+                    concurrency,
+                    request_rate,
+                    elapsed_s,
+                    request: record(o, &samples[pos], tokenizer.as_ref().as_ref()),
+                };
+                let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Err(e)) = j.as_mut().map(|w| w.append_request(&line)) {
+                    eprintln!("warning: {e:#}; the journal is no longer kept");
+                    *j = None;
+                }
+            })
+        };
+        let run = runtime.block_on(run_level_reporting(
+            http.clone(),
+            cfg.clone(),
+            bodies.clone(),
+            level,
+            42 + k as u64,
+            cancel.clone(),
+            on_done,
+        ));
+        let records: Vec<RequestRecord> = run
+            .outcomes
+            .iter()
+            .zip(&run.positions)
+            .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
+            .collect();
+        let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
+        level_reports.push(LevelReport::from_requests(
+            level.concurrency,
+            level.request_rate,
+            run.duration.as_secs_f64(),
+            records,
+            source,
+        ));
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+        }
+    }
+
+    report.status = status;
+    report.status_detail =
+        (status == RunStatus::Interrupted).then(|| "interrupted by the user (Ctrl-C)".into());
+    report.levels = level_reports;
+    let journal_kept = journal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some();
     if !args.quiet {
         print!("{}", serving::render(&report));
     }
+    let mut bytes = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
+    bytes.push(b'\n');
+    write_or_rescue(&paths.json, &bytes)?;
+    serving::write_csv(&report, &paths.csv)?;
+    if journal_kept {
+        let _ = std::fs::remove_file(&paths.journal);
+    }
     eprintln!(
         "report: {}\nper-request CSV: {}",
-        json_path.display(),
-        csv_path.display()
+        paths.json.display(),
+        paths.csv.display()
     );
     if args.plots {
-        super::plot::beside_serving_report(&report, &json_path)?;
+        super::plot::beside_serving_report(&report, &paths.json)?;
     }
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),

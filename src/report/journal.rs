@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::{DatasetRef, Environment, RunConfig, SampleRecord};
 use crate::engine::EngineInfo;
 
-/// What the first line says it is.
+/// What the first line says it is: an in-process run's journal, or a serving run's.
 const JOURNAL_KIND: &str = "vlmbench-run-journal";
+const SERVING_JOURNAL_KIND: &str = "vlmbench-serving-journal";
 const JOURNAL_VERSION: u32 = 1;
 
 /// The journal beside `report`: `r.json` → `r.journal.jsonl`.
@@ -50,10 +51,22 @@ pub struct RunHeader {
 }
 
 #[derive(Serialize, Deserialize)]
-struct HeaderLine {
+struct HeaderLine<H> {
     journal: String,
     journal_version: u32,
-    header: RunHeader,
+    header: H,
+}
+
+/// One finished request of a serving run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// 0-based load level of the sweep.
+    pub level: usize,
+    pub concurrency: Option<usize>,
+    pub request_rate: Option<f64>,
+    /// Seconds since the level started when this request finished.
+    pub elapsed_s: f64,
+    pub request: super::serving::RequestRecord,
 }
 
 /// One finished sample.
@@ -73,6 +86,20 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// Creates the journal (it must not exist: an earlier run's journal is never replaced).
     pub fn create(path: &Path, header: &RunHeader) -> Result<Self> {
+        Self::create_kind(path, JOURNAL_KIND, header)
+    }
+
+    /// A serving run's journal: `report` is the serving report without its levels; each
+    /// request is then added with [`append_request`](Self::append_request).
+    pub fn create_serving(path: &Path, report: &super::serving::ServingReport) -> Result<Self> {
+        Self::create_kind(path, SERVING_JOURNAL_KIND, report)
+    }
+
+    pub fn append_request(&mut self, line: &RequestLine) -> Result<()> {
+        self.write_line(line)
+    }
+
+    fn create_kind(path: &Path, kind: &str, header: &impl Serialize) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -83,9 +110,9 @@ impl JournalWriter {
             path: path.to_path_buf(),
         };
         w.write_line(&HeaderLine {
-            journal: JOURNAL_KIND.into(),
+            journal: kind.into(),
             journal_version: JOURNAL_VERSION,
-            header: header.clone(),
+            header,
         })?;
         Ok(w)
     }
@@ -120,6 +147,60 @@ pub struct Journal {
     pub torn_tail: bool,
 }
 
+/// Either kind of journal.
+pub enum AnyJournal {
+    InProcess(Journal),
+    Serving(ServingJournal),
+}
+
+/// What a serving run's journal holds.
+pub struct ServingJournal {
+    /// The serving report as it was when the first level started (no levels).
+    pub header: super::serving::ServingReport,
+    pub requests: Vec<RequestLine>,
+    pub torn_tail: bool,
+}
+
+/// Reads a journal of either kind.
+pub fn read_any(path: &Path) -> Result<AnyJournal> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the journal {}", path.display()))?;
+    let first = text.lines().next().unwrap_or("");
+    let kind = serde_json::from_str::<serde_json::Value>(first)
+        .ok()
+        .and_then(|v| v.get("journal")?.as_str().map(str::to_owned));
+    if kind.as_deref() == Some(SERVING_JOURNAL_KIND) {
+        let head: HeaderLine<super::serving::ServingReport> = serde_json::from_str(first)
+            .with_context(|| format!("{}: not a valid serving journal header", path.display()))?;
+        let body: Vec<&str> = text.lines().skip(1).collect();
+        let (requests, torn_tail) = body_lines(path, &body)?;
+        return Ok(AnyJournal::Serving(ServingJournal {
+            header: head.header,
+            requests,
+            torn_tail,
+        }));
+    }
+    Journal::read(path).map(AnyJournal::InProcess)
+}
+
+/// The lines after the header; only the very last one may be torn by a kill.
+fn body_lines<T: serde::de::DeserializeOwned>(path: &Path, all: &[&str]) -> Result<(Vec<T>, bool)> {
+    let mut out = Vec::new();
+    let mut torn = false;
+    for (i, line) in all.iter().enumerate() {
+        match serde_json::from_str::<T>(line) {
+            Ok(v) => out.push(v),
+            Err(_) if i + 1 == all.len() => torn = true,
+            Err(e) => bail!(
+                "{} line {}: not a journal entry ({e})",
+                path.display(),
+                i + 2
+            ),
+        }
+    }
+    Ok((out, torn))
+}
+
 impl Journal {
     pub fn read(path: &Path) -> Result<Self> {
         let file = File::open(path)
@@ -130,9 +211,9 @@ impl Journal {
             .transpose()
             .with_context(|| format!("cannot read the journal {}", path.display()))?
             .ok_or_else(|| anyhow!("{} is empty: not a vlmbench journal", path.display()))?;
-        let head: HeaderLine = serde_json::from_str(&first)
+        let head: HeaderLine<RunHeader> = serde_json::from_str(&first)
             .ok()
-            .filter(|h: &HeaderLine| h.journal == JOURNAL_KIND)
+            .filter(|h: &HeaderLine<RunHeader>| h.journal == JOURNAL_KIND)
             .ok_or_else(|| {
                 anyhow!(
                     "{} is not a vlmbench run journal (its first line is not a journal header)",
@@ -146,23 +227,11 @@ impl Journal {
                 head.journal_version
             );
         }
-        let all: Vec<String> = lines
+        let rest: Vec<String> = lines
             .collect::<std::io::Result<_>>()
             .with_context(|| format!("cannot read the journal {}", path.display()))?;
-        let mut samples = Vec::new();
-        let mut torn_tail = false;
-        for (i, line) in all.iter().enumerate() {
-            match serde_json::from_str::<SampleLine>(line) {
-                Ok(s) => samples.push(s),
-                // Only the very last line can be torn by a kill.
-                Err(_) if i + 1 == all.len() => torn_tail = true,
-                Err(e) => bail!(
-                    "{} line {}: not a journal sample ({e})",
-                    path.display(),
-                    i + 2
-                ),
-            }
-        }
+        let body: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let (samples, torn_tail) = body_lines(path, &body)?;
         Ok(Self {
             header: head.header,
             samples,
