@@ -178,6 +178,22 @@ fn argument_errors_exit_2_and_nothing_measured_is_not_success() {
             .code(2)
             .stderr(contains(why).and(contains("loading").not()));
     }
+    for args in [
+        &["run", "--backend", "openai"][..],
+        &["run", "--backend", "openai", "--base-url", "ftp://x"],
+        &[
+            "run",
+            "--backend",
+            "openai",
+            "--base-url",
+            "http://127.0.0.1:9",
+            "--concurrency",
+            "0",
+        ],
+        &["prepare", "synthetic", "--num-samples", "0"],
+    ] {
+        vlmbench().args(args).assert().code(2);
+    }
     let cpus = std::thread::available_parallelism().unwrap().get();
     run(&[
         "--threads",

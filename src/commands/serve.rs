@@ -10,7 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::Tokenizer;
 
 use super::common::{
-    default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
+    default_report_path, install_ctrl_c, load_dataset, usage_bail, utc_now, UsageError,
+    EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
 use super::destination::{write_or_rescue, ReportPaths};
 use crate::bench::request_record::{output_tokens_source, record};
@@ -34,15 +35,15 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let base_url = s
         .base_url
         .clone()
-        .ok_or_else(|| anyhow!("--backend openai needs --base-url http://HOST:PORT"))?;
+        .ok_or_else(|| UsageError("--backend openai needs --base-url http://HOST:PORT".into()))?;
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        bail!("--base-url {base_url:?} must start with http:// or https://");
+        usage_bail!("--base-url {base_url:?} must start with http:// or https://");
     }
     if s.concurrency.contains(&0) {
-        bail!("--concurrency values must be at least 1");
+        usage_bail!("--concurrency values must be at least 1");
     }
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
-        bail!("--request-rate must be positive (or inf) and --burstiness positive");
+        usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
     let cancel = install_ctrl_c();
     let endpoint = match s.endpoint {
@@ -306,7 +307,7 @@ fn apply_workload(
     props: Option<&serde_json::Value>,
 ) -> Result<()> {
     if args.data_file.is_some() {
-        bail!("--workload makes its own data set; do not combine it with --data-file");
+        usage_bail!("--workload makes its own data set; do not combine it with --data-file");
     }
     let needs_context = workload::workload_spec(w).input_tokens.is_none();
     let context = needs_context
