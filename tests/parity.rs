@@ -1,11 +1,14 @@
 //! vlmbench computes what Hugging Face transformers computes.
 //!
-//! `tests/fixtures/parity/` holds tiny Llama, LLaVA 1.5 and LLaVA-NeXT checkpoints written by
-//! transformers' own `save_pretrained`, with test images and transformers' results
-//! (`expected.json`): prompt token ids, image token count, a digest of the processor's pixel
-//! values and the greedy tokens of `generate(do_sample=False)`. They were made by
-//! `scripts/parity/make_fixtures.py` (versions in `VERSIONS`). The real binary runs each
-//! checkpoint and must produce the same tokens, token for token.
+//! `tests/fixtures/parity/` holds tiny checkpoints written by transformers' own
+//! `save_pretrained` (Llama, LLaVA 1.5, LLaVA-NeXT, and one per text family and config
+//! variant), with test images and transformers' results (`expected.json`): prompt token ids,
+//! image token count, a digest of the processor's pixel values and the greedy tokens (the text
+//! families' from a plain argmax loop over the KV cache, so end-of-sequence tokens are kept,
+//! which `--ignore-eos` reproduces). They were made by `scripts/parity/make_fixtures.py`
+//! (versions in `VERSIONS` and each `expected.json`); `gguf/` holds llama.cpp converter
+//! output of some of them (`scripts/parity/make_gguf.py`). The real binary runs each and must
+//! produce the same tokens, token for token.
 
 mod common;
 
@@ -34,11 +37,17 @@ fn ids(v: &Value) -> Vec<u64> {
 fn run_fixture(name: &str) -> (Value, Value) {
     let model = fixture(name);
     let expected = read_json(&model.join("expected.json"));
+    (run_model(&model, &expected), expected)
+}
+
+/// Runs `model` (a folder or a .gguf file) on `expected`'s prompt; the report's sample.
+fn run_model(model: &Path, expected: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let mut line = serde_json::json!({"text": expected["prompt"]});
     if let Some(img) = expected["image"].as_str() {
         line["image"] = model.join(img).display().to_string().into();
     }
+    let model = model.to_path_buf();
     let jsonl = dir.path().join("in.jsonl");
     std::fs::write(&jsonl, format!("{line}\n")).unwrap();
     let data = dir.path().join("set.json");
@@ -55,7 +64,7 @@ fn run_fixture(name: &str) -> (Value, Value) {
         .args([
             "run", "--quiet", "--warmup", "0", "--device", "cpu", "--dtype", "f32",
         ])
-        .args(["--max-new-tokens", &max_new])
+        .args(["--max-new-tokens", &max_new, "--ignore-eos"])
         .arg("--model-path")
         .arg(&model)
         .arg("--data-file")
@@ -64,8 +73,7 @@ fn run_fixture(name: &str) -> (Value, Value) {
         .arg(&report)
         .assert()
         .success();
-    let sample = read_json(&report)["samples"][0].clone();
-    (sample, expected)
+    read_json(&report)["samples"][0].clone()
 }
 
 fn assert_same_tokens(name: &str) {
@@ -129,4 +137,70 @@ fn pixel_values_equal_transformers_bit_for_bit() {
             "{name}: pixel values differ from transformers'"
         );
     }
+}
+
+/// Text families and config variants: each fixture is a checkpoint transformers wrote, with
+/// the greedy tokens of a plain argmax loop over its KV cache (`scripts/parity/make_fixtures.py`).
+macro_rules! text_parity {
+    ($($test:ident => $name:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            assert_same_tokens($name);
+        }
+    )*};
+}
+
+text_parity! {
+    llama_5x_layout_bias_head_dim_equal_transformers => "llama_v5_bias_headdim",
+    llama_4x_layout_linear_rope_equal_transformers => "llama_v4_linear",
+    llama_dynamic_rope_past_the_context_equal_transformers => "llama_dynamic",
+    llama_yarn_rope_equal_transformers => "llama_yarn",
+    llama3_rope_tied_mqa_equal_transformers => "llama3_tied_mqa",
+    mistral_sliding_window_equal_transformers => "mistral_window",
+    qwen2_equal_transformers => "qwen2",
+    qwen2_sliding_window_layers_equal_transformers => "qwen2_window",
+    qwen3_equal_transformers => "qwen3",
+    gemma2_equal_transformers => "gemma2",
+    gemma3_equal_transformers => "gemma3",
+    phi3_longrope_equal_transformers => "phi3_longrope",
+    gpt2_equal_transformers => "gpt2",
+    pythia_equal_transformers => "pythia",
+}
+
+/// The GGUF llama.cpp's converter writes of a fixture (`scripts/parity/make_gguf.py`: f32,
+/// tokenizer in the metadata, no tokenizer.json beside it) gives transformers' tokens too: the
+/// same weights read under GGUF names, and the tokenizer rebuilt from the GGUF reproduces the
+/// prompt's ids.
+fn assert_gguf_same_tokens(name: &str) {
+    let expected = read_json(&fixture(name).join("expected.json"));
+    let gguf = fixture("gguf").join(format!("{name}.gguf"));
+    let sample = run_model(&gguf, &expected);
+    assert_eq!(sample["ok"], true, "{name}: {sample}");
+    assert_eq!(
+        sample["input_tokens"].as_u64().unwrap() as usize,
+        expected["input_ids"].as_array().unwrap().len(),
+        "{name}.gguf: prompt length differs (tokenizer rebuilt from GGUF metadata)"
+    );
+    assert_eq!(
+        ids(&sample["output_token_ids"]),
+        ids(&expected["output_ids"]),
+        "{name}.gguf: greedy tokens differ from the safetensors checkpoint's (transformers')"
+    );
+}
+
+macro_rules! gguf_parity {
+    ($($test:ident => $name:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            assert_gguf_same_tokens($name);
+        }
+    )*};
+}
+
+gguf_parity! {
+    qwen2_gguf_equals_safetensors => "qwen2",
+    qwen3_gguf_equals_safetensors => "qwen3",
+    gemma3_gguf_equals_safetensors => "gemma3",
+    gpt2_gguf_equals_safetensors => "gpt2",
+    pythia_gguf_equals_safetensors => "pythia",
 }

@@ -24,6 +24,7 @@ use super::candle_llava::CandleLlavaEngine;
 use super::candle_text::CandleTextEngine;
 use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
+use crate::models::family::Family;
 use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use crate::models::llava::{self, LlavaConfig, LlavaModel};
 use crate::synth;
@@ -31,7 +32,9 @@ use crate::synth::presets::Preset;
 
 /// Architectures this build runs, for error messages.
 pub const SUPPORTED: &str =
-    "llama (LlamaForCausalLM, MistralForCausalLM) from safetensors or GGUF; \
+    "text: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2, gpt_neox \
+(LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, \
+Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM) from safetensors or GGUF; \
 llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM) and llava_next \
 (LlavaNextForConditionalGeneration) from safetensors";
 
@@ -196,12 +199,6 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
         .and_then(Value::as_str)
         .unwrap_or("");
     let named = |n: &str| archs.contains(&n);
-    if named("LlamaForCausalLM")
-        || named("MistralForCausalLM")
-        || matches!(model_type, "llama" | "mistral") && archs.is_empty()
-    {
-        return Ok("llama");
-    }
     if named("LlavaForConditionalGeneration")
         || named("LlavaLlamaForCausalLM")
         || model_type == "llava"
@@ -210,6 +207,9 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
     }
     if named("LlavaNextForConditionalGeneration") || model_type == "llava_next" {
         return Ok("llava_next");
+    }
+    if let Some(family) = Family::detect(config) {
+        return Ok(family.name());
     }
     bail!(
         "unsupported architecture {} (model_type {:?}); supported: {SUPPORTED}",
@@ -239,7 +239,7 @@ fn open_hf_dir(
         })?)
         .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
     let arch = detect_architecture(&config)?;
-    if arch != "llama" {
+    if arch == "llava" || arch == "llava_next" {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
     let cfg = LlamaConfig::from_hf_json(&config)
@@ -402,7 +402,7 @@ fn llama_info(
     EngineInfo {
         backend: "candle".into(),
         model: opts.model.clone(),
-        architecture: "llama".into(),
+        architecture: model.config.family.name().into(),
         dtype,
         device: device_name(device),
         parameters: Some(model.config.parameters()),
@@ -498,9 +498,9 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default();
-    if arch != "llama" {
+    if Family::from_gguf_arch(&arch).is_none() {
         bail!(
-            "{}: GGUF architecture {arch:?} is not supported; supported: {SUPPORTED}",
+            "{}: GGUF architecture {arch:?} is not supported; supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, gpt2, gptneox",
             path.display()
         );
     }
@@ -518,6 +518,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
     let quant = content
         .tensor_infos
         .get("blk.0.attn_q.weight")
+        .or_else(|| content.tensor_infos.get("blk.0.attn_qkv.weight"))
         .map(|t| format!("{:?}", t.ggml_dtype).to_ascii_lowercase())
         .unwrap_or_else(|| "unknown".into());
     let model = LlamaModel::from_gguf(&content, &mut file, device)
@@ -535,9 +536,10 @@ fn open_random(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
-    let shape = match synth::presets::lookup(preset) {
+    let shape = match synth::presets::lookup_with(preset, dtype)? {
         Some(Preset::Vision(shape)) => return open_random_llava(&shape, opts, device, dtype),
         Some(Preset::Text(shape)) => shape,
+        Some(Preset::Family(config)) => return open_random_family(&config, opts, device, dtype),
         None => bail!(
             "unknown preset random:{preset}; presets in this build: {}",
             synth::presets::names()
@@ -553,6 +555,30 @@ fn open_random(
     };
     let cfg = LlamaConfig::from_hf_json(&shape.hf_config(dtype))?;
     let weights = shape.random_weights(opts.seed, dtype, device, "")?;
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
+    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
+    Ok(Box::new(
+        CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
+            .with_template(text_template(opts)?),
+    ))
+}
+
+/// A family preset's config with seeded random weights, through the family's real loader.
+fn open_random_family(
+    config: &Value,
+    opts: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Engine>> {
+    let cfg = LlamaConfig::from_hf_json(config)?;
+    let tokenizer = match &opts.tokenizer {
+        Some(p) => load_tokenizer(p)?,
+        None => Tokenizer::from_bytes(synth::tokenizer_json(cfg.vocab_size, &[])?.as_bytes())
+            .map_err(|e| anyhow!("built-in tokenizer: {e}"))?,
+    };
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let weights = synth::families::random_weights(&cfg, std, opts.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
     let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
@@ -709,6 +735,52 @@ mod tests {
         assert_eq!(a.output_token_ids.len(), 6);
         assert_eq!(a.token_arrivals.len(), 6);
         assert_eq!(from_disk.info().architecture, "llama");
+    }
+
+    /// Every tiny family preset written by `synth-model` loads through the folder path and
+    /// generates what the in-memory `random:` preset of the same seed generates.
+    #[test]
+    fn written_family_presets_match_the_in_memory_ones() {
+        use crate::engine::GenerationRequest;
+        use std::sync::atomic::AtomicBool;
+        let cancel = AtomicBool::new(false);
+        let req = GenerationRequest {
+            prompt: "Hello world, 12 times",
+            image: None,
+            max_new_tokens: 5,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let open = |model: String, seed: u64| {
+            open_engine(&EngineOptions {
+                model,
+                dtype: None,
+                device: "cpu".into(),
+                tokenizer: None,
+                seed,
+                prompt_template: None,
+            })
+            .unwrap()
+        };
+        for (preset, arch) in [
+            ("tiny-mistral", "mistral"),
+            ("tiny-qwen2", "qwen2"),
+            ("tiny-qwen3", "qwen3"),
+            ("tiny-gemma2", "gemma2"),
+            ("tiny-gemma3", "gemma3_text"),
+            ("tiny-phi3", "phi3"),
+            ("tiny-gpt2", "gpt2"),
+            ("tiny-pythia", "gpt_neox"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            synth::presets::write_model(preset, dir.path(), DType::F32, 4).unwrap();
+            let mut disk = open(dir.path().display().to_string(), 0);
+            let mut memory = open(format!("random:{preset}"), 4);
+            assert_eq!(disk.info().architecture, arch, "{preset}");
+            let (a, b) = (disk.generate(&req).unwrap(), memory.generate(&req).unwrap());
+            assert_eq!(a.output_token_ids, b.output_token_ids, "{preset}");
+            assert_eq!(a.output_token_ids.len(), 5, "{preset}");
+        }
     }
 
     /// The original LLaVA release's layout (`model.*`, `model.mm_projector.{0,2}`, the CLIP

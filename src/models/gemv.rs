@@ -401,6 +401,21 @@ pub fn decode_attention_rows(
     total: usize,
     scale: f32,
 ) -> candle_core::Result<Option<Vec<f32>>> {
+    decode_attention_window(qs, heads, k_cache, v_cache, 0..total, scale, None)
+}
+
+/// [`decode_attention_rows`] over the cached positions `keys` only (a sliding window's), with
+/// scores soft-capped as `tanh(s / cap) · cap` where `softcap` is given (Gemma 2).
+pub fn decode_attention_window(
+    qs: &[f32],
+    heads: usize,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    keys: std::ops::Range<usize>,
+    scale: f32,
+    softcap: Option<f32>,
+) -> candle_core::Result<Option<Vec<f32>>> {
+    let total = keys.end;
     let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let readable =
         cpu_f32(k_cache) && cpu_f32(v_cache) && k_cache.is_contiguous() && v_cache.is_contiguous();
@@ -413,6 +428,7 @@ pub fn decode_attention_rows(
         || kv_heads == 0
         || heads % kv_heads != 0
         || total > capacity
+        || keys.start > keys.end
     {
         return Ok(None);
     }
@@ -431,8 +447,15 @@ pub fn decode_attention_rows(
         let kv = h / groups;
         let qh = &qs[h * hd..(h + 1) * hd];
         let base = kv * capacity * hd;
-        let mut scores: Vec<f32> = (0..total)
-            .map(|p| dot_f32(qh, &kd[base + p * hd..base + (p + 1) * hd]) * scale)
+        let mut scores: Vec<f32> = keys
+            .clone()
+            .map(|p| {
+                let s = dot_f32(qh, &kd[base + p * hd..base + (p + 1) * hd]) * scale;
+                match softcap {
+                    Some(cap) => (s / cap).tanh() * cap,
+                    None => s,
+                }
+            })
             .collect();
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let mut sum = 0f32;
@@ -440,7 +463,7 @@ pub fn decode_attention_rows(
             *s = (*s - max).exp();
             sum += *s;
         }
-        for (p, &w) in scores.iter().enumerate() {
+        for (p, &w) in keys.clone().zip(scores.iter()) {
             let row = &vd[base + p * hd..base + (p + 1) * hd];
             for (acc, v) in o.iter_mut().zip(row) {
                 *acc += w * v;

@@ -16,6 +16,9 @@ const TYPE_UNKNOWN: i32 = 2;
 const TYPE_CONTROL: i32 = 3;
 const TYPE_USER_DEFINED: i32 = 4;
 
+/// Qwen2's pre-tokenizer split (`tokenizer.ggml.pre = "qwen2"`): Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Llama 3's pre-tokenizer split (`tokenizer.ggml.pre = "llama-bpe"`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -139,10 +142,20 @@ pub fn tokenizer_json(content: &Content) -> Result<Value> {
                     {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
                     {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
                 ]}),
+                // Qwen2's tokenizer.json: NFC, then the split, then bytes.
+                "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+                ]}),
                 _ => byte_level.clone(),
             };
+            let normalizer = if pre == "qwen2" {
+                json!({"type": "NFC"})
+            } else {
+                Value::Null
+            };
             (
-                Value::Null,
+                normalizer,
                 pre_tokenizer,
                 json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
                 json!({
@@ -160,17 +173,28 @@ pub fn tokenizer_json(content: &Content) -> Result<Value> {
                 bail!("GGUF tokenizer: {} scores for {} tokens", scores.len(), tokens.len());
             }
             let merges = sentencepiece_merges(&tokens, &scores);
-            (
+            // Llama 1/2 and Mistral prefix a space (SentencePiece's dummy prefix); Gemma's
+            // converter stores `add_space_prefix = false` and its tokenizer.json only maps
+            // spaces to `▁`.
+            let space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+            let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            let normalizer = if space_prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
                 json!({"type": "Sequence", "normalizers": [
-                    {"type": "Prepend", "prepend": "\u{2581}"},
-                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}
-                ]}),
+                    {"type": "Prepend", "prepend": "\u{2581}"}, replace
+                ]})
+            } else {
+                replace
+            };
+            (
+                normalizer,
                 Value::Null,
-                json!({"type": "Sequence", "decoders": [
-                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                    {"type": "ByteFallback"}, {"type": "Fuse"},
-                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}
-                ]}),
+                json!({"type": "Sequence", "decoders": decoders}),
                 json!({
                     "type": "BPE", "dropout": null, "unk_token": unk_token, "continuing_subword_prefix": null,
                     "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
@@ -330,5 +354,15 @@ mod tests {
             &[1, ids["\u{2581}"], ids["h"], ids["<0xC3>"], ids["<0xA9>"]]
         );
         assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "hé");
+        // Gemma's GGUFs: no dummy prefix, so a leading word has no `▁`.
+        let mut md = c.metadata.clone();
+        md.insert("tokenizer.ggml.add_space_prefix".into(), G::Bool(false));
+        let gemma = from_gguf(&Content { metadata: md, ..c }).unwrap();
+        let enc = gemma.encode("hello hello", true).unwrap();
+        assert_eq!(
+            enc.get_ids(),
+            &[1, ids["he"], ids["llo"], ids["\u{2581}hello"]]
+        );
+        assert_eq!(gemma.decode(enc.get_ids(), true).unwrap(), "hello hello");
     }
 }

@@ -19,13 +19,16 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{gguf_file, QMatMul};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
+pub use super::family::{Activation, Family, NormKind};
 use super::gemv;
+pub use super::rope::RopeScaling;
+use super::rope::RopeSpec;
 use crate::profile;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -34,9 +37,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[error("stopped between layers")]
 pub struct Stopped;
 
-/// Shape and numerics of a Llama model.
+/// Shape and numerics of a decoder of any supported family (see [`Family`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    pub family: Family,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_layers: usize,
@@ -45,50 +49,44 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
+    /// Epsilon of the normalisation layers (RMSNorm or LayerNorm).
     pub rms_norm_eps: f64,
+    /// Rotary base and scaling of global-attention layers.
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// Rotating dimensions of each head (`head_dim × partial_rotary_factor`); 0 without rotary.
+    pub rotary_dim: usize,
+    /// Rotary base and scaling of sliding-window layers where they differ (Gemma 3).
+    pub local_rope: Option<(f64, Option<RopeScaling>)>,
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
-}
-
-/// `rope_scaling` variants from config.json that change the frequencies.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    Linear {
-        factor: f64,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
-}
-
-/// transformers' defaults for configs that omit keys, by `model_type`.
-fn model_type_defaults(model_type: Option<&str>) -> Option<Value> {
-    let mut d = serde_json::json!({
-        "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "max_position_embeddings": 2048,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": false,
-        "bos_token_id": 1, "eos_token_id": 2,
-    });
-    match model_type? {
-        "llama" => {}
-        "mistral" => {
-            d["intermediate_size"] = 14336.into();
-            d["num_key_value_heads"] = 8.into();
-            d["max_position_embeddings"] = (4096 * 32).into();
-        }
-        _ => return None,
-    }
-    Some(d)
-}
-
-fn get_usize(v: &Value, key: &str) -> Option<usize> {
-    v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+    /// Biases on the q/k/v projections.
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection.
+    pub out_bias: bool,
+    pub mlp_bias: bool,
+    /// RMSNorm of each head's queries and keys before the rotation (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    pub norm: NormKind,
+    pub activation: Activation,
+    /// Norms after attention and after the MLP as well as before (Gemma 2/3).
+    pub sandwich_norms: bool,
+    /// Token embeddings multiplied by this (Gemma: √hidden).
+    pub embed_scale: Option<f64>,
+    /// Multiplier of q·k (1/√head_dim, or Gemma's `query_pre_attn_scalar`^-½).
+    pub attn_scale: f64,
+    /// `tanh(s / c) · c` on attention scores / final logits (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Keys a query sees on sliding-window layers, itself included.
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether the sliding window applies.
+    pub sliding_layers: Vec<bool>,
+    /// `x + attn(ln1(x)) + mlp(ln2(x))` (GPT-NeoX).
+    pub parallel_residual: bool,
+    /// Learned absolute position embeddings added to the tokens' (GPT-2).
+    pub learned_positions: bool,
 }
 
 /// Token ids from a JSON int or list of ints.
@@ -105,140 +103,14 @@ pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl LlamaConfig {
-    /// Reads a Hugging Face `config.json` (or a LLaVA `text_config`).
-    ///
-    /// Keys a LLaVA `text_config` leaves out take transformers' defaults for its `model_type`
-    /// (llava-hf configs list only what differs from `LlamaConfig()` / `MistralConfig()`).
+    /// Reads a Hugging Face `config.json` of any supported family (or a LLaVA `text_config`).
     pub fn from_hf_json(v: &Value) -> Result<Self> {
-        let defaults = model_type_defaults(v.get("model_type").and_then(Value::as_str));
-        let merged;
-        let v = match defaults {
-            Some(Value::Object(mut d)) => {
-                if let Some(obj) = v.as_object() {
-                    for (k, x) in obj {
-                        if !x.is_null() || !d.contains_key(k) {
-                            d.insert(k.clone(), x.clone());
-                        }
-                    }
-                }
-                merged = Value::Object(d);
-                &merged
-            }
-            _ => v,
-        };
-        let need = |k: &str| {
-            get_usize(v, k).ok_or_else(|| anyhow!("config.json: missing or invalid `{k}`"))
-        };
-        let hidden_size = need("hidden_size")?;
-        let num_heads = need("num_attention_heads")?;
-        // transformers 5 moved `rope_theta` and `rope_scaling` into `rope_parameters`.
-        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
-        let rope_scaling = match v
-            .get("rope_scaling")
-            .filter(|s| s.is_object())
-            .or(rope_params)
-        {
-            Some(s) if s.is_object() => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let f = |k: &str, d: f64| s.get(k).and_then(Value::as_f64).unwrap_or(d);
-                match kind {
-                    "linear" => Some(RopeScaling::Linear { factor: f("factor", 1.0) }),
-                    "llama3" => Some(RopeScaling::Llama3 {
-                        factor: f("factor", 8.0),
-                        low_freq_factor: f("low_freq_factor", 1.0),
-                        high_freq_factor: f("high_freq_factor", 4.0),
-                        original_max_position_embeddings: f("original_max_position_embeddings", 8192.0),
-                    }),
-                    "default" | "" => None,
-                    other => bail!("config.json: rope_scaling type {other:?} is not supported (supported: linear, llama3)"),
-                }
-            }
-            _ => None,
-        };
-        Ok(Self {
-            hidden_size,
-            intermediate_size: need("intermediate_size")?,
-            num_layers: need("num_hidden_layers")?,
-            num_heads,
-            num_kv_heads: get_usize(v, "num_key_value_heads").unwrap_or(num_heads),
-            head_dim: get_usize(v, "head_dim").unwrap_or(hidden_size / num_heads),
-            vocab_size: need("vocab_size")?,
-            max_position_embeddings: get_usize(v, "max_position_embeddings").unwrap_or(4096),
-            rms_norm_eps: v
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
-            rope_theta: v
-                .get("rope_theta")
-                .and_then(Value::as_f64)
-                .or_else(|| rope_params.and_then(|p| p.get("rope_theta")?.as_f64()))
-                .unwrap_or(10_000.0),
-            rope_scaling,
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            bos_token_id: ids_of(v.get("bos_token_id")).first().copied(),
-            eos_token_ids: ids_of(v.get("eos_token_id")),
-        })
+        super::family::parse_hf_config(v)
     }
 
-    /// Reads llama.cpp's GGUF metadata (`llama.*` keys).
+    /// Reads llama.cpp's GGUF metadata (see [`super::weights::config_from_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
-        let md = &content.metadata;
-        let arch = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| "llama".into());
-        let key = |k: &str| format!("{arch}.{k}");
-        let u = |k: &str| -> Result<usize> {
-            md.get(&key(k))
-                .ok_or_else(|| anyhow!("GGUF metadata `{}` is missing", key(k)))?
-                .to_u32()
-                .map(|x| x as usize)
-                .map_err(|e| anyhow!("GGUF metadata `{}`: {e}", key(k)))
-        };
-        let f = |k: &str, d: f64| {
-            md.get(&key(k))
-                .and_then(|v| v.to_f32().ok())
-                .map(f64::from)
-                .unwrap_or(d)
-        };
-        let hidden_size = u("embedding_length")?;
-        let num_heads = u("attention.head_count")?;
-        let vocab_size = match md
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok())
-        {
-            Some(t) => t.len(),
-            None => content
-                .tensor_infos
-                .get("token_embd.weight")
-                .map(|t| t.shape.dims()[0])
-                .ok_or_else(|| anyhow!("GGUF: no vocabulary and no token_embd.weight"))?,
-        };
-        let tok_u32 = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
-        Ok(Self {
-            hidden_size,
-            intermediate_size: u("feed_forward_length")?,
-            num_layers: u("block_count")?,
-            num_heads,
-            num_kv_heads: u("attention.head_count_kv").unwrap_or(num_heads),
-            head_dim: u("attention.key_length").unwrap_or(hidden_size / num_heads),
-            vocab_size,
-            max_position_embeddings: u("context_length").unwrap_or(4096),
-            rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
-            rope_theta: f("rope.freq_base", 10_000.0),
-            rope_scaling: None,
-            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-            bos_token_id: tok_u32("tokenizer.ggml.bos_token_id"),
-            eos_token_ids: tok_u32("tokenizer.ggml.eos_token_id").into_iter().collect(),
-        })
+        super::weights::config_from_gguf(content)
     }
 
     /// Parameter count (embeddings and head included).
@@ -250,67 +122,101 @@ impl LlamaConfig {
         );
         let q = (self.num_heads * self.head_dim) as u64;
         let kv = (self.num_kv_heads * self.head_dim) as u64;
-        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;
+        let b = |on: bool, n: u64| if on { n } else { 0 };
+        let norm = if self.norm == NormKind::LayerNorm {
+            2 * h
+        } else {
+            h
+        };
+        let mlp = if self.family.gated_mlp() {
+            3 * h * i + b(self.mlp_bias, 2 * i + h)
+        } else {
+            2 * h * i + b(self.mlp_bias, i + h)
+        };
+        let norms = norm * if self.sandwich_norms { 4 } else { 2 }
+            + if self.qk_norm {
+                2 * self.head_dim as u64
+            } else {
+                0
+            };
+        let layer = h * q * 2
+            + h * kv * 2
+            + b(self.qkv_bias, q + 2 * kv)
+            + b(self.out_bias, h)
+            + mlp
+            + norms;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_layers as u64 * layer + h + head
-    }
-
-    /// Inverse frequencies per rotary pair, with `rope_scaling` applied.
-    fn inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        (0..d / 2)
-            .map(|i| {
-                let f = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64);
-                let f = match &self.rope_scaling {
-                    None => f,
-                    Some(RopeScaling::Linear { factor }) => f / factor,
-                    Some(RopeScaling::Llama3 {
-                        factor,
-                        low_freq_factor,
-                        high_freq_factor,
-                        original_max_position_embeddings,
-                    }) => {
-                        let low_wavelen = original_max_position_embeddings / low_freq_factor;
-                        let high_wavelen = original_max_position_embeddings / high_freq_factor;
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / factor
-                        } else {
-                            let smooth = (original_max_position_embeddings / wavelen
-                                - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    }
-                };
-                f as f32
-            })
-            .collect()
+        let positions = if self.learned_positions {
+            self.max_position_embeddings as u64 * h
+        } else {
+            0
+        };
+        v * h + positions + self.num_layers as u64 * layer + norm + head
     }
 }
 
-/// A projection: dense weights (safetensors) or llama.cpp-quantised blocks (GGUF).
+/// The weights of a projection: dense (safetensors, float GGUF) or llama.cpp-quantised blocks.
 #[derive(Debug, Clone)]
-enum Linear {
+pub(crate) enum LinearWeight {
     /// (out, in) weight.
     Dense(Tensor),
     Quant(QMatMul),
 }
 
+/// A projection, with its bias where the family has one.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: LinearWeight,
+    /// The bias as a tensor (prefill) and as a row (the one-token CPU path).
+    bias: Option<(Tensor, Vec<f32>)>,
+}
+
 impl Linear {
+    pub(crate) fn new(weight: LinearWeight, bias: Option<Tensor>) -> Result<Self> {
+        let bias = match bias {
+            Some(b) => {
+                let b = b.to_dtype(DType::F32)?;
+                let row = b.flatten_all()?.to_vec1::<f32>()?;
+                Some((b, row))
+            }
+            None => None,
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub(crate) fn dense(w: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::new(LinearWeight::Dense(w), bias)
+    }
+
     /// The weight as the CPU decode kernels see it.
     fn decode_weight(&self) -> gemv::Weight<'_> {
-        match self {
-            Linear::Dense(w) | Linear::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+        match &self.weight {
+            LinearWeight::Dense(w)
+            | LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 gemv::Weight::Dense(w)
             }
-            Linear::Quant(QMatMul::QTensor(t)) => gemv::Weight::Quantized(t),
+            LinearWeight::Quant(QMatMul::QTensor(t)) => gemv::Weight::Quantized(t),
+        }
+    }
+
+    /// Adds the bias to a row the decode kernels computed.
+    fn add_bias_row(&self, row: &mut [f32]) {
+        if let Some((_, b)) = &self.bias {
+            for (x, b) in row.iter_mut().zip(b) {
+                *x += b;
+            }
         }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.forward_weight(x)?;
+        match &self.bias {
+            Some((b, _)) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    fn forward_weight(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s, i) = x.dims3()?;
         // One token on the CPU: the bandwidth-bound matrix-vector kernels.
         if b * s == 1 {
@@ -318,9 +224,9 @@ impl Linear {
                 return Ok(y);
             }
         }
-        match self {
-            Linear::Dense(w) => dense_matmul(x, w, (b, s, i)),
-            Linear::Quant(q) => {
+        match &self.weight {
+            LinearWeight::Dense(w) => dense_matmul(x, w, (b, s, i)),
+            LinearWeight::Quant(q) => {
                 // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
                 // slower than widening the block to f32 and using the dense GEMM.
                 if let QMatMul::QTensor(t) = q {
@@ -336,36 +242,71 @@ impl Linear {
             }
         }
     }
-}
 
-/// Several projections of the same input (q/k/v, gate/up), each through [`Linear::forward`].
-/// (One-token steps on the CPU fuse them instead: [`mlp`], `LlamaModel::decode_attention_cpu`.)
-fn project<const N: usize>(x: &Tensor, linears: [&Linear; N]) -> candle_core::Result<[Tensor; N]> {
-    let mut tensors = Vec::with_capacity(N);
-    for l in linears {
-        tensors.push(l.forward(x)?);
+    /// Several projections of the same input as one pass of the CPU decode kernels, biases
+    /// added; `None` where the kernels do not read the operands.
+    fn decode_many<const N: usize>(
+        x: &Tensor,
+        linears: [&Linear; N],
+    ) -> candle_core::Result<Option<[Vec<f32>; N]>> {
+        let weights = linears.map(Linear::decode_weight);
+        let Some(outs) = gemv::matvec_many(x, &weights)? else {
+            return Ok(None);
+        };
+        let Ok(mut outs) = <[Vec<f32>; N]>::try_from(outs) else {
+            return Ok(None);
+        };
+        for (row, l) in outs.iter_mut().zip(linears) {
+            l.add_bias_row(row);
+        }
+        Ok(Some(outs))
     }
-    <[Tensor; N]>::try_from(tensors)
-        .map_err(|_| candle_core::Error::Msg("projection count mismatch".into()))
 }
 
-/// `down(silu(gate(x)) · up(x))`. For one token on the CPU, gate and up run as one pass of the
-/// decode kernels and the gating is applied to their rows directly.
-fn mlp(layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, s, _) = x.dims3()?;
-    if b * s == 1 {
-        let weights = [layer.gate.decode_weight(), layer.up.decode_weight()];
-        if let Some(outs) = gemv::matvec_many(x, &weights)? {
-            if let Ok([mut gate, up]) = <[Vec<f32>; 2]>::try_from(outs) {
-                for (g, u) in gate.iter_mut().zip(&up) {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }
-                return layer.down.forward(&gemv::row_tensor(gate, x)?);
+/// A normalisation layer: RMSNorm (weight as applied, so Gemma's `1 + w` is stored added) or
+/// LayerNorm (with bias).
+#[derive(Debug, Clone)]
+pub(crate) struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// The weight as a row, for the per-head q/k norms of the one-token CPU path.
+    row: Vec<f32>,
+}
+
+impl Norm {
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let weight = weight.to_dtype(DType::F32)?;
+        let row = weight.flatten_all()?.to_vec1::<f32>()?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        Ok(Self { weight, bias, row })
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            weight: self.weight.to_dtype(dtype)?,
+            bias: self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?,
+            row: self.row.clone(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+        match &self.bias {
+            None => candle_nn::ops::rms_norm(x, &self.weight, eps),
+            Some(b) => candle_nn::ops::layer_norm(x, &self.weight, b, eps),
+        }
+    }
+
+    /// RMSNorm of each `head_dim` chunk of `x` in place (q/k norms, one token).
+    fn rms_rows(&self, x: &mut [f32], eps: f32) {
+        let d = self.row.len();
+        for head in x.chunks_exact_mut(d) {
+            let mean = head.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (mean + eps).sqrt();
+            for (v, w) in head.iter_mut().zip(&self.row) {
+                *v = *v * r * w;
             }
         }
     }
-    let [gate, up] = project(x, [&layer.gate, &layer.up])?;
-    layer.down.forward(&(gate.silu()? * up)?)
 }
 
 /// `x · wᵀ` for `x` of `dims` `(batch, seq, in)`, returned in `x`'s dtype. Half-precision
@@ -392,39 +333,105 @@ fn dense_matmul(
         .reshape((b, s, ()))
 }
 
-#[derive(Debug, Clone)]
-struct Layer {
-    attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+/// The MLP's activation on a tensor.
+fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::Silu => x.silu(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Gelu => x.gelu_erf(),
+    }
 }
 
-/// The decoder.
+/// The MLP's activation on one value (the one-token CPU path).
+fn activate_one(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::GeluTanh => {
+            let c = (2.0f32 / std::f32::consts::PI).sqrt();
+            0.5 * x * (1.0 + (c * x * (1.0 + 0.044715 * x * x)).tanh())
+        }
+        Activation::Gelu => {
+            let v = f64::from(x);
+            (0.5 * v * (1.0 + candle_core::cpu::erf::erf_f64(v / std::f64::consts::SQRT_2))) as f32
+        }
+    }
+}
+
+/// One decoder block's weights.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Norm,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) q_norm: Option<Norm>,
+    pub(crate) k_norm: Option<Norm>,
+    /// Gemma's norm of the attention output before the residual.
+    pub(crate) post_attn_norm: Option<Norm>,
+    /// The norm before the MLP.
+    pub(crate) ffn_norm: Norm,
+    /// Gemma's norm of the MLP output before the residual.
+    pub(crate) post_ffn_norm: Option<Norm>,
+    /// `None` for ungated MLPs (`down(act(up(x)))`).
+    pub(crate) gate: Option<Linear>,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+}
+
+impl Layer {
+    fn norms_to(&mut self, dtype: DType) -> Result<()> {
+        for n in [
+            Some(&mut self.attn_norm),
+            self.q_norm.as_mut(),
+            self.k_norm.as_mut(),
+            self.post_attn_norm.as_mut(),
+            Some(&mut self.ffn_norm),
+            self.post_ffn_norm.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *n = n.to_dtype(dtype)?;
+        }
+        Ok(())
+    }
+}
+
+/// The weights of a whole decoder, as a loader assembles them.
+pub(crate) struct Parts {
+    pub(crate) embed: Tensor,
+    pub(crate) positions: Option<Tensor>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Norm,
+    pub(crate) lm_head: Linear,
+}
+
+/// The decoder of every supported text family (see [`Family`]).
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
     pub config: LlamaConfig,
     embed: Tensor,
+    /// Learned absolute positions (GPT-2).
+    positions: Option<Tensor>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Linear,
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary parameters of global and of sliding-window layers.
+    ropes: [RopeSpec; 2],
     interleaved_rope: bool,
     device: Device,
     /// Activation dtype.
     dtype: DType,
 }
 
-/// The rotary angles of one position, `head_dim / 2` each.
-struct RopeRow {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+/// The rotary angles of one forward call for one kind of layer: rows (one-token CPU path)
+/// and tensors `(seq, rotary_dim / 2)` (general path).
+struct Angles {
+    cos_row: Vec<f32>,
+    sin_row: Vec<f32>,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// Keys and values of every layer, preallocated to `capacity` positions.
@@ -462,158 +469,67 @@ impl KvCache {
 }
 
 impl LlamaModel {
-    /// Builds from safetensors through `vb` rooted where `model.` and `lm_head.` live.
+    /// Builds from safetensors through `vb` rooted where `model.` and `lm_head.` live
+    /// (the prefixes of Llama-style checkpoints; other families' names are found from the
+    /// config's family).
     pub fn from_hf(
         config: LlamaConfig,
         vb: VarBuilder,
         model_prefix: &str,
         lm_head_prefix: &str,
     ) -> Result<Self> {
-        let c = &config;
-        let vbm = vb.pp(model_prefix);
-        let embed = vbm
-            .get((c.vocab_size, c.hidden_size), "embed_tokens.weight")
-            .context("loading embed_tokens")?;
-        let q_out = c.num_heads * c.head_dim;
-        let kv_out = c.num_kv_heads * c.head_dim;
-        let lin = |vb: &VarBuilder, o: usize, i: usize, name: &str| -> Result<Linear> {
-            Ok(Linear::Dense(
-                vb.get((o, i), name)
-                    .with_context(|| format!("loading {name}"))?,
-            ))
-        };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let vbl = vbm.pp(format!("layers.{l}"));
-            let a = vbl.pp("self_attn");
-            let m = vbl.pp("mlp");
-            layers.push(Layer {
-                attn_norm: vbl.get(c.hidden_size, "input_layernorm.weight")?,
-                q: lin(&a, q_out, c.hidden_size, "q_proj.weight")?,
-                k: lin(&a, kv_out, c.hidden_size, "k_proj.weight")?,
-                v: lin(&a, kv_out, c.hidden_size, "v_proj.weight")?,
-                o: lin(&a, c.hidden_size, q_out, "o_proj.weight")?,
-                ffn_norm: vbl.get(c.hidden_size, "post_attention_layernorm.weight")?,
-                gate: lin(&m, c.intermediate_size, c.hidden_size, "gate_proj.weight")?,
-                up: lin(&m, c.intermediate_size, c.hidden_size, "up_proj.weight")?,
-                down: lin(&m, c.hidden_size, c.intermediate_size, "down_proj.weight")?,
-            });
-        }
-        let norm = vbm.get(c.hidden_size, "norm.weight")?;
-        let lm_head = if c.tie_word_embeddings {
-            Linear::Dense(embed.clone())
-        } else {
-            lin(
-                &vb.pp(lm_head_prefix),
-                c.vocab_size,
-                c.hidden_size,
-                "weight",
-            )?
-        };
+        let parts = super::weights::load_hf(&config, &vb, model_prefix, lm_head_prefix)?;
         let device = vb.device().clone();
         let mut dtype = vb.dtype();
-        let (mut embed, mut norm) = (embed, norm);
         if device.is_cpu() && matches!(dtype, DType::F16 | DType::BF16) {
             // On the CPU, half-precision weights are read as stored and widened in registers,
             // and the activations are f32 (as llama.cpp does with f16 GGUF weights): CPUs have
             // no fast half-precision arithmetic, and candle's f16 ops on the CPU run at a
             // fraction of its f32 speed.
             dtype = DType::F32;
-            embed = embed.to_dtype(DType::F32)?;
-            norm = norm.to_dtype(DType::F32)?;
-            for layer in &mut layers {
-                layer.attn_norm = layer.attn_norm.to_dtype(DType::F32)?;
-                layer.ffn_norm = layer.ffn_norm.to_dtype(DType::F32)?;
-            }
         }
-        Self::assemble(config, embed, layers, norm, lm_head, false, device, dtype)
+        Self::assemble(config, parts, false, device, dtype)
     }
 
-    /// Builds from a GGUF file as llama.cpp writes it.
+    /// Builds from a GGUF file as llama.cpp's converter writes it.
     pub fn from_gguf<R: Read + Seek>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(content)?;
-        let mut get = |name: &str| -> Result<candle_core::quantized::QTensor> {
-            content
-                .tensor(reader, name, device)
-                .with_context(|| format!("GGUF tensor `{name}`"))
-        };
-        let embed_q = get("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
-        let lm_head = if config.tie_word_embeddings {
-            Linear::Quant(QMatMul::from_qtensor(embed_q)?)
-        } else {
-            Linear::Quant(QMatMul::from_qtensor(get("output.weight")?)?)
-        };
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for l in 0..config.num_layers {
-            let mut q = |n: &str| -> Result<Linear> {
-                let t = get(&format!("blk.{l}.{n}.weight"))?;
-                Ok(match t.dtype() {
-                    // candle would widen f16 to f32; kept as stored, decode reads half the bytes.
-                    GgmlDType::F16 => Linear::Dense(t.dequantize_f16(device)?),
-                    // Plain floats are dense weights: the decode kernels apply.
-                    GgmlDType::F32 | GgmlDType::BF16 => Linear::Dense(t.dequantize(device)?),
-                    _ => Linear::Quant(QMatMul::from_qtensor(t)?),
-                })
-            };
-            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
-            let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
-            layers.push(Layer {
-                attn_norm: get(&format!("blk.{l}.attn_norm.weight"))?.dequantize(device)?,
-                q: wq,
-                k: wk,
-                v: wv,
-                o: wo,
-                ffn_norm: get(&format!("blk.{l}.ffn_norm.weight"))?.dequantize(device)?,
-                gate,
-                up,
-                down,
-            });
-        }
-        let norm = get("output_norm.weight")?.dequantize(device)?;
-        Self::assemble(
-            config,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            true,
-            device.clone(),
-            DType::F32,
-        )
+        let parts = super::weights::load_gguf(&config, content, reader, device)?;
+        // llama.cpp's converter permutes q/k rows (interleaved rotation) only for `llama`.
+        let interleaved = config.family.gguf_arch() == "llama";
+        Self::assemble(config, parts, interleaved, device.clone(), DType::F32)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: LlamaConfig,
-        embed: Tensor,
-        layers: Vec<Layer>,
-        norm: Tensor,
-        lm_head: Linear,
+        parts: Parts,
         interleaved_rope: bool,
         device: Device,
         dtype: DType,
     ) -> Result<Self> {
-        let inv = config.inv_freq();
-        let half = inv.len();
-        let max = config.max_position_embeddings;
-        let inv = Tensor::from_vec(inv, (1, half), &device)?;
-        let pos = Tensor::arange(0u32, max as u32, &device)?
-            .to_dtype(DType::F32)?
-            .reshape((max, 1))?;
-        let freqs = pos.broadcast_mul(&inv)?;
-        Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            config,
+        let Parts {
             embed,
-            layers,
+            positions,
+            mut layers,
             norm,
             lm_head,
+        } = parts;
+        for layer in &mut layers {
+            layer.norms_to(dtype)?;
+        }
+        let ropes = [config.rope_spec(false), config.rope_spec(true)];
+        Ok(Self {
+            embed: embed.to_dtype(dtype)?,
+            positions: positions.map(|p| p.to_dtype(dtype)).transpose()?,
+            norm: norm.to_dtype(dtype)?,
+            config,
+            layers,
+            lm_head,
+            ropes,
             interleaved_rope,
             device,
             dtype,
@@ -647,11 +563,31 @@ impl LlamaModel {
         })
     }
 
-    /// Token embeddings, `(seq, hidden)` in the activation dtype.
+    /// Token embeddings, `(seq, hidden)` in the activation dtype, with the family's embedding
+    /// scale (Gemma's √hidden) applied.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
         let _span = profile::span("op", "embed");
         let ids = Tensor::new(ids, &self.device)?;
-        Ok(self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?)
+        let e = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
+        Ok(match self.config.embed_scale {
+            // transformers multiplies by the scale rounded to the activation dtype.
+            Some(s) => e.affine(s as f32 as f64, 0.0)?,
+            None => e,
+        })
+    }
+
+    fn angles(&self, spec: &RopeSpec, offset: usize, seq: usize) -> Result<Angles> {
+        let (cos_row, sin_row) = spec.angles(offset, seq);
+        let half = spec.rotary_dim / 2;
+        let t = |v: &Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v.clone(), (seq, half), &self.device)?.to_dtype(self.dtype)?)
+        };
+        Ok(Angles {
+            cos: t(&cos_row)?,
+            sin: t(&sin_row)?,
+            cos_row,
+            sin_row,
+        })
     }
 
     /// Runs `embeds` (`(seq, hidden)`) after what the cache holds; returns the logits of the
@@ -679,76 +615,138 @@ impl LlamaModel {
             );
         }
         let c = &self.config;
+        let embeds = match &self.positions {
+            Some(p) => embeds.broadcast_add(&p.narrow(0, offset, seq)?)?,
+            None => embeds.clone(),
+        };
         let mut x = embeds.unsqueeze(0)?;
-        let cos = self.cos.narrow(0, offset, seq)?;
-        let sin = self.sin.narrow(0, offset, seq)?;
-        let mask = if seq > 1 {
-            Some(self.causal_mask(seq, offset)?)
+        // The rotary angles of this call, for global and (where they differ) local layers.
+        let rotary = c.rotary_dim > 0;
+        let global = rotary
+            .then(|| self.angles(&self.ropes[0], offset, seq))
+            .transpose()?;
+        let local = (rotary && self.ropes[1] != self.ropes[0])
+            .then(|| self.angles(&self.ropes[1], offset, seq))
+            .transpose()?;
+        let masks = if seq > 1 {
+            let full = self.causal_mask(seq, offset, None)?;
+            let window = c
+                .sliding_window
+                .map(|w| self.causal_mask(seq, offset, Some(w)))
+                .transpose()?;
+            Some((full, window))
         } else {
             None
         };
-        // One token on the CPU in f32: the rotary angles of its position as plain rows, read
-        // once for every layer's `decode_attention_cpu`.
-        let decode_rope = if seq == 1 && self.device.is_cpu() && self.dtype == DType::F32 {
-            Some(RopeRow {
-                cos: cos.flatten_all()?.to_vec1()?,
-                sin: sin.flatten_all()?.to_vec1()?,
-            })
-        } else {
-            None
-        };
+        // One token on the CPU in f32: the fused kernels read rows directly.
+        let fast = seq == 1 && self.device.is_cpu() && self.dtype == DType::F32;
         let eps = c.rms_norm_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 return Err(Stopped.into());
             }
             let _layer = profile::span_with("layer", || format!("layer {l}"));
+            let sliding = c.sliding_layers[l];
+            let window = if sliding { c.sliding_window } else { None };
+            let angles = if sliding && local.is_some() {
+                local.as_ref()
+            } else {
+                global.as_ref()
+            };
+            let mask = masks.as_ref().map(|(full, win)| match (window, win) {
+                (Some(_), Some(w)) => w,
+                _ => full,
+            });
             let h = {
                 let _s = profile::span("op", "attn_norm");
-                candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?
+                layer.attn_norm.forward(&x, eps)?
             };
             let attn = {
                 let _s = profile::span("op", "attention");
-                let fused = match &decode_rope {
-                    Some(rope) => self.decode_attention_cpu(layer, &h, rope, cache, l, offset)?,
-                    None => None,
+                let fused = if fast {
+                    self.decode_attention_cpu(layer, &h, angles, window, cache, l, offset)?
+                } else {
+                    None
                 };
                 match fused {
                     Some(out) => out,
-                    None => {
-                        self.attention(layer, &h, &cos, &sin, mask.as_ref(), cache, l, offset)?
-                    }
+                    None => self.attention(layer, &h, angles, mask, window, cache, l, offset)?,
                 }
             };
+            let attn = match &layer.post_attn_norm {
+                Some(n) => n.forward(&attn, eps)?,
+                None => attn,
+            };
+            if c.parallel_residual {
+                let h = layer.ffn_norm.forward(&x, eps)?;
+                let m = {
+                    let _s = profile::span("op", "mlp");
+                    self.mlp(layer, &h)?
+                };
+                x = ((x + attn)? + m)?;
+                continue;
+            }
             x = (x + attn)?;
             let h = {
                 let _s = profile::span("op", "ffn_norm");
-                candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?
+                layer.ffn_norm.forward(&x, eps)?
             };
-            let mlp = {
+            let m = {
                 let _s = profile::span("op", "mlp");
-                mlp(layer, &h)?
+                self.mlp(layer, &h)?
             };
-            x = (x + mlp)?;
+            let m = match &layer.post_ffn_norm {
+                Some(n) => n.forward(&m, eps)?,
+                None => m,
+            };
+            x = (x + m)?;
         }
         cache.len = offset + seq;
         let _head = profile::span("op", "lm_head");
         let last = x.narrow(1, seq - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        Ok(self
+        let last = self.norm.forward(&last, eps)?;
+        let logits = self
             .lm_head
             .forward(&last)?
             .flatten_all()?
-            .to_dtype(DType::F32)?)
+            .to_dtype(DType::F32)?;
+        Ok(match c.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
     }
 
-    /// `(seq, offset + seq)` additive mask: position `offset + i` sees keys `0..=offset + i`.
-    fn causal_mask(&self, seq: usize, offset: usize) -> Result<Tensor> {
+    /// `down(act(gate(x)) · up(x))`, or `down(act(up(x)))` for ungated families. For one token
+    /// on the CPU, gate and up run as one pass of the decode kernels and the gating is applied
+    /// to their rows directly.
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let act = self.config.activation;
+        let (b, s, _) = x.dims3()?;
+        let Some(gate) = &layer.gate else {
+            return layer.down.forward(&activate(&layer.up.forward(x)?, act)?);
+        };
+        if b * s == 1 {
+            if let Some([mut g, u]) = Linear::decode_many(x, [gate, &layer.up])? {
+                for (g, u) in g.iter_mut().zip(&u) {
+                    *g = activate_one(*g, act) * u;
+                }
+                return layer.down.forward(&gemv::row_tensor(g, x)?);
+            }
+        }
+        let (g, u) = (gate.forward(x)?, layer.up.forward(x)?);
+        layer.down.forward(&(activate(&g, act)? * u)?)
+    }
+
+    /// `(seq, offset + seq)` additive mask: position `offset + i` sees keys `0..=offset + i`,
+    /// and with a window only the last `window` of them.
+    fn causal_mask(&self, seq: usize, offset: usize, window: Option<usize>) -> Result<Tensor> {
         let total = offset + seq;
         let mask: Vec<f32> = (0..seq)
             .flat_map(|i| {
+                let q = offset + i;
                 (0..total).map(move |j| {
-                    if j > offset + i {
+                    let too_old = window.is_some_and(|w| j + w <= q);
+                    if j > q || too_old {
                         f32::NEG_INFINITY
                     } else {
                         0.0
@@ -759,67 +757,94 @@ impl LlamaModel {
         Ok(Tensor::from_vec(mask, (seq, total), &self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// Rotates the first `rotary_dim` dimensions of each head of `x` `(1, heads, seq, hd)`.
+    fn rotate(&self, x: &Tensor, a: &Angles) -> candle_core::Result<Tensor> {
+        let hd = self.config.head_dim;
+        let rot = self.config.rotary_dim;
+        let rope = |t: &Tensor| {
+            if self.interleaved_rope {
+                candle_nn::rotary_emb::rope_i(t, &a.cos, &a.sin)
+            } else {
+                candle_nn::rotary_emb::rope(t, &a.cos, &a.sin)
+            }
+        };
+        if rot == hd {
+            return rope(x);
+        }
+        let turned = rope(&x.narrow(3, 0, rot)?.contiguous()?)?;
+        Tensor::cat(&[turned, x.narrow(3, rot, hd - rot)?], 3)?.contiguous()
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        angles: Option<&Angles>,
         mask: Option<&Tensor>,
+        window: Option<usize>,
         cache: &mut KvCache,
         l: usize,
         offset: usize,
     ) -> Result<Tensor> {
         let c = &self.config;
+        let eps = c.rms_norm_eps as f32;
         let (_, seq, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let [q, k, v] = project(x, [&layer.q, &layer.k, &layer.v])?;
-        let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k
-            .reshape((1, seq, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let (q, k, v) = (
+            layer.q.forward(x)?,
+            layer.k.forward(x)?,
+            layer.v.forward(x)?,
+        );
+        let mut q = q.reshape((1, seq, nh, hd))?;
+        let mut k = k.reshape((1, seq, nkv, hd))?;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = qn.forward(&q.contiguous()?, eps)?;
+            k = kn.forward(&k.contiguous()?, eps)?;
+        }
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
         let v = v
             .reshape((1, seq, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let (q, k) = if self.interleaved_rope {
-            (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-            )
-        } else {
-            (
-                candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin)?,
-            )
+        let (q, k) = match angles {
+            Some(a) => (self.rotate(&q, a)?, self.rotate(&k, a)?),
+            None => (q, k),
         };
         cache.k[l].slice_set(&k, 2, offset)?;
         cache.v[l].slice_set(&v, 2, offset)?;
         let total = offset + seq;
-        let scale = 1.0 / (hd as f64).sqrt();
-        if seq == 1 {
+        let scale = c.attn_scale;
+        if seq == 1 && window.is_none() && c.attn_softcap.is_none() {
             if let Some(out) =
                 super::gemv::decode_attention(&q, &cache.k[l], &cache.v[l], total, scale as f32)?
             {
                 return Ok(layer.o.forward(&out)?);
             }
         }
-        let keys = cache.k[l].narrow(2, 0, total)?;
-        let values = cache.v[l].narrow(2, 0, total)?;
+        // Only the keys a window can reach are read.
+        let start = match window {
+            Some(w) => (offset + 1).saturating_sub(w),
+            None => 0,
+        };
+        let keys = cache.k[l].narrow(2, start, total - start)?;
+        let values = cache.v[l].narrow(2, start, total - start)?;
         // Grouped-query attention without copying K/V per head: fold each group of query heads
         // into the rows of its key/value head.
         let groups = nh / nkv;
         let q = q.reshape((nkv, groups * seq, hd))?;
         let keys = keys.squeeze(0)?;
         let values = values.squeeze(0)?;
-        let scores = (q.matmul(&keys.t()?)? * scale)?;
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if let Some(cap) = c.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
         let scores = match mask {
             Some(m) => scores
-                .reshape((nkv, groups, seq, total))?
-                .broadcast_add(m)?
-                .reshape((nkv, groups * seq, total))?,
+                .reshape((nkv, groups, seq, total - start))?
+                .broadcast_add(&m.narrow(1, start, total - start)?)?
+                .reshape((nkv, groups * seq, total - start))?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
@@ -833,38 +858,60 @@ impl LlamaModel {
     }
 
     /// One token's attention on the CPU in f32 without intermediate tensors: q/k/v as one pass
-    /// of the decode kernels, rotary embedding applied to the rows in place, keys and values
-    /// written into the cache, attention read straight from the cache buffers. Why: the
-    /// general path is a dozen small tensor operations per layer (reshapes, copies, two rope
-    /// calls that each dispatch to the thread pool), which for one token cost a noticeable
-    /// share of the step. `None` when the weights are of a layout the kernels do not read.
+    /// of the decode kernels (biases added), q/k norms and the rotary embedding applied to the
+    /// rows in place, keys and values written into the cache, attention (window and soft-cap
+    /// included) read straight from the cache buffers. Why: the general path is a dozen small
+    /// tensor operations per layer (reshapes, copies, two rope calls that each dispatch to the
+    /// thread pool), which for one token cost a noticeable share of the step. `None` when the
+    /// weights are of a layout the kernels do not read.
+    #[allow(clippy::too_many_arguments)]
     fn decode_attention_cpu(
         &self,
         layer: &Layer,
         x: &Tensor,
-        rope: &RopeRow,
+        angles: Option<&Angles>,
+        window: Option<usize>,
         cache: &mut KvCache,
         l: usize,
         offset: usize,
     ) -> Result<Option<Tensor>> {
         let c = &self.config;
-        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let weights = [&layer.q, &layer.k, &layer.v].map(Linear::decode_weight);
-        let Some(outs) = gemv::matvec_many(x, &weights)? else {
+        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        let Some([mut q, mut k, v]) = Linear::decode_many(x, [&layer.q, &layer.k, &layer.v])?
+        else {
             return Ok(None);
         };
-        let Ok([mut q, mut k, v]) = <[Vec<f32>; 3]>::try_from(outs) else {
-            return Ok(None);
-        };
-        gemv::rope_in_place(&mut q, hd, &rope.cos, &rope.sin, self.interleaved_rope);
-        gemv::rope_in_place(&mut k, hd, &rope.cos, &rope.sin, self.interleaved_rope);
+        let eps = c.rms_norm_eps as f32;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            qn.rms_rows(&mut q, eps);
+            kn.rms_rows(&mut k, eps);
+        }
+        if let Some(a) = angles {
+            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                gemv::rope_in_place(
+                    &mut head[..rot],
+                    rot,
+                    &a.cos_row,
+                    &a.sin_row,
+                    self.interleaved_rope,
+                );
+            }
+        }
         let k = Tensor::from_vec(k, (1, nkv, 1, hd), &self.device)?;
         let v = Tensor::from_vec(v, (1, nkv, 1, hd), &self.device)?;
         cache.k[l].slice_set(&k, 2, offset)?;
         cache.v[l].slice_set(&v, 2, offset)?;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let Some(out) =
-            gemv::decode_attention_rows(&q, nh, &cache.k[l], &cache.v[l], offset + 1, scale)?
+        let total = offset + 1;
+        let start = window.map_or(0, |w| total.saturating_sub(w));
+        let Some(out) = gemv::decode_attention_window(
+            &q,
+            nh,
+            &cache.k[l],
+            &cache.v[l],
+            start..total,
+            c.attn_scale as f32,
+            c.attn_softcap.map(|s| s as f32),
+        )?
         else {
             bail!("decode attention: the KV cache is not an f32 CPU buffer");
         };

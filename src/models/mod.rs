@@ -1,11 +1,15 @@
-//! Model code and kernels: the Llama-family language model, LLaVA and its CLIP tower, the CPU
+//! Model code and kernels: the text decoder of every supported family ([`llama`], configured by
+//! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, the CPU
 //! matrix-vector kernels, and the tokenizer read from GGUF metadata.
 //!
 //! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
 
 pub mod clip;
+pub mod family;
 pub mod gemv;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llava;
+pub mod rope;
+pub mod weights;

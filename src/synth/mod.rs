@@ -13,6 +13,7 @@
 //! Which presets exist is said in one place, [`presets`]. Uses models (configurations and the
 //! CLIP constants) and rng. Must not depend on engine, dataset or anything above.
 
+pub mod families;
 pub mod llava;
 pub mod presets;
 
@@ -429,6 +430,17 @@ pub fn write_safetensors(out: &Path, weights: &HashMap<String, Tensor>) -> Resul
         "model.safetensors.index.json",
         &serde_json::to_vec_pretty(&index)?,
     )
+}
+
+/// A text-family preset's config.json (see [`families`]) written in the Hugging Face layout
+/// with seeded random weights under the family's names.
+pub fn write_family(config: &Value, out: &Path, dtype: DType, seed: u64) -> Result<()> {
+    let cfg = crate::models::llama::LlamaConfig::from_hf_json(config)?;
+    write_configs(out, config)?;
+    write_tokenizer_files(out, &tokenizer_json(cfg.vocab_size, &[])?, &[])?;
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let weights = families::random_weights(&cfg, std, seed, dtype, &Device::Cpu)?;
+    write_safetensors(out, &weights)
 }
 
 /// Writes a text preset in the Hugging Face layout (the registry, [`presets::write_model`],

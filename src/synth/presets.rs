@@ -8,41 +8,61 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 
+use super::families::FAMILY_PRESETS;
 use super::llava::{llava_preset, LlavaShape, VISION_PRESETS};
 use super::{llama_preset, LlamaShape, TEXT_PRESETS};
 
-/// A preset's shape: a Llama-family text model, or LLaVA (CLIP tower + projector + Llama).
+/// A preset's shape: a Llama text model, another text family (its config.json, see
+/// [`super::families`]), or LLaVA (CLIP tower + projector + Llama).
 #[derive(Debug, Clone)]
 pub enum Preset {
     Text(LlamaShape),
+    Family(serde_json::Value),
     Vision(LlavaShape),
 }
 
 /// Every preset name, text presets first.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    TEXT_PRESETS.iter().chain(VISION_PRESETS).copied()
+    TEXT_PRESETS
+        .iter()
+        .chain(FAMILY_PRESETS)
+        .chain(VISION_PRESETS)
+        .copied()
 }
 
 /// The names, comma-separated, for help text and errors.
 pub fn list() -> String {
-    names().collect::<Vec<_>>().join(", ")
+    let mut l = names().collect::<Vec<_>>().join(", ");
+    l.push_str("; a text preset NAME@N keeps its first N layers");
+    l
 }
 
-/// The preset called `name`, if there is one.
+/// The preset called `name` (text presets also as `NAME@N`), if there is one. Family configs
+/// carry `dtype` as their `torch_dtype`.
+pub fn lookup_with(name: &str, dtype: DType) -> Result<Option<Preset>> {
+    if let Some(v) = llava_preset(name) {
+        return Ok(Some(Preset::Vision(v)));
+    }
+    if let Some(config) = super::families::preset_config(name, dtype)? {
+        return Ok(Some(Preset::Family(config)));
+    }
+    Ok(llama_preset(name).map(Preset::Text))
+}
+
+/// The preset called `name`, if there is one (f32 configs; a malformed `NAME@N` is none).
 pub fn lookup(name: &str) -> Option<Preset> {
-    llava_preset(name)
-        .map(Preset::Vision)
-        .or_else(|| llama_preset(name).map(Preset::Text))
+    lookup_with(name, DType::F32).ok().flatten()
 }
 
 /// Writes a preset in the Hugging Face layout (vision presets in llava-hf's).
 pub fn write_model(preset: &str, out: &Path, dtype: DType, seed: u64) -> Result<()> {
-    let Some(shape) = lookup(preset) else {
+    let Some(shape) = lookup_with(preset, dtype)? else {
         bail!("unknown preset {preset:?}; presets: {}", list());
     };
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     match shape {
         Preset::Text(shape) => super::write_llama(&shape, out, dtype, seed),
+        Preset::Family(config) => super::write_family(&config, out, dtype, seed),
         Preset::Vision(shape) => super::llava::write_model(&shape, out, dtype, seed),
     }
 }
@@ -56,11 +76,18 @@ mod tests {
         for name in TEXT_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::Text(_))), "{name}");
         }
+        for name in FAMILY_PRESETS {
+            assert!(matches!(lookup(name), Some(Preset::Family(_))), "{name}");
+        }
         for name in VISION_PRESETS {
             assert!(matches!(lookup(name), Some(Preset::Vision(_))), "{name}");
         }
         assert!(lookup("no-such-preset").is_none());
-        assert_eq!(names().count(), TEXT_PRESETS.len() + VISION_PRESETS.len());
+        assert!(matches!(lookup("perf-181m@2"), Some(Preset::Family(_))));
+        assert_eq!(
+            names().count(),
+            TEXT_PRESETS.len() + FAMILY_PRESETS.len() + VISION_PRESETS.len()
+        );
         assert!(list().starts_with("tiny-llama, "), "{}", list());
     }
 
