@@ -259,3 +259,49 @@ fn broken_inputs_are_named_for_what_they_are() {
             "a data set written by `vlmbench prepare`, not a report",
         ));
 }
+
+#[test]
+fn config_values_that_change_the_model_are_checked_not_defaulted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth_model(dir.path(), "tiny-llama");
+    let data = prepare_prompts(dir.path(), "one\n");
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        (
+            "hidden_size",
+            serde_json::Value::Null,
+            "missing `hidden_size`",
+        ),
+        ("num_hidden_layers", 0.into(), "`num_hidden_layers` is 0"),
+        (
+            "rope_theta",
+            "ten thousand".into(),
+            "`rope_theta` must be a number",
+        ),
+        ("num_hidden_layers", 1.into(), "holds weights for layer 1"),
+        ("vocab_size", 10.into(), "`vocab_size`) is 10"),
+    ];
+    for (key, value, why) in cases {
+        let mut c = original.clone();
+        match value {
+            serde_json::Value::Null => {
+                c.as_object_mut().unwrap().remove(key);
+            }
+            v => c[key] = v,
+        }
+        std::fs::write(model.join("config.json"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let report = dir.path().join("r.json");
+        vlmbench()
+            .args(["run", "--model-path"])
+            .arg(&model)
+            .arg("--data-file")
+            .arg(&data)
+            .arg("--report-file")
+            .arg(&report)
+            .assert()
+            .code(1)
+            .stderr(contains(why));
+        assert!(!report.exists(), "{key}: nothing ran");
+    }
+}

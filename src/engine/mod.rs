@@ -14,7 +14,6 @@
 
 pub mod candle_llava;
 pub mod candle_text;
-pub mod config_check;
 pub mod decode;
 pub mod open;
 pub mod template;

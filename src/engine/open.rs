@@ -24,6 +24,7 @@ use super::candle_llava::CandleLlavaEngine;
 use super::candle_text::CandleTextEngine;
 use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
+use crate::models::config_check;
 use crate::models::family::Family;
 use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use crate::models::llava::{self, LlavaConfig, LlavaModel};
@@ -242,13 +243,18 @@ fn open_hf_dir(
     if arch == "llava" || arch == "llava_next" {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
-    let cfg = LlamaConfig::from_hf_json(&config)
+    // A text model's own config names its shape (only a LLaVA `text_config` may leave keys
+    // at transformers' defaults).
+    let cfg = config_check::check_required(&config)
+        .and_then(|()| LlamaConfig::from_hf_json(&config))
         .with_context(|| format!("reading {}", config_path.display()))?;
     let tokenizer = folder_tokenizer(
         dir,
         opts,
         "pass --tokenizer FILE for a tokenizer.json elsewhere",
     )?;
+    config_check::check_vocab(cfg.vocab_size, &tokenizer)?;
+    check_checkpoint_layers(dir, cfg.num_layers)?;
     let vb = open_weights(dir, dtype, device)?;
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
@@ -257,6 +263,24 @@ fn open_hf_dir(
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
+}
+
+/// Refuses a safetensors checkpoint holding decoder layers past `num_layers` (the config
+/// describes another model than the weights).
+fn check_checkpoint_layers(dir: &Path, num_layers: usize) -> Result<()> {
+    let Ok(files) = safetensor_files(dir) else {
+        return Ok(());
+    };
+    let names: Vec<String> = files
+        .iter()
+        .flat_map(|f| super::truncation::safetensors_names(f))
+        .collect();
+    config_check::check_layer_weights(
+        names.iter().map(String::as_str),
+        num_layers,
+        "num_hidden_layers",
+    )
+    .with_context(|| format!("{}", dir.join("config.json").display()))
 }
 
 /// The weights of a checkpoint folder: safetensors (single or sharded), else PyTorch
@@ -354,6 +378,8 @@ fn open_llava_dir(
         opts,
         "the original LLaVA release ships only tokenizer.model: pass --tokenizer with the tokenizer.json of the matching llava-hf checkpoint, e.g. llava-hf/llava-1.5-7b-hf",
     )?;
+    config_check::check_vocab(cfg.text.vocab_size, &tokenizer)?;
+    check_checkpoint_layers(dir, cfg.text.num_layers)?;
     let vb = open_weights(dir, dtype, device)?;
     let layout = llava::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
     // transformers 5 keeps the image processor's settings inside processor_config.json.
@@ -523,6 +549,15 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         .unwrap_or_else(|| "unknown".into());
     let model = LlamaModel::from_gguf(&content, &mut file, device)
         .with_context(|| format!("loading {}", path.display()))?;
+    config_check::check_vocab(model.config.vocab_size, &tokenizer)
+        .and_then(|()| {
+            config_check::check_layer_weights(
+                content.tensor_infos.keys().map(String::as_str),
+                model.config.num_layers,
+                "block_count",
+            )
+        })
+        .with_context(|| format!("{}", path.display()))?;
     let eos = model.config.eos_token_ids.clone();
     let info = llama_info(opts, &model, quant, device);
     Ok(Box::new(

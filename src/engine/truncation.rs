@@ -50,6 +50,31 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The tensor names a safetensors file's header lists (empty where the header cannot be read:
+/// the loader then says why).
+pub fn safetensors_names(path: &Path) -> Vec<String> {
+    let read = || -> Option<Vec<String>> {
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let n = u64::from_le_bytes(len);
+        if n > f.metadata().ok()?.len() {
+            return None;
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        Some(
+            v.as_object()?
+                .keys()
+                .filter(|k| *k != "__metadata__")
+                .cloned()
+                .collect(),
+        )
+    };
+    read().unwrap_or_default()
+}
+
 /// A GGUF file, once its header is read: every tensor's bytes must lie inside the file.
 pub fn check_gguf(path: &Path, content: &gguf_file::Content) -> Result<()> {
     let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);

@@ -62,7 +62,8 @@ const BOOL_KEYS: &[&str] = &[
     "use_parallel_residual",
 ];
 
-/// The shape keys a top-level text config must give (each as one of its names).
+/// The shape keys a top-level text config must give (each as one of its names; GPT-2's
+/// `n_inner` may be null, meaning 4 × `n_embd`, so only gated families need `intermediate_size`).
 const REQUIRED: &[&[&str]] = &[
     &["hidden_size", "n_embd"],
     &["num_hidden_layers", "n_layer"],
@@ -131,21 +132,19 @@ pub fn check_required(v: &Value) -> Result<()> {
             );
         }
     }
+    if v.get("n_embd").is_none() && v.get("intermediate_size").is_none_or(Value::is_null) {
+        bail!("config.json: missing `intermediate_size`, which fixes the model's shape; add it (it is in the checkpoint's original config.json)");
+    }
     Ok(())
 }
 
-/// A shape that cannot be a model: zero layers, zero width, zero heads, zero vocabulary.
-pub fn check_shape(
-    hidden_size: usize,
-    num_layers: usize,
-    num_heads: usize,
-    vocab_size: usize,
-) -> Result<()> {
+/// A shape that cannot be a model: zero layers, zero width, zero heads (a zero vocabulary is
+/// smaller than any tokenizer's: [`check_vocab`]).
+pub fn check_shape(hidden_size: usize, num_layers: usize, num_heads: usize) -> Result<()> {
     for (key, value) in [
         ("num_hidden_layers", num_layers),
         ("hidden_size", hidden_size),
         ("num_attention_heads", num_heads),
-        ("vocab_size", vocab_size),
     ] {
         if value == 0 {
             bail!("config.json: `{key}` is 0; a model needs at least one");
@@ -240,11 +239,11 @@ mod tests {
     #[test]
     fn required_and_zero_shapes_are_refused() {
         let e = check_required(&json!({"num_hidden_layers": 2, "num_attention_heads": 4,
-            "vocab_size": 9}))
+            "vocab_size": 9, "intermediate_size": 8}))
         .unwrap_err();
         assert!(e.to_string().contains("missing `hidden_size`"), "{e}");
         check_required(&json!({"n_embd": 8, "n_layer": 2, "n_head": 2, "vocab_size": 9})).unwrap();
-        let e = check_shape(64, 0, 4, 100).unwrap_err();
+        let e = check_shape(64, 0, 4).unwrap_err();
         assert!(e.to_string().contains("`num_hidden_layers` is 0"), "{e}");
     }
 
