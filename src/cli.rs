@@ -47,6 +47,20 @@ pub enum Command {
     Plot(PlotArgs),
     /// Write one self-contained HTML page with the summary, environment and charts.
     Html(HtmlArgs),
+    /// Turn the journal of a run that was killed (or crashed) into its report.
+    #[command(after_help = "Example:\n  \
+        vlmbench recover reports/run.journal.jsonl     # writes reports/run.json and run.csv")]
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The journal `vlmbench run` keeps beside its report (`<report>.journal.jsonl`).
+    #[arg(value_name = "JOURNAL")]
+    pub journal: PathBuf,
+    /// Where the report goes (default: the journal's report path, `<report>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub report_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +284,8 @@ pub struct RunArgs {
     /// the GPU, so a profiled run is slower: profile and measure in separate runs.
     #[arg(long)]
     pub profile: bool,
-    /// CPU threads for the model (default: all cores).
+    /// CPU threads for the model (default: all cores). More than the logical CPU count warns;
+    /// more than 8 per logical CPU is refused.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Do not print the summary table.

@@ -488,3 +488,85 @@ async fn workload_presets_make_their_own_set() {
     assert!(!high.status.success());
     assert!(String::from_utf8_lossy(&high.stderr).contains("--context-length"));
 }
+
+/// A serving run killed mid-sweep leaves a journal of every finished request, and
+/// `vlmbench recover` turns it into a serving report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_serving_run_is_recovered_from_its_journal() {
+    let _serial = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let base = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompts_short.json");
+    let report = dir.path().join("killed.json");
+    let journal = dir.path().join("killed.journal.jsonl");
+    let bin = assert_cmd::cargo::cargo_bin("vlmbench");
+    let (b, d, r, j) = (bin.clone(), data.clone(), report.clone(), journal.clone());
+    let recovered = tokio::task::spawn_blocking(move || {
+        let prep = std::process::Command::new(&b)
+            .args(["prepare", "prompts", "--builtin", "short", "--out"])
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(prep.success());
+        let mut child = std::process::Command::new(&b)
+            .args([
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                &base,
+                "--data-file",
+            ])
+            .arg(&d)
+            .args([
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "400",
+                "--warmup",
+                "0",
+            ])
+            .args(["--max-new-tokens", "20", "--report-file"])
+            .arg(&r)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_to_string(&j).map_or(0, |t| t.lines().count()) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request reached the journal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!r.exists(), "killed before its report");
+        let out = std::process::Command::new(&b)
+            .arg("recover")
+            .arg(&j)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&r).unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&recovered).unwrap();
+    assert_eq!(v["kind"], "serving");
+    assert_eq!(v["status"], "interrupted");
+    let level = &v["levels"][0];
+    assert_eq!(level["concurrency"], 1);
+    let done = level["completed"].as_u64().unwrap();
+    assert!((3..400).contains(&done), "{done} requests recovered");
+    assert_eq!(
+        level["total_output_tokens"].as_u64().unwrap(),
+        done * TOKENS
+    );
+    assert!(!journal.exists());
+}

@@ -67,7 +67,8 @@ fn text_model_report_csv_and_invariants() {
         .assert()
         .success()
         .stdout(contains("TTFT (ms)"))
-        .stdout(contains("TPS (tok/s)"));
+        .stdout(contains("TPS per sample (tok/s)"))
+        .stdout(contains("pooled decode throughput"));
     let v = read_json(&report);
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["status"], "complete");

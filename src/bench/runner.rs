@@ -40,15 +40,28 @@ pub struct RunOutcome {
     pub duration_s: f64,
 }
 
+/// The output length a sample runs with: `--max-new-tokens`, or less where the set asks for a
+/// per-sample length (synthetic sets do).
+fn max_new_tokens_of(sample: &crate::dataset::Sample, opts: &RunOptions) -> usize {
+    sample
+        .requested_output_tokens()
+        .map_or(opts.max_new_tokens, |n| {
+            opts.max_new_tokens.min(n.max(1) as usize)
+        })
+}
+
 /// Runs warm-up then the measured samples. Never panics on a bad sample: it is recorded as
 /// failed and the loop goes on. Stops early on Ctrl-C (`cancel`) or a fatal engine error; the
-/// samples finished so far are returned either way.
+/// samples finished so far are returned either way. `on_sample` sees each measured sample as
+/// soon as it finished (the journal writes it out), in run order, with the measured wall time
+/// so far in seconds; the time `on_sample` takes is not counted in the run's duration.
 pub fn run(
     engine: &mut dyn Engine,
     dataset: &LoadedDataset,
     opts: &RunOptions,
     cancel: &AtomicBool,
     progress: &ProgressBar,
+    on_sample: &mut dyn FnMut(&SampleRecord, f64),
 ) -> RunOutcome {
     let samples = &dataset.file.samples[..opts
         .limit
@@ -60,6 +73,27 @@ pub fn run(
         status_detail: None,
         duration_s: 0.0,
     };
+
+    // Buffers sized for the longest sample before anything is timed (warm-up runs shorter
+    // outputs of the same samples, so it is covered too).
+    let images: Vec<_> = samples.iter().map(|s| dataset.image_path(s)).collect();
+    let planned: Vec<GenerationRequest<'_>> = samples
+        .iter()
+        .zip(&images)
+        .map(|(sample, image)| GenerationRequest {
+            prompt: &sample.prompt,
+            image: image.as_deref().filter(|p| p.is_file()),
+            max_new_tokens: max_new_tokens_of(sample, opts),
+            ignore_eos: opts.ignore_eos,
+            cancel,
+        })
+        .collect();
+    if let Err(EngineError::Fatal(e)) = engine.reserve(&planned) {
+        outcome.status = RunStatus::Aborted;
+        outcome.status_detail = Some(format!("engine error while sizing the KV cache: {e:#}"));
+        return outcome;
+    }
+    drop(planned);
 
     if !samples.is_empty() {
         progress.set_message("warming up");
@@ -94,12 +128,16 @@ pub fn run(
         crate::profile::start(engine.device());
     }
     let started = Instant::now();
-    let (mut ttft_sum, mut tps_sum, mut tps_n, mut ok_n) = (0.0, 0.0, 0usize, 0usize);
+    let mut outside = std::time::Duration::ZERO;
+    let (mut ttft_sum, mut ok_n) = (0.0, 0usize);
+    // Pooled decode throughput for the progress line: all decode tokens / all decode time.
+    let (mut decode_tokens, mut decode_ms) = (0usize, 0.0);
     'outer: for repeat in 0..opts.repeat {
         for sample in samples {
             if cancel.load(Ordering::SeqCst) {
                 outcome.status = RunStatus::Interrupted;
-                outcome.status_detail = Some("interrupted by the user (Ctrl-C)".into());
+                outcome.status_detail =
+                    Some("interrupted by a signal (Ctrl-C, SIGTERM or SIGHUP)".into());
                 break 'outer;
             }
             let image = dataset.image_path(sample);
@@ -116,11 +154,7 @@ pub fn run(
                 record.error = Some(format!("image not found: {}", path.display()));
             } else {
                 // A set may ask for a per-sample output length (synthetic sets do).
-                let max_new_tokens = sample
-                    .requested_output_tokens()
-                    .map_or(opts.max_new_tokens, |n| {
-                        opts.max_new_tokens.min(n.max(1) as usize)
-                    });
+                let max_new_tokens = max_new_tokens_of(sample, opts);
                 let request = GenerationRequest {
                     prompt: &sample.prompt,
                     image: image.as_deref(),
@@ -133,10 +167,8 @@ pub fn run(
                         Some(m) => {
                             ok_n += 1;
                             ttft_sum += m.ttft_ms;
-                            if let Some(t) = m.tps {
-                                tps_sum += t;
-                                tps_n += 1;
-                            }
+                            decode_tokens += m.output_tokens.saturating_sub(1);
+                            decode_ms += m.decode_ms;
                             record.ok = true;
                             record.metrics = Some(m);
                             record.output_token_ids = generation.output_token_ids;
@@ -147,7 +179,8 @@ pub fn run(
                     Err(EngineError::Sample(msg)) => record.error = Some(msg),
                     Err(EngineError::Cancelled) => {
                         outcome.status = RunStatus::Interrupted;
-                        outcome.status_detail = Some("interrupted by the user (Ctrl-C)".into());
+                        outcome.status_detail =
+                            Some("interrupted by a signal (Ctrl-C, SIGTERM or SIGHUP)".into());
                         break 'outer;
                     }
                     Err(EngineError::Fatal(e)) => {
@@ -157,22 +190,25 @@ pub fn run(
                     }
                 }
             }
+            let handed = Instant::now();
+            on_sample(&record, (handed - started - outside).as_secs_f64());
+            outside += handed.elapsed();
             outcome.samples.push(record);
             progress.inc(1);
             if ok_n > 0 {
-                let tps = if tps_n > 0 {
-                    format!("{:.1}", tps_sum / tps_n as f64)
+                let tps = if decode_ms > 0.0 {
+                    format!("{:.1}", decode_tokens as f64 / (decode_ms / 1e3))
                 } else {
                     "-".into()
                 };
                 progress.set_message(format!(
-                    "mean TTFT {:.1} ms, mean TPS {tps} tok/s",
+                    "mean TTFT {:.1} ms, pooled decode {tps} tok/s",
                     ttft_sum / ok_n as f64
                 ));
             }
         }
     }
-    outcome.duration_s = started.elapsed().as_secs_f64();
+    outcome.duration_s = (started.elapsed() - outside).as_secs_f64();
     outcome
 }
 
@@ -191,11 +227,23 @@ mod tests {
         calls: usize,
         cancel_on_call: Option<usize>,
         fail_prompt: &'static str,
+        /// `(prompt, max_new_tokens)` of each request `reserve` was given, and how many
+        /// `generate` calls came before it.
+        reserved: Vec<(String, usize)>,
+        calls_before_reserve: Option<usize>,
     }
 
     impl Engine for Scripted {
         fn info(&self) -> &EngineInfo {
             &self.info
+        }
+        fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+            self.calls_before_reserve = Some(self.calls);
+            self.reserved = requests
+                .iter()
+                .map(|r| (r.prompt.to_string(), r.max_new_tokens))
+                .collect();
+            Ok(())
         }
         fn generate(&mut self, r: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
             self.calls += 1;
@@ -239,6 +287,8 @@ mod tests {
             calls: 0,
             cancel_on_call,
             fail_prompt: "bad",
+            reserved: Vec::new(),
+            calls_before_reserve: None,
         }
     }
 
@@ -294,6 +344,7 @@ mod tests {
             &opts(),
             &cancel,
             &ProgressBar::hidden(),
+            &mut |_, _| {},
         );
         assert_eq!(out.status, RunStatus::Complete);
         assert_eq!(out.samples.len(), 8);
@@ -327,9 +378,38 @@ mod tests {
             &o,
             &cancel,
             &ProgressBar::hidden(),
+            &mut |_, _| {},
         );
         assert_eq!(out.status, RunStatus::Interrupted);
         assert_eq!(out.samples.len(), 1);
         assert!(out.samples[0].ok);
+    }
+
+    #[test]
+    fn buffers_are_sized_for_every_measured_sample_before_anything_runs() {
+        let cancel = AtomicBool::new(false);
+        let mut e = engine(None);
+        let mut d = dataset(&["a", "bb", "c"]);
+        d.file.samples[1]
+            .fields
+            .insert("output_tokens".into(), serde_json::json!(2));
+        let mut seen = Vec::new();
+        let out = run(
+            &mut e,
+            &d,
+            &opts(),
+            &cancel,
+            &ProgressBar::hidden(),
+            &mut |s, _| seen.push((s.index, s.repeat)),
+        );
+        assert_eq!(e.calls_before_reserve, Some(0), "reserve before warm-up");
+        assert_eq!(
+            e.reserved,
+            vec![("a".into(), 4), ("bb".into(), 2), ("c".into(), 4)]
+        );
+        // Every measured sample went to `on_sample`, in run order.
+        let order: Vec<_> = out.samples.iter().map(|s| (s.index, s.repeat)).collect();
+        assert_eq!(seen, order);
+        assert_eq!(seen.len(), 6);
     }
 }

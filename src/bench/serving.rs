@@ -59,6 +59,10 @@ pub struct LevelRun {
     pub duration: Duration,
 }
 
+/// Called as each request finishes (cancelled ones included), with its position in the input
+/// and the seconds since the level started (the journal writes it out).
+pub type OnDone = Arc<dyn Fn(usize, &RequestOutcome, f64) + Send + Sync>;
+
 /// Sends every body under the level's load pattern and waits for all of them. Once `cancel` is
 /// set (checked every [`super::cancel::POLL`]), nothing more is sent: requests not yet sent are
 /// dropped (not counted) and those in flight are abandoned at once, recorded as cancelled.
@@ -70,6 +74,28 @@ pub async fn run_level(
     seed: u64,
     cancel: Arc<AtomicBool>,
 ) -> LevelRun {
+    run_level_reporting(
+        http,
+        cfg,
+        bodies,
+        level,
+        seed,
+        cancel,
+        Arc::new(|_, _, _| {}),
+    )
+    .await
+}
+
+/// [`run_level`], handing each request to `on_done` as soon as it finishes.
+pub async fn run_level_reporting(
+    http: reqwest::Client,
+    cfg: Arc<ClientConfig>,
+    bodies: Vec<Vec<u8>>,
+    level: &LoadLevel,
+    seed: u64,
+    cancel: Arc<AtomicBool>,
+    on_done: OnDone,
+) -> LevelRun {
     let n = bodies.len();
     let offsets = arrival_offsets(n, level.request_rate, level.burstiness, seed);
     let open_loop = level.request_rate.is_some_and(|r| r.is_finite());
@@ -79,9 +105,10 @@ pub async fn run_level(
     let start = Instant::now();
     let watch = CancelWatch::spawn(cancel);
     let mut handles = Vec::with_capacity(n);
-    for (body, offset) in bodies.into_iter().zip(offsets) {
+    for (i, (body, offset)) in bodies.into_iter().zip(offsets).enumerate() {
         let (http, cfg, slots, mut cancel) =
             (http.clone(), cfg.clone(), slots.clone(), watch.clone());
+        let on_done = on_done.clone();
         let due = start + offset;
         handles.push(tokio::spawn(async move {
             tokio::select! {
@@ -97,12 +124,12 @@ pub async fn run_level(
             }
             let scheduled = if open_loop { due } else { Instant::now() };
             let mut on_cancel = cancel.clone();
-            Some(
-                send_until(&http, &cfg, body, scheduled, async move {
-                    on_cancel.cancelled().await
-                })
-                .await,
-            )
+            let outcome = send_until(&http, &cfg, body, scheduled, async move {
+                on_cancel.cancelled().await
+            })
+            .await;
+            on_done(i, &outcome, start.elapsed().as_secs_f64());
+            Some(outcome)
         }));
     }
     let mut outcomes = Vec::with_capacity(n);

@@ -16,8 +16,34 @@ use crate::fsutil::sanitize_file_stem;
 
 /// Exit code when the run finished but some samples failed (their errors are in the report).
 pub const EXIT_SOME_FAILED: u8 = 3;
-/// Exit code after Ctrl-C (the report of what finished is still written).
+/// Exit code after Ctrl-C, SIGTERM or SIGHUP (the report of what finished is still written).
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code for arguments that cannot be run (clap's own errors exit with it too).
+pub const EXIT_USAGE: u8 = 2;
+
+/// An argument error: `main` exits with [`EXIT_USAGE`] for it, like clap does for the ones it
+/// finds itself.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Fails with a [`UsageError`].
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::commands::common::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage_bail;
+
+/// The exit code for an error that ended a command: [`EXIT_USAGE`] for argument errors, 1
+/// otherwise.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() {
+        EXIT_USAGE
+    } else {
+        1
+    }
+}
 /// The dtype `--dtype` names; `None` for `auto` (each caller picks its default).
 pub fn dtype_of(arg: DtypeArg) -> Option<candle_core::DType> {
     match arg {
@@ -28,7 +54,8 @@ pub fn dtype_of(arg: DtypeArg) -> Option<candle_core::DType> {
     }
 }
 
-/// First Ctrl-C: finish the report with what is done. Second: leave at once.
+/// First Ctrl-C (or SIGTERM, which schedulers and `timeout` send, or SIGHUP, when the terminal
+/// goes away): finish the report with what is done. Second: leave at once.
 pub fn install_ctrl_c() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();

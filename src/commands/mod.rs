@@ -6,9 +6,11 @@
 
 pub mod common;
 pub mod compare;
+pub mod destination;
 pub mod html;
 pub mod plot;
 pub mod prepare;
+pub mod recover;
 pub mod run;
 pub mod serve;
 pub mod synth_model;

@@ -10,10 +10,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::Tokenizer;
 
 use super::common::{
-    default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
+    default_report_path, install_ctrl_c, load_dataset, usage_bail, utc_now, UsageError,
+    EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
+use super::destination::{write_or_rescue, ReportPaths};
 use crate::bench::request_record::record;
-use crate::bench::serving::{run_level, LoadLevel};
+use crate::bench::serving::{run_level_reporting, LoadLevel};
 use crate::bench::unique_inputs::{SentInput, UniqueInputs};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
@@ -23,10 +25,12 @@ use crate::client::probe;
 use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
+use crate::report::journal::{JournalWriter, RequestLine};
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
+use std::sync::Mutex;
 
 /// Seed of level `k`'s arrival schedule (recorded in the report).
 fn arrival_seed(level: usize) -> u64 {
@@ -44,15 +48,15 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let base_url = s
         .base_url
         .clone()
-        .ok_or_else(|| anyhow!("--backend openai needs --base-url http://HOST:PORT"))?;
+        .ok_or_else(|| UsageError("--backend openai needs --base-url http://HOST:PORT".into()))?;
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        bail!("--base-url {base_url:?} must start with http:// or https://");
+        usage_bail!("--base-url {base_url:?} must start with http:// or https://");
     }
     if s.concurrency.contains(&0) {
-        bail!("--concurrency values must be at least 1");
+        usage_bail!("--concurrency values must be at least 1");
     }
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
-        bail!("--request-rate must be positive (or inf) and --burstiness positive");
+        usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
     let cancel = install_ctrl_c();
     let endpoint = match s.endpoint {
@@ -182,71 +186,15 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     let (started_at, stamp) = utc_now();
-    let mut level_reports = Vec::new();
-    let mut status = RunStatus::Complete;
-    let mut resets = Vec::new();
-    for (k, level) in levels.iter().enumerate() {
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-            break;
-        }
-        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
-        if s.reset_cache {
-            match runtime.block_on(reset_cache(&http, &cfg)) {
-                Ok(path) => resets.push(path),
-                Err(why) => {
-                    eprintln!("warning: --reset-cache: the server has no cache reset ({why})");
-                    resets.push(format!("none answered ({why})"));
-                }
-            }
-        }
-        eprintln!(
-            "level {}/{}: {}, {} requests ...",
-            k + 1,
-            levels.len(),
-            describe_level(level),
-            bodies.len()
-        );
-        let run = runtime.block_on(run_level(
-            http.clone(),
-            cfg.clone(),
-            bodies,
-            level,
-            arrival_seed(k),
-            cancel.clone(),
-        ));
-        let records: Vec<RequestRecord> = run
-            .outcomes
-            .iter()
-            .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &sent[pos], tokenizer.as_ref()))
-            .collect();
-        let mut report = LevelReport::from_requests(
-            level.concurrency,
-            level.request_rate,
-            run.duration.as_secs_f64(),
-            records,
-        );
-        report.arrival_seed = level
-            .request_rate
-            .is_some_and(|r| r.is_finite())
-            .then(|| arrival_seed(k));
-        level_reports.push(report);
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-        }
-    }
-    if s.reset_cache {
-        resets.dedup();
-        inputs.set_cache_reset(resets.join("; "));
-    }
-
-    let report = ServingReport {
+    let paths = ReportPaths::beside(args.report_file.clone().unwrap_or_else(|| {
+        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
+    }));
+    paths.check(&[("--data-file", &data_path)])?;
+    let mut report = ServingReport {
         schema_version: crate::report::REPORT_SCHEMA_VERSION,
         kind: "serving".into(),
-        status,
-        status_detail: (status == RunStatus::Interrupted)
-            .then(|| "interrupted (Ctrl-C or a termination signal)".into()),
+        status: RunStatus::Complete,
+        status_detail: None,
         started_at,
         environment: Environment::capture(None),
         server: ServerInfo {
@@ -270,24 +218,121 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             input_policy: Some(inputs.policy().clone()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
-        levels: level_reports,
+        levels: Vec::new(),
     };
-    let json_path = args.report_file.clone().unwrap_or_else(|| {
-        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
-    });
-    let csv_path = json_path.with_extension("csv");
-    serving::write_json(&report, &json_path)?;
-    serving::write_csv(&report, &csv_path)?;
+    // Each finished request goes to the journal at once (see report::journal).
+    let journal = Arc::new(Mutex::new(Some(JournalWriter::create_serving(
+        &paths.journal,
+        &report,
+    )?)));
+    let journal_tokenizer = Arc::new(tokenizer.clone());
+    let mut level_reports = Vec::new();
+    let mut status = RunStatus::Complete;
+    let mut resets = Vec::new();
+    for (k, level) in levels.iter().enumerate() {
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+            break;
+        }
+        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        let sent = Arc::new(sent);
+        if s.reset_cache {
+            match runtime.block_on(reset_cache(&http, &cfg)) {
+                Ok(path) => resets.push(path),
+                Err(why) => {
+                    eprintln!("warning: --reset-cache: the server has no cache reset ({why})");
+                    resets.push(format!("none answered ({why})"));
+                }
+            }
+        }
+        eprintln!(
+            "level {}/{}: {}, {} requests ...",
+            k + 1,
+            levels.len(),
+            describe_level(level),
+            bodies.len()
+        );
+        let on_done = {
+            let (journal, sent, tokenizer) =
+                (journal.clone(), sent.clone(), journal_tokenizer.clone());
+            let (concurrency, request_rate) = (level.concurrency, level.request_rate);
+            Arc::new(move |pos: usize, o: &_, elapsed_s: f64| {
+                let line = RequestLine {
+                    level: k,
+                    concurrency,
+                    request_rate,
+                    elapsed_s,
+                    request: record(o, &sent[pos], tokenizer.as_ref().as_ref()),
+                };
+                let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Err(e)) = j.as_mut().map(|w| w.append_request(&line)) {
+                    eprintln!("warning: {e:#}; the journal is no longer kept");
+                    *j = None;
+                }
+            })
+        };
+        let run = runtime.block_on(run_level_reporting(
+            http.clone(),
+            cfg.clone(),
+            bodies,
+            level,
+            arrival_seed(k),
+            cancel.clone(),
+            on_done,
+        ));
+        let records: Vec<RequestRecord> = run
+            .outcomes
+            .iter()
+            .zip(&run.positions)
+            .map(|(o, &pos)| record(o, &sent[pos], tokenizer.as_ref()))
+            .collect();
+        let mut level_report = LevelReport::from_requests(
+            level.concurrency,
+            level.request_rate,
+            run.duration.as_secs_f64(),
+            records,
+        );
+        level_report.arrival_seed = level
+            .request_rate
+            .is_some_and(|r| r.is_finite())
+            .then(|| arrival_seed(k));
+        level_reports.push(level_report);
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+        }
+    }
+    if s.reset_cache {
+        resets.dedup();
+        inputs.set_cache_reset(resets.join("; "));
+    }
+    report.config.input_policy = Some(inputs.policy().clone());
+
+    report.status = status;
+    report.status_detail = (status == RunStatus::Interrupted)
+        .then(|| "interrupted by a signal (Ctrl-C, SIGTERM or SIGHUP)".into());
+    report.levels = level_reports;
+    let journal_kept = journal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some();
     if !args.quiet {
         print!("{}", serving::render(&report));
     }
+    let mut bytes = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
+    bytes.push(b'\n');
+    write_or_rescue(&paths.json, &bytes)?;
+    serving::write_csv(&report, &paths.csv)?;
+    if journal_kept {
+        let _ = std::fs::remove_file(&paths.journal);
+    }
     eprintln!(
         "report: {}\nper-request CSV: {}",
-        json_path.display(),
-        csv_path.display()
+        paths.json.display(),
+        paths.csv.display()
     );
     if args.plots {
-        super::plot::beside_serving_report(&report, &json_path)?;
+        super::plot::beside_serving_report(&report, &paths.json)?;
     }
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
@@ -306,7 +351,7 @@ fn apply_workload(
     props: Option<&serde_json::Value>,
 ) -> Result<()> {
     if args.data_file.is_some() {
-        bail!("--workload makes its own data set; do not combine it with --data-file");
+        usage_bail!("--workload makes its own data set; do not combine it with --data-file");
     }
     let needs_context = workload::workload_spec(w).input_tokens.is_none();
     let context = needs_context

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{ensure_cache, prefill_and_decode};
+use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
 use super::template::{tokenize_around_image, PromptTemplate};
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
@@ -73,6 +73,40 @@ impl Engine for CandleLlavaEngine {
 
     fn device(&self) -> Option<candle_core::Device> {
         Some(self.model.device().clone())
+    }
+
+    fn cpu_threads(&self) -> Option<usize> {
+        self.threads.count()
+    }
+
+    fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        let mut needed = 0;
+        for r in requests {
+            // The image's size decides its token count (any-resolution models); only its
+            // header is read here.
+            let size = match r.image {
+                Some(path) => match image::image_dimensions(path) {
+                    Ok((w, h)) => Some((h, w)),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            let text = self.template.render(r.prompt, size.is_some());
+            let Ok(tokens) = tokenize_around_image(
+                &self.tokenizer,
+                &text,
+                self.model.config.image_token_id,
+                size.is_some(),
+            ) else {
+                continue;
+            };
+            let image_tokens = size.map_or(0, |s| self.model.config.image_token_count(s));
+            let input =
+                tokens.before.len() + image_tokens + tokens.after.as_ref().map_or(0, Vec::len);
+            needed = needed.max(input + r.max_new_tokens);
+        }
+        reserve_cache(&self.model.llm, &mut self.cache, needed)?;
+        Ok(())
     }
 
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{ensure_cache, prefill_and_decode};
+use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
 use super::template::PromptTemplate;
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
@@ -58,6 +58,20 @@ impl CandleTextEngine {
         })
     }
 
+    /// The prompt's token ids as the model runs them (template applied, BOS added).
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, EngineError> {
+        let text = match &self.template {
+            Some(t) => t.render(prompt, false),
+            None => prompt.to_string(),
+        };
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::Sample(format!("tokenizer failed: {e}")))?
+            .get_ids()
+            .to_vec())
+    }
+
     /// Wraps every prompt in `template` before tokenizing.
     pub fn with_template(mut self, template: Option<PromptTemplate>) -> Self {
         self.template = template;
@@ -74,6 +88,21 @@ impl Engine for CandleTextEngine {
         Some(self.model.device().clone())
     }
 
+    fn cpu_threads(&self) -> Option<usize> {
+        self.threads.count()
+    }
+
+    fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        let mut needed = 0;
+        for r in requests.iter().filter(|r| r.image.is_none()) {
+            if let Ok(ids) = self.prompt_ids(r.prompt) {
+                needed = needed.max(ids.len() + r.max_new_tokens);
+            }
+        }
+        reserve_cache(&self.model, &mut self.cache, needed)?;
+        Ok(())
+    }
+
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
         let _sample = profile::span("sample", "sample");
         let start = Instant::now();
@@ -84,16 +113,7 @@ impl Engine for CandleTextEngine {
                 self.info.model
             )));
         }
-        let text = match &self.template {
-            Some(t) => t.render(req.prompt, false),
-            None => req.prompt.to_string(),
-        };
-        let ids = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| EngineError::Sample(format!("tokenizer failed: {e}")))?
-            .get_ids()
-            .to_vec();
+        let ids = self.prompt_ids(req.prompt)?;
         let context = self.model.config.max_position_embeddings;
         if ids.len() >= context {
             return Err(EngineError::Sample(format!(
@@ -133,5 +153,71 @@ impl Engine for CandleTextEngine {
                 decode_bytes: d.decode_peak,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::llama::LlamaConfig;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use std::sync::atomic::AtomicBool;
+
+    /// The tiny random Llama with a 4096-token context (the cache starts at 1024).
+    fn tiny_long_context() -> CandleTextEngine {
+        let mut shape = crate::synth::llama_preset("tiny-llama").unwrap();
+        shape.max_position_embeddings = 4096;
+        let (dtype, device) = (DType::F32, Device::Cpu);
+        let cfg = LlamaConfig::from_hf_json(&shape.hf_config(dtype)).unwrap();
+        let weights = shape.random_weights(1, dtype, &device, "").unwrap();
+        let vb = VarBuilder::from_tensors(weights, dtype, &device);
+        let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head").unwrap();
+        let tokenizer = Tokenizer::from_bytes(
+            crate::synth::tokenizer_json(shape.vocab_size, &[])
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let info = EngineInfo {
+            backend: "candle".into(),
+            model: "test".into(),
+            architecture: "llama".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            parameters: None,
+            context_length: 4096,
+            vision: false,
+        };
+        CandleTextEngine::new(model, tokenizer, vec![crate::synth::EOS], info).unwrap()
+    }
+
+    #[test]
+    fn a_reserved_cache_is_not_grown_inside_a_timed_request() {
+        let mut e = tiny_long_context();
+        let cancel = AtomicBool::new(false);
+        let long = "word ".repeat(1200);
+        let request = |prompt| GenerationRequest {
+            prompt,
+            image: None,
+            max_new_tokens: 3,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let prompt_tokens = e.prompt_ids(&long).unwrap().len();
+        assert!(
+            prompt_tokens > 1024,
+            "the prompt must outgrow the first cache"
+        );
+        e.reserve(&[request("short"), request(&long)]).unwrap();
+        assert_eq!(e.cache.capacity(), prompt_tokens + 3, "sized exactly");
+        let g = e.generate(&request(&long)).unwrap();
+        assert_eq!(g.output_token_ids.len(), 3);
+        assert_eq!(
+            e.cache.capacity(),
+            prompt_tokens + 3,
+            "the timed request did not reallocate the cache"
+        );
+        assert_eq!(e.cpu_threads(), Some(rayon::current_num_threads()));
     }
 }

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 
 use super::{EngineError, GenerationRequest, ModelThreads, StopReason};
 use crate::memory::DevicePool;
-use crate::models::llama::{KvCache, LlamaModel};
+use crate::models::llama::{KvCache, LlamaModel, Stopped};
 use crate::profile;
 
 /// Greedy choice; reading the id back to the host also waits for the device.
@@ -25,8 +25,9 @@ pub(crate) struct Decoded {
     pub decode_peak: Option<u64>,
 }
 
-/// Makes room in `cache` for `needed` positions; called before timing starts, so a bigger
-/// cache is never allocated inside a timed step.
+/// Makes room in `cache` for `needed` positions and empties it. The runner sizes the cache
+/// for the whole set before the first request ([`super::Engine::reserve`]), so inside a timed
+/// request this only resets it; growing here is the fallback for a caller that did not reserve.
 pub(crate) fn ensure_cache(
     model: &LlamaModel,
     cache: &mut KvCache,
@@ -38,9 +39,31 @@ pub(crate) fn ensure_cache(
         *cache = model.new_cache(needed.next_power_of_two().min(context))?;
     }
     cache.reset();
+    note_cache(cache);
+    Ok(())
+}
+
+/// Sizes `cache` for exactly `needed` positions (at most the context) before timing starts:
+/// the longest request of the run then never allocates. A cache already big enough is kept.
+pub(crate) fn reserve_cache(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    needed: usize,
+) -> anyhow::Result<()> {
+    let needed = needed.min(model.config.max_position_embeddings);
+    if needed > cache.capacity() {
+        // Drop the old buffers first, so peak memory is not old + new.
+        *cache = model.new_cache(1)?;
+        *cache = model.new_cache(needed)?;
+    }
+    cache.reset();
+    note_cache(cache);
+    Ok(())
+}
+
+fn note_cache(cache: &KvCache) {
     profile::note("kv_cache_bytes", cache.bytes() as u64);
     profile::note("kv_cache_capacity_tokens", cache.capacity() as u64);
-    Ok(())
 }
 
 /// Prefills `embeds` (`(seq, hidden)`) and decodes greedily; arrivals are offsets from `start`.
@@ -79,7 +102,11 @@ fn decode_loop(
     }
     let mut next = {
         let _span = profile::span("phase", "prefill");
-        let logits = model.forward_embeds(embeds, cache)?;
+        // A long prefill checks the flag between layers, not only once it is over.
+        let logits = match model.forward_embeds_or_stop(embeds, cache, req.cancel) {
+            Err(e) if e.is::<Stopped>() => return Err(EngineError::Cancelled),
+            other => other?,
+        };
         argmax(&logits).map_err(anyhow::Error::from)?
     };
     let mut arrivals = vec![start.elapsed()];
@@ -118,4 +145,71 @@ fn decode_loop(
         prefill_peak,
         decode_peak: pool.and_then(DevicePool::peak),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::llama::LlamaConfig;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_cancelled_prefill_stops_before_the_next_layer() {
+        let shape = crate::synth::llama_preset("tiny-llama").unwrap();
+        let cfg = LlamaConfig::from_hf_json(&shape.hf_config(DType::F32)).unwrap();
+        let w = shape
+            .random_weights(1, DType::F32, &Device::Cpu, "")
+            .unwrap();
+        let model = LlamaModel::from_hf(
+            cfg,
+            VarBuilder::from_tensors(w, DType::F32, &Device::Cpu),
+            "model",
+            "lm_head",
+        )
+        .unwrap();
+        let mut cache = model.new_cache(64).unwrap();
+        let embeds = model.embed_tokens(&[1, 5, 9, 30, 2, 7]).unwrap();
+        let cancel = AtomicBool::new(true);
+        let req = GenerationRequest {
+            prompt: "",
+            image: None,
+            max_new_tokens: 4,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let threads = ModelThreads::for_device(&Device::Cpu).unwrap();
+        let r = prefill_and_decode(
+            &threads,
+            &model,
+            &mut cache,
+            &embeds,
+            &req,
+            &[],
+            Instant::now(),
+            None,
+        );
+        assert!(matches!(r, Err(EngineError::Cancelled)));
+        // No layer ran: the prefill did not finish and left the cache as it was.
+        assert_eq!(cache.len(), 0);
+        let e = model
+            .forward_embeds_or_stop(&embeds, &mut cache, &cancel)
+            .unwrap_err();
+        assert!(e.is::<Stopped>(), "{e}");
+        cancel.store(false, Ordering::SeqCst);
+        let d = prefill_and_decode(
+            &threads,
+            &model,
+            &mut cache,
+            &embeds,
+            &req,
+            &[],
+            Instant::now(),
+            None,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(d.tokens.len(), 4);
+    }
 }

@@ -18,6 +18,7 @@ pub mod candle_text;
 pub mod decode;
 pub mod open;
 pub mod template;
+pub mod truncation;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -38,6 +39,11 @@ use serde::{Deserialize, Serialize};
 pub struct ModelThreads(Option<rayon::ThreadPool>);
 
 impl ModelThreads {
+    /// Worker threads of the pool (`None` on CUDA, where the work runs on the calling thread).
+    pub fn count(&self) -> Option<usize> {
+        self.0.as_ref().map(rayon::ThreadPool::current_num_threads)
+    }
+
     pub fn for_device(device: &candle_core::Device) -> anyhow::Result<Self> {
         if !device.is_cpu() {
             return Ok(Self(None));
@@ -161,6 +167,17 @@ pub trait Engine {
     fn generate(&mut self, request: &GenerationRequest<'_>) -> Result<Generation, EngineError>;
     /// The device the model runs on, for profiling's synchronisation (`None`: not in-process).
     fn device(&self) -> Option<candle_core::Device> {
+        None
+    }
+    /// Sizes the engine's buffers (the KV cache) for the longest of `requests` (prompt plus
+    /// its `max_new_tokens`), once, before any of them is timed: a cache grown inside a request
+    /// would be allocated (and zeroed) inside its TTFT. Requests that cannot run (a missing
+    /// image) are skipped here; they fail when they are run.
+    fn reserve(&mut self, _requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Threads the engine's CPU work runs on (`None` where it runs on a GPU or a server).
+    fn cpu_threads(&self) -> Option<usize> {
         None
     }
 }

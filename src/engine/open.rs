@@ -25,6 +25,7 @@ use super::candle_qwen2vl::{qwen_template, CandleQwen2VlEngine};
 use super::candle_text::CandleTextEngine;
 use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
+use crate::models::config_check;
 use crate::models::family::Family;
 use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use crate::models::llava::{self, LlavaConfig, LlavaModel};
@@ -254,13 +255,18 @@ fn open_hf_dir(
     if arch == "llava" || arch == "llava_next" {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
-    let cfg = LlamaConfig::from_hf_json(&config)
+    // A text model's own config names its shape (only a LLaVA `text_config` may leave keys
+    // at transformers' defaults).
+    let cfg = config_check::check_required(&config)
+        .and_then(|()| LlamaConfig::from_hf_json(&config))
         .with_context(|| format!("reading {}", config_path.display()))?;
     let tokenizer = folder_tokenizer(
         dir,
         opts,
         "pass --tokenizer FILE for a tokenizer.json elsewhere",
     )?;
+    config_check::check_vocab(cfg.vocab_size, &tokenizer)?;
+    check_checkpoint_layers(dir, cfg.num_layers)?;
     let vb = open_weights(dir, dtype, device)?;
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
@@ -271,11 +277,32 @@ fn open_hf_dir(
     ))
 }
 
+/// Refuses a safetensors checkpoint holding decoder layers past `num_layers` (the config
+/// describes another model than the weights).
+fn check_checkpoint_layers(dir: &Path, num_layers: usize) -> Result<()> {
+    let Ok(files) = safetensor_files(dir) else {
+        return Ok(());
+    };
+    let names: Vec<String> = files
+        .iter()
+        .flat_map(|f| super::truncation::safetensors_names(f))
+        .collect();
+    config_check::check_layer_weights(
+        names.iter().map(String::as_str),
+        num_layers,
+        "num_hidden_layers",
+    )
+    .with_context(|| format!("{}", dir.join("config.json").display()))
+}
+
 /// The weights of a checkpoint folder: safetensors (single or sharded), else PyTorch
 /// `pytorch_model*.bin` as older releases (the original LLaVA among them) ship them.
 pub fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
     match safetensor_files(dir) {
         Ok(files) => {
+            for f in &files {
+                super::truncation::check_safetensors(f)?;
+            }
             // SAFETY: the files are memory-mapped read-only; vlmbench does not modify them
             // while running, and a user who rewrites a checkpoint mid-run gets garbage
             // numbers, not UB in practice on Linux (pages keep the old contents or fault).
@@ -284,7 +311,15 @@ pub fn open_weights(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuil
         Err(no_safetensors) => {
             let bins = pytorch_files(dir);
             if bins.is_empty() {
-                return Err(no_safetensors.context("and no pytorch_model.bin either"));
+                let looked_for_none = !dir.join("model.safetensors").is_file()
+                    && !dir.join("model.safetensors.index.json").is_file();
+                if looked_for_none {
+                    bail!(
+                        "no weights in {}: looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin",
+                        dir.display()
+                    );
+                }
+                return Err(no_safetensors);
             }
             let mut tensors = std::collections::HashMap::new();
             for f in &bins {
@@ -355,6 +390,8 @@ fn open_llava_dir(
         opts,
         "the original LLaVA release ships only tokenizer.model: pass --tokenizer with the tokenizer.json of the matching llava-hf checkpoint, e.g. llava-hf/llava-1.5-7b-hf",
     )?;
+    config_check::check_vocab(cfg.text.vocab_size, &tokenizer)?;
+    check_checkpoint_layers(dir, cfg.text.num_layers)?;
     let vb = open_weights(dir, dtype, device)?;
     let layout = llava::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
     // transformers 5 keeps the image processor's settings inside processor_config.json.
@@ -492,8 +529,7 @@ fn find_vision_tower(model_dir: &Path, reference: Option<&str>) -> Result<PathBu
 fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<dyn Engine>> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .map_err(|e| anyhow!("{} is not a GGUF file: {e}", path.display()))?;
+    let content = super::truncation::read_gguf(path, &mut file)?;
     let arch = content
         .metadata
         .get("general.architecture")
@@ -525,6 +561,15 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         .unwrap_or_else(|| "unknown".into());
     let model = LlamaModel::from_gguf(&content, &mut file, device)
         .with_context(|| format!("loading {}", path.display()))?;
+    config_check::check_vocab(model.config.vocab_size, &tokenizer)
+        .and_then(|()| {
+            config_check::check_layer_weights(
+                content.tensor_infos.keys().map(String::as_str),
+                model.config.num_layers,
+                "block_count",
+            )
+        })
+        .with_context(|| format!("{}", path.display()))?;
     let eos = model.config.eos_token_ids.clone();
     let info = llama_info(opts, &model, quant, device);
     Ok(Box::new(
@@ -777,6 +822,24 @@ mod tests {
         assert!(
             err.to_string().contains("BertModel") && err.to_string().contains("llama"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_folder_without_weights_says_so_in_one_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = format!(
+            "{:#}",
+            open_weights(dir.path(), DType::F32, &Device::Cpu)
+                .err()
+                .unwrap()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "no weights in {}: looked for model.safetensors, model.safetensors.index.json and pytorch_model.bin",
+                dir.path().display()
+            )
         );
     }
 

@@ -176,6 +176,7 @@ fn activation(v: &Value, keys: &[&str], default: &str) -> Result<Activation> {
 
 /// Parses a Hugging Face config of any supported family (or a LLaVA `text_config`).
 pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
+    super::config_check::check_types(v)?;
     let model_type = v.get("model_type").and_then(Value::as_str);
     let family =
         match (Family::detect(v), model_type) {
@@ -212,6 +213,7 @@ pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
     let hidden_size = need(&["hidden_size", "n_embd"])?;
     let num_heads = need(&["num_attention_heads", "n_head"])?;
     let num_layers = need(&["num_hidden_layers", "n_layer"])?;
+    super::config_check::check_shape(hidden_size, num_layers, num_heads)?;
     let max_position_embeddings = first_usize(v, &["max_position_embeddings", "n_positions"])
         .unwrap_or(match family {
             Family::Gpt2 => 1024,

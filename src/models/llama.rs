@@ -30,6 +30,12 @@ use super::gemv;
 pub use super::rope::RopeScaling;
 use super::rope::RopeSpec;
 use crate::profile;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A forward pass gave up between layers because it was asked to stop (Ctrl-C).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped between layers")]
+pub struct Stopped;
 
 /// Shape and numerics of a decoder of any supported family (see [`Family`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -614,6 +620,18 @@ impl LlamaModel {
     /// Runs `embeds` (`(seq, hidden)`) after what the cache holds; returns the logits of the
     /// last position, `(vocab,)` in f32.
     pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_embeds_or_stop(embeds, cache, &AtomicBool::new(false))
+    }
+
+    /// [`forward_embeds`](Self::forward_embeds) that gives up with [`Stopped`] before the next
+    /// layer once `stop` is set, so a Ctrl-C during a long prefill acts within one layer's time.
+    /// The cache keeps its previous length (the positions written so far are ignored).
+    pub fn forward_embeds_or_stop(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        stop: &AtomicBool,
+    ) -> Result<Tensor> {
         let (seq, _) = embeds.dims2()?;
         let offset = cache.len;
         if offset + seq > cache.capacity {
@@ -663,6 +681,9 @@ impl LlamaModel {
         let fast = seq == 1 && self.device.is_cpu() && self.dtype == DType::F32;
         let eps = c.rms_norm_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Stopped.into());
+            }
             let _layer = profile::span_with("layer", || format!("layer {l}"));
             let sliding = c.sliding_layers[l];
             let window = if sliding { c.sliding_window } else { None };

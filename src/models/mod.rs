@@ -6,6 +6,7 @@
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
 
 pub mod clip;
+pub mod config_check;
 pub mod family;
 pub mod gemv;
 pub mod gguf_tokenizer;

@@ -134,7 +134,7 @@ impl Metric {
             // token), so they share a row.
             Metric::Tbt => ("tbt_ms", "TBT/ITL", "ms", Better::Lower),
             Metric::Tpot => ("tpot_ms", "TPOT", "ms", Better::Lower),
-            Metric::Tps => ("tps", "TPS", "tok/s", Better::Higher),
+            Metric::Tps => ("tps", "TPS per sample", "tok/s", Better::Higher),
             Metric::E2e => ("e2e_ms", "E2E", "ms", Better::Lower),
             Metric::Prefill => ("prefill_ms", "Prefill", "ms", Better::Lower),
             Metric::OutputTokens => ("output_tokens", "Output tokens", "tokens", Better::Neither),

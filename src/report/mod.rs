@@ -17,6 +17,7 @@
 pub mod compare;
 pub mod csv;
 pub mod environment;
+pub mod journal;
 pub mod json;
 pub mod read;
 pub mod serving;
@@ -164,8 +165,14 @@ pub struct RunSummary {
     pub tbt_ms: Option<Summary>,
     /// Time per output token (vLLM's TPOT), ms, one value per sample.
     pub tpot_ms: Option<Summary>,
-    /// Decode tokens per second, one value per sample.
+    /// Per-sample TPS: each sample's decode tokens / its decode time, one value per sample, and
+    /// the statistics of those values (their mean is not the pooled rate when lengths differ).
     pub tps: Option<Summary>,
+    /// Pooled decode throughput: every successful sample's decode tokens (output tokens − 1)
+    /// divided by all their decode time, tokens/s (= 1 / mean of the pooled TBT). Absent when
+    /// no sample decoded past its first token.
+    #[serde(default)]
+    pub decode_tps_pooled: Option<f64>,
     /// End-to-end latency, ms, one value per sample.
     pub e2e_ms: Option<Summary>,
     pub prefill_ms: Option<Summary>,
@@ -210,12 +217,46 @@ impl RunSummary {
             tbt_ms: summarize_pooled(&ok, |m| &m.tbt_ms),
             tpot_ms: collect(&|m| m.tpot_ms),
             tps: collect(&|m| m.tps),
+            decode_tps_pooled: pooled_decode_tps(&ok),
             e2e_ms: collect(&|m| Some(m.e2e_ms)),
             prefill_ms: collect(&|m| Some(m.prefill_ms)),
             preprocess_ms: collect(&|m| Some(m.preprocess_ms)),
             vision_encode_ms: collect(&|m| m.vision_encode_ms),
             input_tokens: collect(&|m| Some(m.input_tokens as f64)),
             output_tokens: collect(&|m| Some(m.output_tokens as f64)),
+        }
+    }
+}
+
+/// All decode tokens / all decode time over `samples`, tokens/s.
+fn pooled_decode_tps(samples: &[&SampleMetrics]) -> Option<f64> {
+    let tokens: usize = samples.iter().map(|m| m.tbt_ms.len()).sum();
+    let ms: f64 = samples.iter().map(|m| m.decode_ms).sum();
+    (tokens > 0 && ms > 0.0).then(|| tokens as f64 / (ms / 1e3))
+}
+
+impl Report {
+    /// A report from the facts known before the run (`header`) and what it measured.
+    pub fn from_parts(
+        header: journal::RunHeader,
+        status: RunStatus,
+        status_detail: Option<String>,
+        samples: Vec<SampleRecord>,
+        duration_s: f64,
+        memory: MemoryReport,
+    ) -> Self {
+        Self {
+            schema_version: header.schema_version,
+            status,
+            status_detail,
+            started_at: header.started_at,
+            environment: header.environment,
+            engine: header.engine,
+            config: header.config,
+            dataset: header.dataset,
+            summary: RunSummary::from_samples(&samples, duration_s),
+            memory,
+            samples,
         }
     }
 }
@@ -292,6 +333,22 @@ mod tests {
         assert_eq!(s.total_output_tokens, 5);
         assert_eq!(s.output_throughput, 2.5);
         assert_eq!(s.request_throughput, 1.0);
+    }
+
+    #[test]
+    fn pooled_decode_rate_is_not_the_mean_of_per_sample_rates() {
+        // 1 decode token in 10 ms (100 tok/s) and 9 tokens in 900 ms (10 tok/s).
+        let samples = vec![record(1, 5.0, &[10.0]), record(2, 5.0, &[100.0; 9])];
+        let s = RunSummary::from_samples(&samples, 1.0);
+        assert!((s.tps.as_ref().unwrap().mean - 55.0).abs() < 1e-9);
+        assert!((s.decode_tps_pooled.unwrap() - 10.0 / 0.91).abs() < 1e-9);
+        // Pooled = 1 / mean of the pooled TBT.
+        let tbt = s.tbt_ms.as_ref().unwrap().mean;
+        assert!((s.decode_tps_pooled.unwrap() - 1e3 / tbt).abs() < 1e-9);
+        assert_eq!(
+            RunSummary::from_samples(&[record(3, 5.0, &[])], 1.0).decode_tps_pooled,
+            None
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 
 use super::serving::{LevelReport, ServingReport};
-use super::Report;
+use super::{Report, REPORT_SCHEMA_VERSION};
 
 /// A report of either kind.
 #[derive(Debug, Clone)]
@@ -33,10 +33,33 @@ pub fn read_any(path: &Path) -> Result<AnyReport> {
 
 /// Parses report bytes; the error is a single line naming the offending field.
 pub fn parse_any(bytes: &[u8]) -> std::result::Result<AnyReport, String> {
+    if bytes.starts_with(br#"{"journal":"vlmbench-run-journal""#) {
+        return Err(
+            "a run journal, not a report; turn it into one with `vlmbench recover <journal>`"
+                .into(),
+        );
+    }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
     if !value.is_object() {
         return Err("not a vlmbench report (the top level is not a JSON object)".into());
+    }
+    if value.get("samples").is_some_and(|s| s.is_array())
+        && value.get("set").is_some()
+        && value.get("summary").is_none()
+        && value.get("levels").is_none()
+    {
+        return Err(
+            "a data set written by `vlmbench prepare`, not a report; run it with `vlmbench run --data-file <file>` and pass the report that writes"
+                .into(),
+        );
+    }
+    if let Some(v) = value.get("schema_version").and_then(|v| v.as_u64()) {
+        if v > u64::from(REPORT_SCHEMA_VERSION) || v == 0 {
+            return Err(format!(
+                "report schema version {v}, but this vlmbench reads versions 1 to {REPORT_SCHEMA_VERSION}; read it with the vlmbench that wrote it (or a newer one)"
+            ));
+        }
     }
     let serving = value.get("kind").and_then(|k| k.as_str()) == Some("serving");
     let describe = |e: serde_path_to_error::Error<serde_json::Error>| {
@@ -150,6 +173,27 @@ mod tests {
         assert!(err.contains("field `summary.ttft_ms.median`"), "{err}");
         assert!(err.contains("invalid type"), "{err}");
         assert!(!err.contains("line 0"), "{err}");
+    }
+
+    #[test]
+    fn data_sets_journals_and_newer_schemas_are_named_for_what_they_are() {
+        let set = br#"{"schema_version": 1, "set": "prompts", "name": "p", "samples": [{"index": 0, "prompt": "hi"}]}"#;
+        let err = parse_any(set).map(|_| ()).unwrap_err();
+        assert!(
+            err.contains("a data set written by `vlmbench prepare`"),
+            "{err}"
+        );
+        let journal = b"{\"journal\":\"vlmbench-run-journal\",\"journal_version\":1}\n{}\n";
+        let err = parse_any(journal).map(|_| ()).unwrap_err();
+        assert!(err.contains("vlmbench recover"), "{err}");
+
+        let r = testutil::report(vec![testutil::sample(0, 10.0, 5, &[1.0])], 1.0);
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["schema_version"] = (REPORT_SCHEMA_VERSION + 1).into();
+        let err = parse_any(&serde_json::to_vec(&v).unwrap())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("schema version"), "{err}");
     }
 
     #[test]

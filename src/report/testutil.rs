@@ -23,12 +23,17 @@ pub fn environment() -> Environment {
     Environment {
         vlmbench_version: "0.1.0".into(),
         git_commit: "abc123".into(),
+        git_dirty: Some(false),
+        rustc_version: "rustc 1.90.0".into(),
         candle_version: "0.11.1".into(),
         cuda_build: false,
+        cuda_runtime_version: None,
         os: "linux".into(),
         arch: "x86_64".into(),
         cpu_model: "Test CPU <fast> & cheap".into(),
         cpu_threads: 2,
+        model_threads: Some(2),
+        rayon_num_threads_env: None,
         gpu: None,
         command_line: vec!["vlmbench".into(), "run".into()],
     }
