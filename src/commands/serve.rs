@@ -40,7 +40,14 @@ fn arrival_seed(level: usize) -> u64 {
 /// Runs the served benchmark; every error message is scrubbed of the API key.
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let scrubber = Scrubber::new(args.server.api_key.as_deref());
-    execute_unscrubbed(args).map_err(|e| anyhow!("{}", scrubber.scrub(&format!("{e:#}"))))
+    execute_unscrubbed(args).map_err(|e| {
+        let message = scrubber.scrub(&format!("{e:#}"));
+        // An argument error stays one, so it still exits 2.
+        match e.downcast_ref::<UsageError>() {
+            Some(_) => anyhow::Error::new(UsageError(message)),
+            None => anyhow!("{message}"),
+        }
+    })
 }
 
 fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
