@@ -17,7 +17,7 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
     };
     let output_tokens = o
         .completion_tokens
-        .or_else(|| count(&o.text))
+        .or_else(|| count(&(o.reasoning_text.clone() + &o.text)))
         .or_else(|| (!o.timeline.chunks.is_empty()).then(|| o.timeline.chunks.len() as u64));
     let input_tokens = o.prompt_tokens.or_else(|| count(&sample.prompt));
     let metrics = if o.error.is_none() {
@@ -49,6 +49,7 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
             .map(|m| m.chunk_gaps_ms.clone())
             .unwrap_or_default(),
         text: o.text.clone(),
+        detail: Default::default(),
     }
 }
 

@@ -7,8 +7,11 @@
 pub mod common;
 pub mod compare;
 pub mod html;
+pub mod merge;
 pub mod plot;
 pub mod prepare;
 pub mod run;
 pub mod serve;
+pub mod serve_load;
+pub mod serve_output;
 pub mod synth_model;

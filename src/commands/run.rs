@@ -20,7 +20,7 @@ const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
 /// The arguments `vlmbench` alone runs with.
 pub fn default_args() -> RunArgs {
     match Cli::parse_from(["vlmbench", "run"]).command {
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         _ => unreachable!("`vlmbench run` parses to the run command"),
     }
 }

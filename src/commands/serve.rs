@@ -12,8 +12,12 @@ use tokenizers::Tokenizer;
 use super::common::{
     default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
+use super::serve_load::{self, LoadPlan};
+use super::serve_output;
+use crate::bench::goodput_search::{self, SearchOver};
+use crate::bench::request_detail::detail;
 use crate::bench::request_record::{output_tokens_source, record};
-use crate::bench::serving::{run_level, LoadLevel};
+use crate::bench::serving::{run_scheduled, LoadLevel};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
 use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
@@ -22,6 +26,9 @@ use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
+};
+use crate::report::serving_extras::{
+    LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
 
@@ -40,6 +47,11 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
         bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
+    let plan = LoadPlan::from_args(
+        &s.load,
+        s.request_rate.is_some(),
+        s.concurrency.len().max(1),
+    )?;
     let cancel = install_ctrl_c();
     let endpoint = match s.endpoint {
         EndpointArg::Chat => Endpoint::Chat,
@@ -89,7 +101,15 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         apply_workload(&mut args, &mut cfg, w, models.as_ref(), props.as_ref())?;
     }
     let s = &args.server;
-    let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
+    let (data_path, dataset) = match &plan.replay {
+        Some((path, trace, _)) => {
+            if args.data_file.is_some() {
+                bail!("--replay makes its own requests; do not combine it with --data-file");
+            }
+            (path.clone(), serve_load::trace_dataset(path, trace)?)
+        }
+        None => load_dataset(args.data_file.as_deref())?,
+    };
     if endpoint == Endpoint::Completions && dataset.file.samples.iter().any(|x| x.image.is_some()) {
         bail!(
             "{} has images, which /v1/completions cannot take; use --endpoint chat",
@@ -106,11 +126,16 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     if samples.is_empty() {
         bail!("{} holds no samples", data_path.display());
     }
-    let num_prompts = s.num_prompts.unwrap_or(samples.len());
-    // Bodies (images base64-encoded) are built before any clock starts.
-    let mut bodies = Vec::with_capacity(num_prompts);
-    let mut order = Vec::with_capacity(num_prompts);
-    for i in 0..num_prompts {
+    let num_prompts = match &plan.replay {
+        Some(_) => samples.len(),
+        None => s.num_prompts.unwrap_or(samples.len()),
+    };
+    // Bodies (images base64-encoded) are built before any clock starts. A shard builds only
+    // its own part of the schedule.
+    let owned = plan.owned(num_prompts);
+    let mut bodies = Vec::with_capacity(owned.len());
+    let mut order = Vec::with_capacity(owned.len());
+    for &i in &owned {
         let sample = &samples[i % samples.len()];
         bodies.push(body_for(&cfg, &dataset, sample)?);
         order.push(i % samples.len());
@@ -134,6 +159,9 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     if levels
         .iter()
         .all(|l| l.concurrency.is_none() && l.request_rate.is_none())
+        && plan.ramp.is_none()
+        && plan.replay.is_none()
+        && plan.search.is_none()
     {
         eprintln!("note: no --concurrency and no --request-rate: all {num_prompts} requests are sent at once");
     }
@@ -154,44 +182,140 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let (started_at, stamp) = utc_now();
     let mut level_reports = Vec::new();
     let mut status = RunStatus::Complete;
-    for (k, level) in levels.iter().enumerate() {
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-            break;
-        }
+    // Runs one level (run `run` of it, `k`-th overall) and adds its report.
+    let run_one = |level: &LoadLevel, k: usize, run: usize, reports: &mut Vec<LevelReport>| {
         eprintln!(
-            "level {}/{}: concurrency {:?}, rate {:?}, {} requests ...",
+            "level {}: concurrency {:?}, rate {:?}{}, {} requests ...",
             k + 1,
-            levels.len(),
             level.concurrency,
             level.request_rate,
+            if plan.runs > 1 {
+                format!(", run {}/{}", run + 1, plan.runs)
+            } else {
+                String::new()
+            },
             bodies.len()
         );
-        let run = runtime.block_on(run_level(
+        let seed = 42 + k as u64;
+        let offsets = plan.offsets(level, num_prompts, &owned, seed);
+        let start = plan.start();
+        let run_out = runtime.block_on(run_scheduled(
             http.clone(),
             cfg.clone(),
             bodies.clone(),
-            level,
-            42 + k as u64,
+            plan.concurrency(level.concurrency),
+            offsets,
+            start,
             cancel.clone(),
         ));
-        let records: Vec<RequestRecord> = run
+        let records: Vec<RequestRecord> = run_out
             .outcomes
             .iter()
-            .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
+            .zip(&run_out.positions)
+            .map(|(o, &pos)| {
+                let core = record(o, &samples[order[pos]], tokenizer.as_ref());
+                let mut detail = detail(o, run_out.start, core.output_tokens, tokenizer.as_ref());
+                detail.shard = plan.shard.map(|s| s.index);
+                RequestRecord { detail, ..core }
+            })
             .collect();
         let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
-        level_reports.push(LevelReport::from_requests(
+        let mut lr = LevelReport::from_requests(
             level.concurrency,
             level.request_rate,
-            run.duration.as_secs_f64(),
+            run_out.duration.as_secs_f64(),
             records,
             source,
-        ));
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
+        );
+        lr.extras = LevelExtras::over(&lr.requests, lr.duration, plan.slos.as_ref());
+        lr.extras.run = (plan.runs > 1).then_some(run);
+        if let Some(g) = &lr.extras.goodput {
+            eprintln!(
+                "  goodput: {}/{} requests met the SLOs ({:.1} %), {:.3} req/s",
+                g.good,
+                lr.requests.len(),
+                g.share * 100.0,
+                g.request_goodput
+            );
         }
+        reports.push(lr);
+    };
+    let mut search_report = None;
+    if let Some((spec, target)) = &plan.search {
+        let mut steps = Vec::new();
+        let outcome = goodput_search::search(spec, |v| {
+            if cancel.load(Ordering::SeqCst) {
+                return false;
+            }
+            let level = match spec.over {
+                SearchOver::RequestRate => LoadLevel {
+                    concurrency: s.concurrency.first().copied(),
+                    request_rate: Some(v),
+                    burstiness: s.burstiness,
+                },
+                SearchOver::Concurrency => LoadLevel {
+                    concurrency: Some(v as usize),
+                    request_rate: s.request_rate,
+                    burstiness: s.burstiness,
+                },
+            };
+            let k = level_reports.len();
+            run_one(&level, k, 0, &mut level_reports);
+            let g = level_reports[k]
+                .extras
+                .goodput
+                .clone()
+                .expect("search runs with SLOs");
+            let passed = g.share >= *target;
+            eprintln!(
+                "  search: {} = {v} {}",
+                spec.over.name(),
+                if passed {
+                    "passed"
+                } else {
+                    "missed the target"
+                }
+            );
+            steps.push(SearchStep {
+                value: v,
+                goodput_share: g.share,
+                request_goodput: g.request_goodput,
+                passed,
+                level_index: k,
+            });
+            passed
+        });
+        eprintln!(
+            "goodput search: highest {} meeting {:.0} % goodput: {} ({})",
+            spec.over.name(),
+            target * 100.0,
+            outcome
+                .best
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "none".into()),
+            outcome.stopped
+        );
+        search_report = Some(SearchReport {
+            over: spec.over.name().into(),
+            target_share: *target,
+            range: [spec.low, spec.high],
+            best: outcome.best,
+            lowest_failing: outcome.lowest_failing,
+            stopped: outcome.stopped.into(),
+            steps,
+        });
+    } else {
+        'levels: for (k, level) in levels.iter().enumerate() {
+            for run in 0..plan.runs {
+                if cancel.load(Ordering::SeqCst) {
+                    break 'levels;
+                }
+                run_one(level, k, run, &mut level_reports);
+            }
+        }
+    }
+    if cancel.load(Ordering::SeqCst) {
+        status = RunStatus::Interrupted;
     }
 
     let report = ServingReport {
@@ -222,6 +346,14 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             burstiness: s.burstiness,
         },
         dataset: DatasetRef::of(&data_path, &dataset),
+        extras: ServingExtras {
+            goodput_slos: plan.slos.clone(),
+            goodput_search: search_report,
+            repeatability: Repeatability::group(&level_reports),
+            arrival: plan.arrival_info(),
+            shard: plan.shard_info(),
+            merged_from: Vec::new(),
+        },
         levels: level_reports,
     };
     let json_path = args.report_file.clone().unwrap_or_else(|| {
@@ -232,12 +364,14 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     serving::write_csv(&report, &csv_path)?;
     if !args.quiet {
         print!("{}", serving::render(&report));
+        print!("{}", crate::report::serving_extras::render(&report));
     }
     eprintln!(
         "report: {}\nper-request CSV: {}",
         json_path.display(),
         csv_path.display()
     );
+    serve_output::write_extras(&report, &json_path, &s.load)?;
     if args.plots {
         super::plot::beside_serving_report(&report, &json_path)?;
     }
@@ -286,6 +420,18 @@ fn body_for(
     dataset: &LoadedDataset,
     sample: &crate::dataset::Sample,
 ) -> Result<Vec<u8>> {
+    // A replayed trace request asks for its own output length.
+    let replay_tokens = (dataset.file.set == "trace")
+        .then(|| sample.fields.get(serve_load::REPLAY_MAX_TOKENS_FIELD))
+        .flatten()
+        .and_then(|v| v.as_u64());
+    if let Some(n) = replay_tokens {
+        let cfg = ClientConfig {
+            max_tokens: n as usize,
+            ..cfg.clone()
+        };
+        return Ok(build_body(&cfg, &sample.prompt, None));
+    }
     let Some(path) = dataset.image_path(sample) else {
         return Ok(build_body(cfg, &sample.prompt, None));
     };

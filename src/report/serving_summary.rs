@@ -1,7 +1,7 @@
 //! A serving level's aggregates from its per-request records: the serving twin of
 //! [`super::RunSummary::from_samples`], through the same [`Totals`] and summaries.
 
-use super::serving::{LevelReport, RequestRecord};
+use super::serving::{LevelExtras, LevelReport, RequestRecord};
 use crate::stats::{summarize_each, summarize_pooled, Outcome, Totals};
 
 impl LevelReport {
@@ -50,6 +50,7 @@ impl LevelReport {
             e2el_ms: pick(&|r| r.e2el_ms),
             e2el_from_send_ms: None,
             queue_ms: pick(&|r| r.queue_ms),
+            extras: LevelExtras::over(&requests, duration, None),
             requests,
         }
     }
