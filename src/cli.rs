@@ -336,6 +336,15 @@ pub struct ServerArgs {
     /// The server's context length, for --workload high when the server does not report it.
     #[arg(long)]
     pub context_length: Option<usize>,
+    /// Send repeated prompts and images exactly as given (to measure what the server's prefix
+    /// and encoder caches buy). By default a repeat gets a unique prompt prefix and altered
+    /// image pixels, so no request is served from an earlier one's cache.
+    #[arg(long)]
+    pub repeat_inputs: bool,
+    /// Empty the server's prefix cache before each level (vLLM POST /reset_prefix_cache,
+    /// SGLang POST /flush_cache; whichever answers).
+    #[arg(long)]
+    pub reset_cache: bool,
     #[command(flatten)]
     pub load: LoadControlArgs,
 }

@@ -7,9 +7,11 @@
 //! depend on commands or cli (settings arrive as options), nor on plot.
 
 pub mod arrival;
+pub mod cancel;
 pub mod goodput_search;
 pub mod request_detail;
 pub mod request_record;
 pub mod runner;
 pub mod serving;
+pub mod unique_inputs;
 pub mod workload;

@@ -1,6 +1,6 @@
 //! One served request's record: its client-side timeline turned into the report's
 //! per-request metrics, with token counts from the server's usage, else the tokenizer, else
-//! the number of streamed chunks.
+//! the number of streamed chunks, and where each count came from.
 
 use tokenizers::Tokenizer;
 
@@ -8,18 +8,41 @@ use crate::client::http::RequestOutcome;
 use crate::dataset::Sample;
 use crate::report::serving::RequestRecord;
 
-/// The record of outcome `o` of a request made from `sample`.
+/// Where a token count came from, as the report names it.
+pub const FROM_USAGE: &str = "server usage";
+/// Output text re-tokenised with `--tokenizer`.
+pub const FROM_TOKENIZER: &str = "tokenizer";
+/// Input counted by `--tokenizer` over the prompt text as sent, without the chat template and
+/// without image tokens: a lower bound of what the server ran.
+pub const FROM_TOKENIZER_RAW_PROMPT: &str =
+    "tokenizer (raw prompt: no chat template, no image tokens)";
+/// One token per content chunk.
+pub const FROM_CHUNKS: &str = "chunks";
+
+/// The record of outcome `o` of a request made from `sample` (its prompt as sent).
 pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>) -> RequestRecord {
     let count = |text: &str| {
         tokenizer
             .and_then(|t| t.encode(text, false).ok())
             .map(|e| e.len() as u64)
     };
-    let output_tokens = o
-        .completion_tokens
-        .or_else(|| count(&(o.reasoning_text.clone() + &o.text)))
-        .or_else(|| (!o.timeline.chunks.is_empty()).then(|| o.timeline.chunks.len() as u64));
-    let input_tokens = o.prompt_tokens.or_else(|| count(&sample.prompt));
+    let (output_tokens, output_source) = match o.completion_tokens {
+        Some(n) => (Some(n), Some(FROM_USAGE)),
+        None => match count(&(o.reasoning_text.clone() + &o.text)) {
+            Some(n) => (Some(n), Some(FROM_TOKENIZER)),
+            None if !o.timeline.chunks.is_empty() => {
+                (Some(o.timeline.chunks.len() as u64), Some(FROM_CHUNKS))
+            }
+            None => (None, None),
+        },
+    };
+    let (input_tokens, input_source) = match o.prompt_tokens {
+        Some(n) => (Some(n), Some(FROM_USAGE)),
+        None => match count(&sample.prompt) {
+            Some(n) => (Some(n), Some(FROM_TOKENIZER_RAW_PROMPT)),
+            None => (None, None),
+        },
+    };
     let metrics = if o.error.is_none() {
         o.timeline.metrics(output_tokens.unwrap_or(0))
     } else {
@@ -32,14 +55,20 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
             .error
             .clone()
             .or_else(|| metrics.is_none().then(|| "no content".to_string())),
+        cancelled: o.cancelled,
+        retried: o.retried.clone(),
         http_status: o.status,
         ttft_ms: metrics.as_ref().map(|m| m.ttft_ms),
         ttft_from_send_ms: metrics.as_ref().map(|m| m.ttft_from_send_ms),
         e2el_ms: metrics.as_ref().map(|m| m.e2e_ms),
+        e2el_from_send_ms: metrics.as_ref().map(|m| m.e2e_from_send_ms),
         tpot_ms: metrics.as_ref().and_then(|m| m.tpot_ms),
         queue_ms: metrics.as_ref().map(|m| m.queue_ms),
         input_tokens,
+        input_tokens_source: input_source.map(str::to_owned),
         output_tokens,
+        output_tokens_source: output_source.map(str::to_owned),
+        itl_per_token: o.chunk_tokens_known,
         itl_ms: metrics
             .as_ref()
             .map(|m| m.itl_ms.clone())
@@ -53,25 +82,57 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
     }
 }
 
-/// Where a level's output token counts came from, as its report says: the server's usage
-/// block, with the fallback [`record`] used where a response lacks one.
-pub fn output_tokens_source(
-    requests: &[RequestRecord],
-    usage_requested: bool,
-    has_tokenizer: bool,
-) -> &'static str {
-    let ok = || requests.iter().filter(|r| r.ok);
-    if usage_requested && ok().all(|r| r.output_tokens.is_some()) && ok().next().is_some() {
-        // Usage may still be missing on servers that ignore stream_options; `record` then fell
-        // back, and the tokenizer flag says how.
-        if has_tokenizer {
-            "server usage, else tokenizer"
-        } else {
-            "server usage, else chunks"
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::stream::{ContentChunk, RequestTimeline};
+    use std::time::{Duration, Instant};
+
+    fn outcome(completion: Option<u64>, prompt: Option<u64>, known: bool) -> RequestOutcome {
+        let t0 = Instant::now();
+        let chunk = |ms| ContentChunk {
+            at: t0 + Duration::from_millis(ms),
+            tokens: 1,
+        };
+        RequestOutcome {
+            timeline: RequestTimeline {
+                scheduled: t0,
+                sent: t0 + Duration::from_millis(5),
+                chunks: vec![chunk(20), chunk(30), chunk(40)],
+                end: t0 + Duration::from_millis(45),
+            },
+            status: Some(200),
+            error: None,
+            text: "a b c".into(),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            chunk_tokens_known: known,
+            retried: None,
+            cancelled: false,
         }
-    } else if has_tokenizer {
-        "tokenizer"
-    } else {
-        "chunks"
+    }
+
+    #[test]
+    fn each_count_says_where_it_came_from() {
+        let sample = Sample {
+            index: 3,
+            prompt: "hello there".into(),
+            image: None,
+            fields: Default::default(),
+        };
+        let r = record(&outcome(Some(3), Some(9), true), &sample, None);
+        assert_eq!(r.output_tokens_source.as_deref(), Some(FROM_USAGE));
+        assert_eq!(r.input_tokens_source.as_deref(), Some(FROM_USAGE));
+        assert!(r.itl_per_token);
+        // A server that sends no usage (llama-cpp-python): chunks, and no input count.
+        let r = record(&outcome(None, None, false), &sample, None);
+        assert_eq!(
+            (r.output_tokens, r.output_tokens_source.as_deref()),
+            (Some(3), Some(FROM_CHUNKS))
+        );
+        assert_eq!((r.input_tokens, r.input_tokens_source), (None, None));
+        assert!(!r.itl_per_token);
+        assert_eq!(r.e2el_from_send_ms, Some(40.0));
+        assert_eq!(r.e2el_ms, Some(45.0));
     }
 }

@@ -8,13 +8,14 @@
 //! - concurrency-only mode: there is no schedule; a request is due when a slot frees, so its
 //!   scheduled and sent times coincide.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::client::http::{send, ClientConfig, RequestOutcome};
+use super::cancel::CancelWatch;
+use crate::client::http::{send_until, ClientConfig, RequestOutcome};
 use crate::rng::SeededRng;
 
 /// One level of a sweep.
@@ -71,8 +72,9 @@ pub struct LevelRun {
     pub start: Instant,
 }
 
-/// Sends every body under the level's load pattern and waits for all of them. Requests not yet
-/// sent when `cancel` is set are dropped (not counted); those in flight finish.
+/// Sends every body under the level's load pattern and waits for all of them. Once `cancel` is
+/// set (checked every [`super::cancel::POLL`]), nothing more is sent: requests not yet sent are
+/// dropped (not counted) and those in flight are abandoned at once, recorded as cancelled.
 pub async fn run_level(
     http: reqwest::Client,
     cfg: Arc<ClientConfig>,
@@ -114,22 +116,38 @@ pub async fn run_scheduled(
     let slots = Arc::new(Semaphore::new(
         concurrency.unwrap_or(Semaphore::MAX_PERMITS),
     ));
+    let watch = CancelWatch::spawn(cancel);
     let mut handles = Vec::with_capacity(n);
     for (body, offset) in bodies.into_iter().zip(offsets) {
-        let (http, cfg, slots, cancel) = (http.clone(), cfg.clone(), slots.clone(), cancel.clone());
+        let (http, cfg, slots, mut cancel) =
+            (http.clone(), cfg.clone(), slots.clone(), watch.clone());
         let due = start + offset;
         handles.push(tokio::spawn(async move {
-            if open_loop {
-                arrive_at(due).await;
-            } else {
-                tokio::time::sleep_until(due.into()).await;
+            tokio::select! {
+                _ = async {
+                    if open_loop {
+                        arrive_at(due).await
+                    } else {
+                        tokio::time::sleep_until(due.into()).await
+                    }
+                } => {}
+                _ = cancel.cancelled() => return None,
             }
-            let _permit = slots.acquire_owned().await.expect("semaphore never closed");
-            if cancel.load(Ordering::Relaxed) {
+            let _permit = tokio::select! {
+                p = slots.acquire_owned() => p.expect("semaphore never closed"),
+                _ = cancel.cancelled() => return None,
+            };
+            if cancel.is_cancelled() {
                 return None;
             }
             let scheduled = if open_loop { due } else { Instant::now() };
-            Some(send(&http, &cfg, body, scheduled).await)
+            let mut on_cancel = cancel.clone();
+            Some(
+                send_until(&http, &cfg, body, scheduled, async move {
+                    on_cancel.cancelled().await
+                })
+                .await,
+            )
         }));
     }
     let mut outcomes = Vec::with_capacity(n);

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::secret::Scrubber;
 use super::sse::{SseEvent, SseParser};
 use super::stream::{parse_chunk, ContentChunk, Endpoint, RequestTimeline};
 
@@ -97,6 +98,13 @@ pub struct RequestOutcome {
     /// Server-reported token counts (from the last usage seen).
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Every content chunk carried the server's cumulative completion count, so the tokens
+    /// of each chunk (and the per-token ITL) are known; otherwise a chunk counts as one token.
+    pub chunk_tokens_known: bool,
+    /// Why the first attempt was retried on a fresh connection (see [`super::retry`]).
+    pub retried: Option<String>,
+    /// Abandoned because the run was cancelled (Ctrl-C, SIGTERM) while in flight.
+    pub cancelled: bool,
 }
 
 /// Sends one request and reads its stream to the end (or the timeout).
@@ -106,10 +114,87 @@ pub async fn send(
     body: Vec<u8>,
     scheduled: Instant,
 ) -> RequestOutcome {
+    send_until(http, cfg, body, scheduled, std::future::pending()).await
+}
+
+/// [`send`], abandoned (and marked `cancelled`) as soon as `cancel` resolves.
+///
+/// A first attempt that fails before any response byte arrived because the server closed the
+/// connection (a stale keep-alive connection: llama.cpp's llama-server closes connections after
+/// a streamed response) is retried once on a fresh connection, its clock restarted; the outcome
+/// says so in `retried`. Served strings (error bodies, text) are scrubbed of the API key.
+pub async fn send_until(
+    http: &reqwest::Client,
+    cfg: &ClientConfig,
+    body: Vec<u8>,
+    scheduled: Instant,
+    cancel: impl std::future::Future<Output = ()>,
+) -> RequestOutcome {
+    let path = match cfg.endpoint {
+        Endpoint::Chat => "chat/completions",
+        Endpoint::Completions => "completions",
+    };
+    let url = cfg.url(path);
+    let attempts = async {
+        let mut outcome = new_outcome(scheduled);
+        let first = stream_into(http, cfg, url.clone(), body.clone(), &mut outcome).await;
+        match first {
+            Err(e) if super::retry::is_stale_connection(&outcome, &e) => {
+                // The clock restarts at the retry's send; the wait before the first send
+                // (client queueing on a rate schedule) is kept.
+                let queued = outcome.timeline.sent - outcome.timeline.scheduled;
+                let restart = Instant::now();
+                let mut again = new_outcome(restart.checked_sub(queued).unwrap_or(restart));
+                again.retried = Some(e);
+                let r = stream_into(super::retry::fresh_client(), cfg, url, body, &mut again).await;
+                (again, r)
+            }
+            r => (outcome, r),
+        }
+    };
+    let mut outcome;
+    let result = tokio::select! {
+        r = tokio::time::timeout(cfg.timeout, attempts) => Some(r),
+        _ = cancel => None,
+    };
+    match result {
+        Some(Ok((o, r))) => {
+            outcome = o;
+            if let Err(e) = r {
+                outcome.error = Some(e);
+            }
+        }
+        Some(Err(_)) => {
+            outcome = new_outcome(scheduled);
+            outcome.error = Some(format!(
+                "timed out after {:.1} s (--request-timeout)",
+                cfg.timeout.as_secs_f64()
+            ));
+        }
+        None => {
+            outcome = new_outcome(scheduled);
+            outcome.cancelled = true;
+            outcome.error =
+                Some("cancelled: the run was interrupted while it was in flight".into());
+        }
+    }
+    outcome.timeline.end = Instant::now();
+    let scrubber = Scrubber::new(cfg.api_key.as_deref());
+    if let Some(e) = outcome.error.as_mut() {
+        scrubber.scrub_in(e);
+    }
+    if let Some(e) = outcome.retried.as_mut() {
+        scrubber.scrub_in(e);
+    }
+    scrubber.scrub_in(&mut outcome.text);
+    outcome
+}
+
+fn new_outcome(scheduled: Instant) -> RequestOutcome {
     let sent = Instant::now();
-    let mut outcome = RequestOutcome {
+    RequestOutcome {
         timeline: RequestTimeline {
-            scheduled,
+            scheduled: scheduled.min(sent),
             sent,
             chunks: Vec::new(),
             end: sent,
@@ -121,24 +206,10 @@ pub async fn send(
         reasoning_tokens: None,
         prompt_tokens: None,
         completion_tokens: None,
-    };
-    let path = match cfg.endpoint {
-        Endpoint::Chat => "chat/completions",
-        Endpoint::Completions => "completions",
-    };
-    let run = stream_into(http, cfg, cfg.url(path), body, &mut outcome);
-    match tokio::time::timeout(cfg.timeout, run).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => outcome.error = Some(e),
-        Err(_) => {
-            outcome.error = Some(format!(
-                "timed out after {:.1} s (--request-timeout)",
-                cfg.timeout.as_secs_f64()
-            ))
-        }
+        chunk_tokens_known: true,
+        retried: None,
+        cancelled: false,
     }
-    outcome.timeline.end = Instant::now();
-    outcome
 }
 
 async fn stream_into(
@@ -163,6 +234,22 @@ async fn stream_into(
         let text = resp.text().await.unwrap_or_default();
         let text: String = text.chars().take(300).collect();
         return Err(format!("HTTP {}: {}", status.as_u16(), text.trim()));
+    }
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if !content_type.starts_with("text/event-stream") {
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text.chars().take(200).collect();
+        return Err(format!(
+            "HTTP {} but the reply is not an event stream (content-type {:?}, not text/event-stream): {}",
+            status.as_u16(),
+            content_type,
+            text.trim()
+        ));
     }
     let mut parser = SseParser::new();
     let mut stream = resp.bytes_stream();
@@ -191,7 +278,12 @@ async fn stream_into(
                     last_completion = c;
                     delta.max(1)
                 }
-                None => 1,
+                None => {
+                    if !chunk.text.is_empty() {
+                        out.chunk_tokens_known = false;
+                    }
+                    1
+                }
             };
             finished |= chunk.finish_reason.is_some();
             if chunk.reasoning_tokens.is_some() {

@@ -5,7 +5,10 @@
 //! Depends on no other vlmbench module: it knows nothing about data sets, load patterns
 //! (`bench::serving` drives it) or reports.
 
+pub mod cache_reset;
 pub mod http;
 pub mod probe;
+pub mod retry;
+pub mod secret;
 pub mod sse;
 pub mod stream;

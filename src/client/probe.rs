@@ -27,14 +27,27 @@ pub async fn probe(
             describe_reqwest(&e)
         )
     })?;
-    let models = if resp.status().is_success() {
-        resp.bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    } else {
-        None
-    };
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        let body: String = body.trim().chars().take(200).collect();
+        return Err(anyhow!(
+            "GET {url} answered HTTP {}{}{} (is --base-url the server's address{}?)",
+            status.as_u16(),
+            if body.is_empty() { "" } else { ": " },
+            body,
+            if status.as_u16() == 401 || status.as_u16() == 403 {
+                ", and --api-key right"
+            } else {
+                ""
+            }
+        ));
+    }
+    let models = resp
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let base = cfg
         .url("")
         .trim_end_matches('/')

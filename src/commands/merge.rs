@@ -83,21 +83,8 @@ pub fn merge(reports: Vec<ServingReport>, paths: &[String]) -> Result<ServingRep
             let t = |r: &RequestRecord| r.detail.scheduled_s.unwrap_or(0.0);
             t(a).total_cmp(&t(b))
         });
-        let source = if parts
-            .iter()
-            .all(|l| l.output_tokens_source == parts[0].output_tokens_source)
-        {
-            parts[0].output_tokens_source.clone()
-        } else {
-            "mixed (see the shard reports)".into()
-        };
-        let mut level = LevelReport::from_requests(
-            concurrency,
-            parts[0].request_rate,
-            duration,
-            requests,
-            &source,
-        );
+        let mut level =
+            LevelReport::from_requests(concurrency, parts[0].request_rate, duration, requests);
         level.extras = LevelExtras::over(
             &level.requests,
             duration,

@@ -16,12 +16,15 @@ use super::serve_load::{self, LoadPlan};
 use super::serve_output;
 use crate::bench::goodput_search::{self, SearchOver};
 use crate::bench::request_detail::detail;
-use crate::bench::request_record::{output_tokens_source, record};
+use crate::bench::request_record::record;
 use crate::bench::serving::{run_scheduled, LoadLevel};
+use crate::bench::unique_inputs::{SentInput, UniqueInputs};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
+use crate::client::cache_reset::reset_cache;
 use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
 use crate::client::probe;
+use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
 use crate::report::serving::{
@@ -32,7 +35,18 @@ use crate::report::serving_extras::{
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
 
-pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
+/// Seed of level `k`'s arrival schedule (recorded in the report).
+fn arrival_seed(level: usize) -> u64 {
+    42 + level as u64
+}
+
+/// Runs the served benchmark; every error message is scrubbed of the API key.
+pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    let scrubber = Scrubber::new(args.server.api_key.as_deref());
+    execute_unscrubbed(args).map_err(|e| anyhow!("{}", scrubber.scrub(&format!("{e:#}"))))
+}
+
+fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
     let base_url = s
         .base_url
@@ -84,7 +98,11 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         stream_usage: !s.no_stream_usage,
         timeout: Duration::from_secs_f64(s.request_timeout),
     };
-    let (models, props) = runtime.block_on(probe::probe(&http, &cfg))?;
+    let scrubber = Scrubber::new(cfg.api_key.as_deref());
+    let (mut models, mut props) = runtime.block_on(probe::probe(&http, &cfg))?;
+    for v in [models.as_mut(), props.as_mut()].into_iter().flatten() {
+        scrubber.scrub_json(v);
+    }
     if cfg.model.is_empty() {
         cfg.model = models
             .as_ref()
@@ -130,16 +148,32 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         Some(_) => samples.len(),
         None => s.num_prompts.unwrap_or(samples.len()),
     };
-    // Bodies (images base64-encoded) are built before any clock starts. A shard builds only
-    // its own part of the schedule.
+    // A shard sends only its own part of the schedule.
     let owned = plan.owned(num_prompts);
-    let mut bodies = Vec::with_capacity(owned.len());
-    let mut order = Vec::with_capacity(owned.len());
-    for &i in &owned {
-        let sample = &samples[i % samples.len()];
-        bodies.push(body_for(&cfg, &dataset, sample)?);
-        order.push(i % samples.len());
-    }
+    // Every request's inputs (a repeat made unique unless --repeat-inputs), and its body with
+    // images base64-encoded, are made before any clock starts.
+    // A replayed trace's prompts are sent as the trace made them: its shared blocks are meant
+    // to share the server's prefix cache.
+    let mut inputs =
+        UniqueInputs::new(s.repeat_inputs || plan.replay.is_some(), tokenizer.as_ref());
+    let mut images = ImageCache::default();
+    let mut requests_for = |count: usize,
+                            inputs: &mut UniqueInputs|
+     -> Result<(Vec<Vec<u8>>, Vec<crate::dataset::Sample>)> {
+        let mut bodies = Vec::with_capacity(count);
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            let sample = &samples[i % samples.len()];
+            let image = images.get(&dataset, sample)?;
+            let input = inputs.next(&sample.prompt, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
+            bodies.push(body_for(&cfg, &input, replay_max_tokens(&dataset, sample)));
+            sent.push(crate::dataset::Sample {
+                prompt: input.prompt,
+                ..sample.clone()
+            });
+        }
+        Ok((bodies, sent))
+    };
     let levels: Vec<LoadLevel> = if s.concurrency.is_empty() {
         vec![LoadLevel {
             concurrency: None,
@@ -167,13 +201,12 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     // Warm-up requests, untimed, one at a time.
-    for i in 0..args.warmup.min(bodies.len()) {
-        let o = runtime.block_on(send(
-            &http,
-            &cfg,
-            bodies[i].clone(),
-            std::time::Instant::now(),
-        ));
+    let (warm_bodies, _) = requests_for(args.warmup.min(num_prompts), &mut inputs)?;
+    for body in warm_bodies {
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let o = runtime.block_on(send(&http, &cfg, body, std::time::Instant::now()));
         if let Some(e) = o.error {
             eprintln!("warm-up request failed: {e}");
         }
@@ -182,13 +215,35 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     let (started_at, stamp) = utc_now();
     let mut level_reports = Vec::new();
     let mut status = RunStatus::Complete;
+    let mut resets = Vec::new();
     // Runs one level (run `run` of it, `k`-th overall) and adds its report.
-    let run_one = |level: &LoadLevel, k: usize, run: usize, reports: &mut Vec<LevelReport>| {
+    let mut run_one = |level: &LoadLevel,
+                       k: usize,
+                       run: usize,
+                       reports: &mut Vec<LevelReport>,
+                       resets: &mut Vec<String>|
+     -> Result<()> {
+        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        let (bodies, sent): (Vec<Vec<u8>>, Vec<crate::dataset::Sample>) = bodies
+            .into_iter()
+            .zip(sent)
+            .enumerate()
+            .filter(|(i, _)| plan.shard.is_none_or(|s| s.owns(*i)))
+            .map(|(_, x)| x)
+            .unzip();
+        if s.reset_cache {
+            match runtime.block_on(reset_cache(&http, &cfg)) {
+                Ok(path) => resets.push(path),
+                Err(why) => {
+                    eprintln!("warning: --reset-cache: the server has no cache reset ({why})");
+                    resets.push(format!("none answered ({why})"));
+                }
+            }
+        }
         eprintln!(
-            "level {}: concurrency {:?}, rate {:?}{}, {} requests ...",
+            "level {}: {}{}, {} requests ...",
             k + 1,
-            level.concurrency,
-            level.request_rate,
+            describe_level(level),
             if plan.runs > 1 {
                 format!(", run {}/{}", run + 1, plan.runs)
             } else {
@@ -196,13 +251,13 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             },
             bodies.len()
         );
-        let seed = 42 + k as u64;
-        let offsets = plan.offsets(level, num_prompts, &owned, seed);
+        let offsets = plan.offsets(level, num_prompts, &owned, arrival_seed(k));
+        let open_loop = offsets.is_some();
         let start = plan.start();
         let run_out = runtime.block_on(run_scheduled(
             http.clone(),
             cfg.clone(),
-            bodies.clone(),
+            bodies,
             plan.concurrency(level.concurrency),
             offsets,
             start,
@@ -213,20 +268,19 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             .iter()
             .zip(&run_out.positions)
             .map(|(o, &pos)| {
-                let core = record(o, &samples[order[pos]], tokenizer.as_ref());
+                let core = record(o, &sent[pos], tokenizer.as_ref());
                 let mut detail = detail(o, run_out.start, core.output_tokens, tokenizer.as_ref());
                 detail.shard = plan.shard.map(|s| s.index);
                 RequestRecord { detail, ..core }
             })
             .collect();
-        let source = output_tokens_source(&records, cfg.stream_usage, tokenizer.is_some());
         let mut lr = LevelReport::from_requests(
             level.concurrency,
             level.request_rate,
             run_out.duration.as_secs_f64(),
             records,
-            source,
         );
+        lr.arrival_seed = (open_loop && plan.replay.is_none()).then(|| arrival_seed(k));
         lr.extras = LevelExtras::over(&lr.requests, lr.duration, plan.slos.as_ref());
         lr.extras.run = (plan.runs > 1).then_some(run);
         if let Some(g) = &lr.extras.goodput {
@@ -239,12 +293,14 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             );
         }
         reports.push(lr);
+        Ok(())
     };
     let mut search_report = None;
     if let Some((spec, target)) = &plan.search {
         let mut steps = Vec::new();
+        let mut failure = None;
         let outcome = goodput_search::search(spec, |v| {
-            if cancel.load(Ordering::SeqCst) {
+            if cancel.load(Ordering::SeqCst) || failure.is_some() {
                 return false;
             }
             let level = match spec.over {
@@ -260,7 +316,10 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
                 },
             };
             let k = level_reports.len();
-            run_one(&level, k, 0, &mut level_reports);
+            if let Err(e) = run_one(&level, k, 0, &mut level_reports, &mut resets) {
+                failure = Some(e);
+                return false;
+            }
             let g = level_reports[k]
                 .extras
                 .goodput
@@ -285,6 +344,9 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             });
             passed
         });
+        if let Some(e) = failure {
+            return Err(e);
+        }
         eprintln!(
             "goodput search: highest {} meeting {:.0} % goodput: {} ({})",
             spec.over.name(),
@@ -310,12 +372,16 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
                 if cancel.load(Ordering::SeqCst) {
                     break 'levels;
                 }
-                run_one(level, k, run, &mut level_reports);
+                run_one(level, k, run, &mut level_reports, &mut resets)?;
             }
         }
     }
     if cancel.load(Ordering::SeqCst) {
         status = RunStatus::Interrupted;
+    }
+    if s.reset_cache {
+        resets.dedup();
+        inputs.set_cache_reset(resets.join("; "));
     }
 
     let report = ServingReport {
@@ -323,7 +389,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         kind: "serving".into(),
         status,
         status_detail: (status == RunStatus::Interrupted)
-            .then(|| "interrupted by the user (Ctrl-C)".into()),
+            .then(|| "interrupted (Ctrl-C or a termination signal)".into()),
         started_at,
         environment: Environment::capture(None),
         server: ServerInfo {
@@ -344,6 +410,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             warmup_requests: args.warmup.min(num_prompts),
             request_timeout_s: s.request_timeout,
             burstiness: s.burstiness,
+            input_policy: Some(inputs.policy().clone()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
         extras: ServingExtras {
@@ -371,7 +438,7 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         json_path.display(),
         csv_path.display()
     );
-    serve_output::write_extras(&report, &json_path, &s.load)?;
+    serve_output::write_extras(&report, &s.load)?;
     if args.plots {
         super::plot::beside_serving_report(&report, &json_path)?;
     }
@@ -415,46 +482,82 @@ fn apply_workload(
     Ok(())
 }
 
-fn body_for(
-    cfg: &ClientConfig,
-    dataset: &LoadedDataset,
-    sample: &crate::dataset::Sample,
-) -> Result<Vec<u8>> {
-    // A replayed trace request asks for its own output length.
-    let replay_tokens = (dataset.file.set == "trace")
+/// A level's load in words: "concurrency 4, 2 requests/s".
+fn describe_level(level: &LoadLevel) -> String {
+    let c = match level.concurrency {
+        Some(c) => format!("concurrency {c}"),
+        None => "unlimited concurrency".into(),
+    };
+    match level.request_rate.filter(|r| r.is_finite()) {
+        Some(r) => format!("{c}, {r} requests/s"),
+        None => format!("{c}, all requests due at once"),
+    }
+}
+
+/// Image files read once each, with their MIME type.
+#[derive(Default)]
+struct ImageCache {
+    by_path: std::collections::HashMap<std::path::PathBuf, (&'static str, Vec<u8>)>,
+}
+
+impl ImageCache {
+    fn get(
+        &mut self,
+        dataset: &LoadedDataset,
+        sample: &crate::dataset::Sample,
+    ) -> Result<Option<(&'static str, Vec<u8>)>> {
+        let Some(path) = dataset.image_path(sample) else {
+            return Ok(None);
+        };
+        if let Some(hit) = self.by_path.get(&path) {
+            return Ok(Some(hit.clone()));
+        }
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "sample {}: cannot read image {}",
+                sample.index,
+                path.display()
+            )
+        })?;
+        let mime = match image::guess_format(&bytes) {
+            Ok(image::ImageFormat::Png) => "image/png",
+            Ok(image::ImageFormat::Gif) => "image/gif",
+            Ok(image::ImageFormat::WebP) => "image/webp",
+            Ok(image::ImageFormat::Bmp) => "image/bmp",
+            _ => "image/jpeg",
+        };
+        self.by_path.insert(path, (mime, bytes.clone()));
+        Ok(Some((mime, bytes)))
+    }
+}
+
+/// A replayed trace request's own output length (its max_tokens).
+fn replay_max_tokens(dataset: &LoadedDataset, sample: &crate::dataset::Sample) -> Option<usize> {
+    (dataset.file.set == "trace")
         .then(|| sample.fields.get(serve_load::REPLAY_MAX_TOKENS_FIELD))
         .flatten()
-        .and_then(|v| v.as_u64());
-    if let Some(n) = replay_tokens {
-        let cfg = ClientConfig {
-            max_tokens: n as usize,
-            ..cfg.clone()
-        };
-        return Ok(build_body(&cfg, &sample.prompt, None));
-    }
-    let Some(path) = dataset.image_path(sample) else {
-        return Ok(build_body(cfg, &sample.prompt, None));
+        .and_then(|v| v.as_u64())
+        .map(|n| n as usize)
+}
+
+fn body_for(cfg: &ClientConfig, input: &SentInput, max_tokens: Option<usize>) -> Vec<u8> {
+    let own;
+    let cfg = match max_tokens {
+        Some(n) => {
+            own = ClientConfig {
+                max_tokens: n,
+                ..cfg.clone()
+            };
+            &own
+        }
+        None => cfg,
     };
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "sample {}: cannot read image {}",
-            sample.index,
-            path.display()
-        )
-    })?;
-    let mime = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Png) => "image/png",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Bmp) => "image/bmp",
-        _ => "image/jpeg",
-    };
-    Ok(build_body(
+    build_body(
         cfg,
-        &sample.prompt,
-        Some(ImagePayload {
-            mime,
-            bytes: &bytes,
-        }),
-    ))
+        &input.prompt,
+        input
+            .image
+            .as_ref()
+            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
+    )
 }

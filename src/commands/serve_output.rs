@@ -33,11 +33,7 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 /// Writes what `a` asks for beside the report.
-pub fn write_extras(
-    report: &ServingReport,
-    _report_path: &Path,
-    a: &LoadControlArgs,
-) -> Result<()> {
+pub fn write_extras(report: &ServingReport, a: &LoadControlArgs) -> Result<()> {
     if let Some(p) = &a.save_vllm_result {
         for (k, level) in report.levels.iter().enumerate() {
             let path = per_level(p, k, report.levels.len());

@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod openai_server;
 
 use std::path::{Path, PathBuf};
 
