@@ -93,6 +93,7 @@ mod tests {
         let chunk = |ms| ContentChunk {
             at: t0 + Duration::from_millis(ms),
             tokens: 1,
+            reasoning: false,
         };
         RequestOutcome {
             timeline: RequestTimeline {
@@ -104,6 +105,8 @@ mod tests {
             status: Some(200),
             error: None,
             text: "a b c".into(),
+            reasoning_text: String::new(),
+            reasoning_tokens: None,
             prompt_tokens: prompt,
             completion_tokens: completion,
             chunk_tokens_known: known,

@@ -119,6 +119,7 @@ mod tests {
             itl_ms: vec![1.0],
             chunk_gaps_ms: vec![1.0],
             text: String::new(),
+            detail: Default::default(),
         }
     }
 

@@ -125,7 +125,7 @@ mod tests {
         ];
         reqs[1].ok = false;
         reqs[1].error = Some("HTTP 500".into());
-        let level = LevelReport::from_requests(Some(4), None, 2.0, reqs, "server usage");
+        let level = LevelReport::from_requests(Some(4), None, 2.0, reqs);
         let report = serving(vec![level.clone()]);
         let v = vllm_result(&report, &level);
         assert_eq!(v["max_concurrency"], 4);
