@@ -242,8 +242,14 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         }
         eprintln!(
             "level {}: {}{}, {} requests ...",
-            k + 1,
-            describe_level(level),
+            match plan.search {
+                None => format!("{}/{}", k + 1, levels.len()),
+                Some(_) => format!("{} (search)", k + 1),
+            },
+            match plan.replay {
+                Some(_) => "trace replay".to_string(),
+                None => describe_level(level),
+            },
             if plan.runs > 1 {
                 format!(", run {}/{}", run + 1, plan.runs)
             } else {
