@@ -21,10 +21,13 @@ pub mod journal;
 pub mod json;
 pub mod read;
 pub mod serving;
+pub mod serving_extras;
 mod serving_summary;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod timeline;
+pub mod vllm_export;
 
 use std::collections::BTreeMap;
 

@@ -171,6 +171,7 @@ pub fn request(index: i64, ttft: f64, input_tokens: u64, itl: &[f64]) -> Request
         itl_ms: itl.to_vec(),
         chunk_gaps_ms: itl.to_vec(),
         text: "x".into(),
+        detail: Default::default(),
     }
 }
 
@@ -220,6 +221,7 @@ pub fn level(
         ),
         e2el_from_send_ms: None,
         queue_ms: None,
+        extras: Default::default(),
         requests,
     }
 }
@@ -251,5 +253,6 @@ pub fn serving(levels: Vec<LevelReport>) -> ServingReport {
         },
         dataset: dataset("aaaa"),
         levels,
+        extras: Default::default(),
     }
 }
