@@ -139,7 +139,13 @@ pub async fn send_until(
         let mut outcome = new_outcome(scheduled);
         let first = stream_into(http, cfg, url.clone(), body.clone(), &mut outcome).await;
         match first {
-            Err(e) if super::retry::is_stale_connection(&outcome, &e) => {
+            Err(e)
+                if super::retry::is_stale_connection(
+                    outcome.status.is_some() || !outcome.timeline.chunks.is_empty(),
+                    outcome.cancelled,
+                    &e,
+                ) =>
+            {
                 // The clock restarts at the retry's send; the wait before the first send
                 // (client queueing on a rate schedule) is kept.
                 let queued = outcome.timeline.sent - outcome.timeline.scheduled;

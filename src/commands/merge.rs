@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::MergeArgs;
+use crate::report::serving::extras::{LevelExtras, Repeatability};
 use crate::report::serving::{self, LevelReport, RequestRecord, ServingReport};
-use crate::report::serving_extras::{LevelExtras, Repeatability};
 use crate::report::RunStatus;
 
 fn read(path: &Path) -> Result<ServingReport> {
@@ -123,7 +123,7 @@ pub fn execute(args: MergeArgs) -> Result<ExitCode> {
     serving::write_json(&merged, &out)?;
     serving::write_csv(&merged, &out.with_extension("csv"))?;
     print!("{}", serving::render(&merged));
-    print!("{}", crate::report::serving_extras::render(&merged));
+    print!("{}", crate::report::serving::extras::render(&merged));
     eprintln!("merged report: {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -30,11 +30,11 @@ use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
 use crate::report::journal::{JournalWriter, RequestLine};
+use crate::report::serving::extras::{
+    LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
+};
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
-};
-use crate::report::serving_extras::{
-    LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
 use std::sync::Mutex;
@@ -484,7 +484,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         .is_some();
     if !args.quiet {
         print!("{}", serving::render(&report));
-        print!("{}", crate::report::serving_extras::render(&report));
+        print!("{}", crate::report::serving::extras::render(&report));
     }
     let mut bytes = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
     bytes.push(b'\n');

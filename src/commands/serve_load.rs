@@ -11,7 +11,7 @@ use crate::bench::goodput_search::{SearchOver, SearchSpec};
 use crate::bench::serving::{arrival_offsets, LoadLevel};
 use crate::cli::{LoadControlArgs, RampArg, SearchOverArg};
 use crate::dataset::{DatasetFile, LoadedDataset, Sample, DATASET_SCHEMA_VERSION};
-use crate::report::serving_extras::{ArrivalInfo, ShardInfo, Slos};
+use crate::report::serving::extras::{ArrivalInfo, ShardInfo, Slos};
 
 /// Field of a replayed sample that carries the trace's output length (sent as max_tokens).
 pub const REPLAY_MAX_TOKENS_FIELD: &str = "max_tokens";

@@ -7,11 +7,9 @@
 
 pub mod clip;
 pub mod config_check;
-pub mod family;
 pub mod gemv;
 pub mod gguf_tokenizer;
 pub mod llama;
 pub mod llava;
 pub mod qwen2vl;
 pub mod rope;
-pub mod weights;

@@ -21,7 +21,6 @@ pub mod journal;
 pub mod json;
 pub mod read;
 pub mod serving;
-pub mod serving_extras;
 mod serving_summary;
 pub mod table;
 #[cfg(test)]

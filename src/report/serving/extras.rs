@@ -1,11 +1,11 @@
 //! What a serving report carries beyond the core latency summaries: per-request offsets on the
 //! level's clock and reasoning counts, goodput under SLOs, the steady-state window, repeated
 //! runs (`--runs`), the goodput search and how arrivals were made. Kept apart from
-//! [`super::serving`] so the core schema stays small; every field here is optional in the JSON.
+//! [the serving report](super) so the core schema stays small; every field here is optional in the JSON.
 
 use serde::{Deserialize, Serialize};
 
-use super::serving::{LevelReport, RequestRecord};
+use super::{LevelReport, RequestRecord};
 use crate::stats::{summarize_each, summarize_pooled, Summary};
 
 fn is_false(b: &bool) -> bool {
@@ -449,7 +449,7 @@ pub struct ServingExtras {
 }
 
 /// The terminal lines for what the extras hold (empty when there is nothing).
-pub fn render(report: &super::serving::ServingReport) -> String {
+pub fn render(report: &super::ServingReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let load = |l: &LevelReport| {

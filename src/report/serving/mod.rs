@@ -12,10 +12,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use super::serving_extras::{LevelExtras, RequestDetail, ServingExtras};
+pub mod extras;
+
 use super::{preview, DatasetRef, Environment, RunStatus};
 use crate::fsutil::write_atomic;
 use crate::stats::Summary;
+pub use extras::{LevelExtras, RequestDetail, ServingExtras};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServingReport {
