@@ -338,6 +338,15 @@ pub struct DevicePool {
 }
 
 impl DevicePool {
+    /// The default pool of the CUDA device a model runs on; `None` on the CPU (see
+    /// [`DevicePool::for_device`]).
+    pub fn for_candle_device(device: &candle_core::Device) -> Option<Self> {
+        match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => Self::for_device(gpu_id),
+            _ => None,
+        }
+    }
+
     /// The default pool of CUDA device `ordinal`; `None` where there is no CUDA build or the
     /// driver has no memory pools.
     pub fn for_device(ordinal: usize) -> Option<Self> {

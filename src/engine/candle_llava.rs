@@ -13,7 +13,8 @@ use tokenizers::Tokenizer;
 use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
 use super::template::{tokenize_around_image, PromptTemplate};
 use super::{
-    Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
+    sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
+    PhasePeaks,
 };
 use crate::memory::DevicePool;
 use crate::models::llama::KvCache;
@@ -44,10 +45,7 @@ impl CandleLlavaEngine {
     ) -> Result<Self> {
         let cache = model.llm.new_cache(2048)?;
         let device = model.device().clone();
-        let pool = match model.device().location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
-            _ => None,
-        };
+        let pool = DevicePool::for_candle_device(model.device());
         Ok(Self {
             model,
             processor,
@@ -60,10 +58,6 @@ impl CandleLlavaEngine {
             threads: ModelThreads::for_device(&device)?,
         })
     }
-}
-
-fn sample_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Sample(e.to_string())
 }
 
 impl Engine for CandleLlavaEngine {

@@ -13,7 +13,8 @@ use tokenizers::Tokenizer;
 use super::decode::{ensure_cache, prefill_and_decode};
 use super::template::{PromptTemplate, IMAGE_PLACEHOLDER};
 use super::{
-    Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
+    sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
+    PhasePeaks,
 };
 use crate::memory::DevicePool;
 use crate::models::llama::KvCache;
@@ -128,10 +129,7 @@ impl CandleQwen2VlEngine {
     ) -> Result<Self> {
         let cache = model.llm.new_cache(2048)?;
         let device = model.device().clone();
-        let pool = match device.location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
-            _ => None,
-        };
+        let pool = DevicePool::for_candle_device(&device);
         Ok(Self {
             model,
             processor,
@@ -144,10 +142,6 @@ impl CandleQwen2VlEngine {
             threads: ModelThreads::for_device(&device)?,
         })
     }
-}
-
-fn sample_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Sample(e.to_string())
 }
 
 impl Engine for CandleQwen2VlEngine {

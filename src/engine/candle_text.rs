@@ -42,10 +42,7 @@ impl CandleTextEngine {
         // request needs more, up to the context length.
         let cache = model.new_cache(1024)?;
         let model_device = &model.device().clone();
-        let pool = match model.device().location() {
-            candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
-            _ => None,
-        };
+        let pool = DevicePool::for_candle_device(model.device());
         Ok(Self {
             model,
             cache,

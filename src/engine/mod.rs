@@ -139,6 +139,11 @@ pub enum EngineError {
     Fatal(#[from] anyhow::Error),
 }
 
+/// A failure of this sample only, from any error a model step returns.
+pub(crate) fn sample_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Sample(e.to_string())
+}
+
 /// Static facts about a loaded engine, recorded in the report's environment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EngineInfo {
