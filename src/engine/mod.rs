@@ -6,14 +6,22 @@
 //! work being timed (on CUDA: the model thread's stream is synchronised; reading a token id back
 //! to the host is itself a synchronisation point).
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod bandwidth;
 pub mod candle_llava;
 pub mod candle_text;
 pub mod gemv;
 pub mod gguf_tokenizer;
+pub mod kernels;
+pub mod kquants;
 pub mod llama;
 pub mod llava;
 pub mod load;
 pub mod openai;
+pub mod prefill;
 pub mod synth;
 
 use std::path::Path;

@@ -17,11 +17,37 @@ pub struct Environment {
     pub cpu_model: String,
     /// Logical CPUs available to this process.
     pub cpu_threads: usize,
+    /// The CPU kernel set the in-process engine runs and the features it was chosen from, so
+    /// figures from different CPU generations can be told apart.
+    #[serde(default)]
+    pub cpu_kernels: Option<CpuKernels>,
     /// GPU name, driver and CUDA driver version where NVML is available.
     #[serde(default)]
     pub gpu: Option<GpuInfo>,
     /// The command line, with secrets (API keys) removed.
     pub command_line: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuKernels {
+    /// `portable`, `avx2` or `avx512` (see `engine::kernels::KernelSet`).
+    pub set: String,
+    /// The features detected, e.g. `avx2`, `avx512vnni`, `amx-bf16` (AMX only where the OS
+    /// granted its tile state).
+    pub features: Vec<String>,
+}
+
+impl CpuKernels {
+    pub fn detect() -> Self {
+        use crate::engine::kernels;
+        Self {
+            set: kernels::KernelSet::active().name().to_string(),
+            features: kernels::detected_features()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +77,7 @@ impl Environment {
             cpu_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            cpu_kernels: Some(CpuKernels::detect()),
             gpu: gpu_ordinal.and_then(gpu_info),
             command_line: redact_secrets(std::env::args()),
         }
