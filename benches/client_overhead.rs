@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vlmbench::engine::openai::client::{build_body, ClientConfig};
-use vlmbench::engine::openai::load::{run_level, LoadLevel};
-use vlmbench::engine::openai::stream::Endpoint;
+use vlmbench::bench::serving::{run_level, LoadLevel};
+use vlmbench::client::http::{build_body, ClientConfig};
+use vlmbench::client::stream::Endpoint;
 use vlmbench::stats::summarize;
 
 const TOKENS: usize = 20;

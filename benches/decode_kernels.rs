@@ -18,8 +18,8 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vlmbench::engine::gemv::{matvec_many, Weight};
-use vlmbench::engine::kernels;
+use vlmbench::models::gemv::{matvec_many, Weight};
+use vlmbench::models::kernels;
 
 const HIDDEN: usize = 1024;
 const INTERMEDIATE: usize = 2816;

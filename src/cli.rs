@@ -1,9 +1,13 @@
 //! Command-line arguments. Parsing only: values are validated into options structs by the
 //! command modules, which never see raw arguments.
+//!
+//! Used by commands only; borrows value enums (`Workload`) and the preset list from below.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::bench::workload::Workload;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         tokens/s, end-to-end latency and peak memory. `vlmbench compare`, `plot` and `html` \
         read reports back: side by side with ratios, as charts, as one HTML page.",
     after_help = "Examples:\n  \
-        vlmbench run                                   # random tiny Llama on the built-in synthetic set\n  \
+        vlmbench run                                   # random:tiny-llava on the built-in synthetic set\n  \
         vlmbench prepare coco --annotations captions_val2014.json --images val2014/\n  \
         vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_short.json --device cuda\n  \
         vlmbench compare reports/base.json reports/new.json"
@@ -43,6 +47,20 @@ pub enum Command {
     Plot(PlotArgs),
     /// Write one self-contained HTML page with the summary, environment and charts.
     Html(HtmlArgs),
+    /// Turn the journal of a run that was killed (or crashed) into its report.
+    #[command(after_help = "Example:\n  \
+        vlmbench recover reports/run.journal.jsonl     # writes reports/run.json and run.csv")]
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The journal `vlmbench run` keeps beside its report (`<report>.journal.jsonl`).
+    #[arg(value_name = "JOURNAL")]
+    pub journal: PathBuf,
+    /// Where the report goes (default: the journal's report path, `<report>.json`).
+    #[arg(long, value_name = "FILE")]
+    pub report_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,12 +230,9 @@ pub struct RunArgs {
     /// Where the model runs: in this process (candle) or behind an OpenAI-compatible server.
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
     pub backend: Backend,
-    /// Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a
-    /// Hugging Face hub id, or random:<preset> (tiny-llama, perf-181m, llama-2-7b, tiny-llava,
-    /// tiny-llava-next, llava-1.5-7b, llava-1.6-7b); default random:tiny-llava. With --backend openai: the model name to request (default: the first
-    /// model the server lists).
     #[arg(
         long,
+        help = format!("Model: a local folder (config.json + safetensors + tokenizer.json), a .gguf file, a Hugging Face hub id, or random:<preset> ({}); default random:tiny-llava. With --backend openai: the model name to request (default: the first model the server lists)", crate::synth::presets::list()),
         visible_alias = "model",
         env = "VLMBENCH_MODEL_PATH",
         value_name = "PATH|ID|NAME"
@@ -269,7 +284,8 @@ pub struct RunArgs {
     /// the GPU, so a profiled run is slower: profile and measure in separate runs.
     #[arg(long)]
     pub profile: bool,
-    /// CPU threads for the model (default: all cores).
+    /// CPU threads for the model (default: all cores). More than the logical CPU count warns;
+    /// more than 8 per logical CPU is refused.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Do not print the summary table.
@@ -332,27 +348,15 @@ pub struct ServerArgs {
     /// The server's context length, for --workload high when the server does not report it.
     #[arg(long)]
     pub context_length: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
-    High,
-    Mid,
-    Low,
-    VisionA,
-    VisionB,
-}
-
-impl Workload {
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::High => "high",
-            Workload::Mid => "mid",
-            Workload::Low => "low",
-            Workload::VisionA => "vision-a",
-            Workload::VisionB => "vision-b",
-        }
-    }
+    /// Send repeated prompts and images exactly as given (to measure what the server's prefix
+    /// and encoder caches buy). By default a repeat gets a unique prompt prefix and altered
+    /// image pixels, so no request is served from an earlier one's cache.
+    #[arg(long)]
+    pub repeat_inputs: bool,
+    /// Empty the server's prefix cache before each level (vLLM POST /reset_prefix_cache,
+    /// SGLang POST /flush_cache; whichever answers).
+    #[arg(long)]
+    pub reset_cache: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -374,8 +378,7 @@ pub enum DtypeArg {
     after_help = "Example:\n  vlmbench synth-model --preset tiny-llava --out models/tiny-llava"
 )]
 pub struct SynthModelArgs {
-    /// Architecture preset: tiny-llama, perf-181m, llama-2-7b.
-    #[arg(long)]
+    #[arg(long, help = format!("Architecture preset: {}", crate::synth::presets::list()))]
     pub preset: String,
     /// Output folder (created).
     #[arg(long, value_name = "DIR")]
@@ -386,6 +389,12 @@ pub struct SynthModelArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write everything but the weights (config.json, generation_config.json, the tokenizer, a
+    /// vision preset's processor files): for a data set exact against the preset's tokenizer
+    /// (`prepare synthetic --tokenizer DIR/tokenizer.json`) or the same architecture built in
+    /// another framework, without gigabytes on disk.
+    #[arg(long)]
+    pub no_weights: bool,
 }
 
 #[derive(Debug, Args)]

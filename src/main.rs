@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Some(Command::Compare(args)) => commands::compare::execute(args),
         Some(Command::Plot(args)) => commands::plot::execute(args),
         Some(Command::Html(args)) => commands::html::execute(args),
+        Some(Command::Recover(args)) => commands::recover::execute(args),
         // `vlmbench` alone runs the main job with its defaults.
         None => commands::run::execute(commands::run::default_args()),
     };
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("Error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(commands::common::exit_code_of(&err))
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Peak memory: host RSS from the kernel, GPU memory from NVML sampled on a background thread.
 //!
 //! A missing measurement is `None` with a reason, never a made-up zero.
+//!
+//! A leaf: depends on no other vlmbench module.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,16 +52,22 @@ pub struct MemoryReport {
     pub gpu_pool_peak_decode: MaybeBytes,
 }
 
+/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
+/// (see [`DevicePool`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhasePeaks {
+    pub vision_bytes: Option<u64>,
+    pub prefill_bytes: Option<u64>,
+    pub decode_bytes: Option<u64>,
+}
+
 fn not_measured() -> MaybeBytes {
     MaybeBytes::unknown("not measured")
 }
 
 impl MemoryReport {
     /// Fills the pool peaks from the samples' per-phase measurements.
-    pub fn with_pool_peaks<'a>(
-        mut self,
-        peaks: impl Iterator<Item = &'a crate::engine::PhasePeaks>,
-    ) -> Self {
+    pub fn with_pool_peaks<'a>(mut self, peaks: impl Iterator<Item = &'a PhasePeaks>) -> Self {
         let (mut prefill, mut decode, mut any) = (None::<u64>, None::<u64>, false);
         for p in peaks {
             any = true;
@@ -194,9 +202,10 @@ mod nvml_sampler {
     impl Running {
         pub fn start(ordinal: usize, interval_ms: u64) -> Result<Self, String> {
             let nvml = Nvml::init().map_err(|e| e.to_string())?;
+            let bus_id = super::cuda_pci_bus_id(ordinal)?;
             // Fail now, not silently in the thread, if the device cannot be read.
-            nvml.device_by_index(ordinal as u32)
-                .and_then(|d| d.memory_info())
+            super::nvml_device(&nvml, ordinal)?
+                .memory_info()
                 .map_err(|e| e.to_string())?;
             let stop = Arc::new(AtomicBool::new(false));
             let stop_thread = stop.clone();
@@ -206,7 +215,7 @@ mod nvml_sampler {
                 let mut peak_process: Option<u64> = None;
                 let mut process_reason = String::from("NVML reported no per-process usage");
                 loop {
-                    if let Ok(dev) = nvml.device_by_index(ordinal as u32) {
+                    if let Ok(dev) = nvml.device_by_pci_bus_id(bus_id.clone()) {
                         if let Ok(m) = dev.memory_info() {
                             peak_device = peak_device.max(m.used);
                         }
@@ -257,6 +266,61 @@ mod nvml_sampler {
     }
 }
 
+/// The NVML handle of CUDA device `ordinal`. NVML numbers devices in PCI bus order and ignores
+/// `CUDA_VISIBLE_DEVICES`, so a CUDA ordinal is not an NVML index: the device is looked up by
+/// the PCI bus id the CUDA driver reports for that ordinal.
+#[cfg(feature = "cuda")]
+pub fn nvml_device(
+    nvml: &nvml_wrapper::Nvml,
+    ordinal: usize,
+) -> Result<nvml_wrapper::Device<'_>, String> {
+    let bus_id = cuda_pci_bus_id(ordinal)?;
+    nvml.device_by_pci_bus_id(bus_id.clone()).map_err(|e| {
+        format!("NVML has no device at PCI bus id {bus_id} (CUDA device {ordinal}): {e}")
+    })
+}
+
+/// The PCI bus id (`0000:01:00.0`) of CUDA device `ordinal`, as the CUDA driver numbers it.
+#[cfg(feature = "cuda")]
+fn cuda_pci_bus_id(ordinal: usize) -> Result<String, String> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let mut buf = [0 as std::ffi::c_char; 32];
+    // SAFETY: driver queries with out-pointers to locals; the buffer is NUL-terminated by the
+    // driver within its stated length (and zeroed beforehand).
+    unsafe {
+        let mut dev: sys::CUdevice = 0;
+        let rc = sys::cuDeviceGet(&mut dev, ordinal as i32);
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            return Err(format!("CUDA device {ordinal}: {rc:?}"));
+        }
+        let rc = sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), (buf.len() - 1) as i32, dev);
+        if rc != sys::CUresult::CUDA_SUCCESS {
+            return Err(format!("PCI bus id of CUDA device {ordinal}: {rc:?}"));
+        }
+        Ok(std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned())
+    }
+}
+
+/// Whether a pool peak can be trusted: only when the reset that opened its window succeeded
+/// (otherwise `USED_MEM_HIGH` still holds an older, larger peak).
+#[derive(Debug, Default)]
+struct PeakWindow {
+    reset_ok: std::cell::Cell<bool>,
+}
+
+impl PeakWindow {
+    fn opened(&self, reset_ok: bool) -> bool {
+        self.reset_ok.set(reset_ok);
+        reset_ok
+    }
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn read(&self, raw: Option<u64>) -> Option<u64> {
+        raw.filter(|_| self.reset_ok.get())
+    }
+}
+
 /// Exact high-water mark of the CUDA memory pool candle allocates from.
 ///
 /// cudarc (candle's CUDA layer) allocates with `cuMemAllocAsync` from the device's default
@@ -264,10 +328,13 @@ mod nvml_sampler {
 /// peak of bytes allocated since its last reset, so it can be reset and read per phase
 /// (vision encoder, prefill, decode), which NVML sampling cannot do: NVML sees the whole
 /// process (CUDA context, cuBLAS workspaces, pool reserve) and misses spikes shorter than its
-/// sampling interval.
+/// sampling interval. What it counts: every byte allocated from the pool and not yet freed,
+/// so a window's peak includes the weights and the KV cache already resident, plus the phase's
+/// activations and workspaces.
 pub struct DevicePool {
     #[cfg(feature = "cuda")]
     pool: candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool,
+    window: PeakWindow,
 }
 
 impl DevicePool {
@@ -288,7 +355,10 @@ impl DevicePool {
                 if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) != sys::CUresult::CUDA_SUCCESS {
                     return None;
                 }
-                Some(Self { pool })
+                Some(Self {
+                    pool,
+                    window: PeakWindow::default(),
+                })
             }
         }
         #[cfg(not(feature = "cuda"))]
@@ -298,20 +368,27 @@ impl DevicePool {
         }
     }
 
-    /// Starts a new measurement window: the high-water mark becomes the current usage.
-    pub fn reset_peak(&self) {
+    /// Starts a new measurement window: the high-water mark becomes the current usage (which
+    /// still counts the weights and the KV cache). Returns whether the driver accepted the
+    /// reset; until a reset succeeds, [`peak`](Self::peak) reports nothing.
+    pub fn reset_peak(&self) -> bool {
         #[cfg(feature = "cuda")]
         {
             use candle_core::cuda_backend::cudarc::driver::sys;
             let mut zero: u64 = 0;
             // SAFETY: USED_MEM_HIGH takes a cuuint64_t; only resetting to 0 is allowed.
-            unsafe {
+            let rc = unsafe {
                 sys::cuMemPoolSetAttribute(
                     self.pool,
                     sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                     &mut zero as *mut u64 as *mut std::ffi::c_void,
-                );
-            }
+                )
+            };
+            self.window.opened(rc == sys::CUresult::CUDA_SUCCESS)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            self.window.opened(false)
         }
     }
 
@@ -329,7 +406,8 @@ impl DevicePool {
                     &mut value as *mut u64 as *mut std::ffi::c_void,
                 )
             };
-            (rc == sys::CUresult::CUDA_SUCCESS).then_some(value)
+            self.window
+                .read((rc == sys::CUresult::CUDA_SUCCESS).then_some(value))
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -341,6 +419,16 @@ impl DevicePool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_peak_after_a_failed_reset_is_not_reported() {
+        let w = PeakWindow::default();
+        assert_eq!(w.read(Some(5)), None, "no window opened yet");
+        assert!(w.opened(true));
+        assert_eq!(w.read(Some(5)), Some(5));
+        assert!(!w.opened(false));
+        assert_eq!(w.read(Some(7)), None, "stale high-water mark");
+    }
 
     #[test]
     fn host_rss_is_measured_on_linux() {

@@ -12,6 +12,9 @@
 //! - **TPOT**: (E2E − TTFT) / (output_tokens − 1), as vLLM defines it; differs from mean TBT
 //!   only by the detokenisation time after the last token.
 //! - **E2E**: request start → request finished (text detokenised).
+//!
+//! Reads an engine's [`Generation`]; used by bench and report. Must not depend on report,
+//! bench or anything above.
 
 use std::time::Duration;
 

@@ -1,42 +1,18 @@
 //! `compare`, `plot`, `html` and `run --plots` end to end: the real binary on two small
 //! in-process reports (and a serving report written here), checked through their files.
 
+mod common;
+
+use common::{prepare_prompts, read_json, vlmbench};
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::str::contains;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The charts every in-process report gets.
 const IN_PROCESS_CHARTS: [&str; 4] = ["ttft", "tbt", "tbt_by_position", "ttft_vs_input"];
 /// PNGs are drawn at twice the 820x460 SVG size.
 const PNG_SIZE: (u32, u32) = (1640, 920);
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn prompts(dir: &Path) -> PathBuf {
-    let txt = dir.join("p.txt");
-    std::fs::write(
-        &txt,
-        "Hello there\nWhat is the capital of France?\nTell me a story about a dragon\n",
-    )
-    .unwrap();
-    let out = dir.join("prompts_p.json");
-    vlmbench()
-        .args(["prepare", "prompts", "--file"])
-        .arg(&txt)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    out
-}
 
 /// Runs random:tiny-llama over `data` and returns the report path.
 fn run(dir: &Path, data: &Path, name: &str, max_new: &str, extra: &[&str]) -> PathBuf {
@@ -116,7 +92,13 @@ fn serving_report(path: &Path) {
 #[test]
 fn compare_plot_and_html_on_real_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let data = prompts(dir.path());
+    let data = prepare_prompts(
+        dir.path(),
+        "Hello there
+What is the capital of France?
+Tell me a story about a dragon
+",
+    );
     let a = run(dir.path(), &data, "a", "6", &["--plots"]);
     let b = run(dir.path(), &data, "b", "10", &[]);
 
@@ -223,8 +205,13 @@ fn serving_reports_compare_by_level_and_plot_sweeps() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("srv.json");
     serving_report(&s);
+    // A second report with other TTFTs (x1.5 at c1, x2.5 at c4), so a ratio taken the wrong
+    // way round (0.67x, 0.40x) or against the wrong level shows.
     let t = dir.path().join("srv2.json");
-    std::fs::copy(&s, &t).unwrap();
+    let mut other = read_json(&s);
+    other["levels"][0]["ttft_ms"]["median"] = json!(30.0);
+    other["levels"][1]["ttft_ms"]["median"] = json!(100.0);
+    std::fs::write(&t, serde_json::to_vec(&other).unwrap()).unwrap();
 
     vlmbench()
         .args(["compare", "--format", "md"])
@@ -234,7 +221,7 @@ fn serving_reports_compare_by_level_and_plot_sweeps() {
         .success()
         .stdout(contains("| srv@c1 | srv@c4 | srv2@c1 | srv2@c4 |"))
         .stdout(contains(
-            "| TTFT median (ms) | 20.00 | 40.00 | 20.00 (1.00x) | 40.00 (1.00x) |",
+            "| TTFT median (ms) | 20.00 | 40.00 | 30.00 (1.50x) | 100.0 (2.50x) |",
         ));
 
     vlmbench()

@@ -1,15 +1,18 @@
 //! The HTTP client against a streaming server inside the test, with injected delays and
 //! failures: vlmbench's TTFT and per-token ITL must match what the server injected.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::http::read_request;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use vlmbench::engine::openai::client::{build_body, ClientConfig};
-use vlmbench::engine::openai::load::{run_level, LoadLevel};
-use vlmbench::engine::openai::stream::Endpoint;
+use vlmbench::bench::serving::{run_level, LoadLevel};
+use vlmbench::client::http::{build_body, ClientConfig};
+use vlmbench::client::stream::Endpoint;
 
 const TTFT: Duration = Duration::from_millis(50);
 const GAP: Duration = Duration::from_millis(10);
@@ -28,39 +31,6 @@ fn log_write(prompt: &str, at: Instant) {
         .entry(prompt.to_string())
         .or_default()
         .push(at);
-}
-
-/// Reads one HTTP request; returns the request line and the body.
-async fn read_request(sock: &mut TcpStream) -> Option<(String, String)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = sock.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            let line = head.lines().next().unwrap_or("").to_string();
-            return Some((
-                line,
-                String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned(),
-            ));
-        }
-    }
 }
 
 async fn chunk(sock: &mut TcpStream, data: &str) -> std::io::Result<()> {
@@ -139,10 +109,12 @@ async fn serve(mut sock: TcpStream) {
                 "choices":[{"index":0,"delta":{"content":"ab".repeat(n as usize)},"finish_reason":null}],
                 "usage":{"prompt_tokens":7,"completion_tokens":sent_tokens}
             });
+            // Stamped as the write starts: no client can see the chunk earlier.
+            let writing = Instant::now();
             if chunk(&mut sock, &sse(v)).await.is_err() {
                 return;
             }
-            log_write(&prompt, Instant::now());
+            log_write(&prompt, writing);
             step += 1;
         }
         let fin = serde_json::json!({"choices":[{"index":0,"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":7,"completion_tokens":sent_tokens}});
@@ -182,6 +154,12 @@ struct Errors {
     /// Worst |client TTFT from send − injected TTFT| (includes connection set-up and the
     /// server's own scheduling under load).
     ttft_vs_injected: f64,
+    /// Lowest signed (client TTFT from send − injected TTFT): below 0, a first token was
+    /// stamped before the server could have sent it.
+    ttft_vs_injected_min: f64,
+    /// Lowest signed (client first-token stamp − start of the server's write), ms; below 0, the
+    /// client stamped a token before it could have arrived.
+    ttft_client_min: f64,
     /// Mean lateness of the client's first-token timestamp behind the server's write.
     ttft_client_mean: f64,
     /// Worst lateness of the client's first-token timestamp behind the server's write.
@@ -237,6 +215,8 @@ async fn timing_errors_once(n: usize) -> Errors {
     let writes = SERVER_WRITES.lock().unwrap().clone().unwrap_or_default();
     let mut e = Errors {
         ttft_vs_injected: 0.0,
+        ttft_vs_injected_min: f64::INFINITY,
+        ttft_client_min: f64::INFINITY,
         ttft_client_mean: 0.0,
         ttft_client_max: 0.0,
         itl_client_max: 0.0,
@@ -257,13 +237,19 @@ async fn timing_errors_once(n: usize) -> Errors {
         e.ttft_vs_injected = e
             .ttft_vs_injected
             .max((m.ttft_from_send_ms - TTFT.as_secs_f64() * 1e3).abs());
+        e.ttft_vs_injected_min = e
+            .ttft_vs_injected_min
+            .min(m.ttft_from_send_ms - TTFT.as_secs_f64() * 1e3);
         let server = &writes[prompt];
         assert_eq!(server.len(), o.timeline.chunks.len());
-        let late = o.timeline.chunks[0]
-            .at
-            .saturating_duration_since(server[0])
-            .as_secs_f64()
-            * 1e3;
+        // Signed: a stamp taken before the server wrote the chunk shows as negative.
+        let (client, written) = (o.timeline.chunks[0].at, server[0]);
+        let late = if client >= written {
+            (client - written).as_secs_f64() * 1e3
+        } else {
+            -((written - client).as_secs_f64() * 1e3)
+        };
+        e.ttft_client_min = e.ttft_client_min.min(late);
         e.ttft_client_mean += late / n as f64;
         e.ttft_client_max = e.ttft_client_max.max(late);
         for (i, w) in server.windows(2).enumerate() {
@@ -289,6 +275,8 @@ async fn ttft_and_itl_match_injected_delays_at_1_stream() {
     println!("1 stream: {e:?}");
     // Injected TTFT plus a fresh connection's set-up on loopback.
     assert!(e.ttft_vs_injected < 10.0, "{e:?}");
+    assert!(e.ttft_vs_injected_min > -1.0, "{e:?}");
+    assert!(e.ttft_client_min >= 0.0, "{e:?}");
     assert!(e.ttft_client_mean < 1.0, "{e:?}");
     assert!(e.itl_client_mean < 1.0, "{e:?}");
 }
@@ -304,6 +292,11 @@ async fn ttft_and_itl_match_injected_delays_at_256_streams() {
     // leave room for a busy machine (5.3 ms ITL mean was seen with a compiler on both cores).
     assert!(e.ttft_client_mean < 5.0, "{e:?}");
     assert!(e.itl_client_mean < 10.0, "{e:?}");
+    // No first token may be stamped before the server sent it (a stamp taken at send time
+    // would be about the injected 50 ms early), and none may be late by a whole injected TTFT.
+    assert!(e.ttft_client_min >= 0.0, "{e:?}");
+    assert!(e.ttft_vs_injected_min > -1.0, "{e:?}");
+    assert!(e.ttft_client_max < TTFT.as_secs_f64() * 1e3, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,4 +487,86 @@ async fn workload_presets_make_their_own_set() {
     assert_eq!(images, 4, "one unique image per request");
     assert!(!high.status.success());
     assert!(String::from_utf8_lossy(&high.stderr).contains("--context-length"));
+}
+
+/// A serving run killed mid-sweep leaves a journal of every finished request, and
+/// `vlmbench recover` turns it into a serving report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_serving_run_is_recovered_from_its_journal() {
+    let _serial = TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let base = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompts_short.json");
+    let report = dir.path().join("killed.json");
+    let journal = dir.path().join("killed.journal.jsonl");
+    let bin = assert_cmd::cargo::cargo_bin("vlmbench");
+    let (b, d, r, j) = (bin.clone(), data.clone(), report.clone(), journal.clone());
+    let recovered = tokio::task::spawn_blocking(move || {
+        let prep = std::process::Command::new(&b)
+            .args(["prepare", "prompts", "--builtin", "short", "--out"])
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(prep.success());
+        let mut child = std::process::Command::new(&b)
+            .args([
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                &base,
+                "--data-file",
+            ])
+            .arg(&d)
+            .args([
+                "--concurrency",
+                "1",
+                "--num-prompts",
+                "400",
+                "--warmup",
+                "0",
+            ])
+            .args(["--max-new-tokens", "20", "--report-file"])
+            .arg(&r)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::fs::read_to_string(&j).map_or(0, |t| t.lines().count()) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request reached the journal"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!r.exists(), "killed before its report");
+        let out = std::process::Command::new(&b)
+            .arg("recover")
+            .arg(&j)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&r).unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&recovered).unwrap();
+    assert_eq!(v["kind"], "serving");
+    assert_eq!(v["status"], "interrupted");
+    let level = &v["levels"][0];
+    assert_eq!(level["concurrency"], 1);
+    let done = level["completed"].as_u64().unwrap();
+    assert!((3..400).contains(&done), "{done} requests recovered");
+    assert_eq!(
+        level["total_output_tokens"].as_u64().unwrap(),
+        done * TOKENS
+    );
+    assert!(!journal.exists());
 }

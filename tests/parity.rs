@@ -1,27 +1,30 @@
 //! vlmbench computes what Hugging Face transformers computes.
 //!
-//! `tests/fixtures/parity/` holds tiny Llama, LLaVA 1.5 and LLaVA-NeXT checkpoints written by
-//! transformers' own `save_pretrained`, with test images and transformers' results
-//! (`expected.json`): prompt token ids, image token count, a digest of the processor's pixel
-//! values and the greedy tokens of `generate(do_sample=False)`. They were made by
-//! `scripts/parity/make_fixtures.py` (versions in `VERSIONS`). The real binary runs each
-//! checkpoint and must produce the same tokens, token for token.
+//! `tests/fixtures/parity/` holds tiny checkpoints written by transformers' own
+//! `save_pretrained` (Llama, LLaVA 1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and one per text
+//! family and config variant), with test images and transformers' results (`expected.json`):
+//! prompt token ids, image token count, a digest of the processor's pixel values and the greedy
+//! tokens (the text families' from a plain argmax loop over the KV cache, so end-of-sequence
+//! tokens are kept, which `--ignore-eos` reproduces; the Qwen2-VL family's from an argmax loop
+//! over full forward passes, one case per image). They were made by
+//! `scripts/parity/make_fixtures.py` (versions in `VERSIONS` and each `expected.json`); `gguf/`
+//! holds llama.cpp converter output of some of them (`scripts/parity/make_gguf.py`). The real
+//! binary runs each and must produce the same tokens, token for token.
 
+mod common;
+
+use common::{read_json, vlmbench};
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use vlmbench::engine::llava::preprocess::ImageProcessor;
+use vlmbench::models::llava::preprocess::ImageProcessor;
+use vlmbench::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/parity")
         .join(name)
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -36,16 +39,21 @@ fn ids(v: &Value) -> Vec<u64> {
 fn run_fixture(name: &str) -> (Value, Value) {
     let model = fixture(name);
     let expected = read_json(&model.join("expected.json"));
+    (run_model(&model, &expected), expected)
+}
+
+/// Runs `model` (a folder or a .gguf file) on `expected`'s prompt; the report's sample.
+fn run_model(model: &Path, expected: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let mut line = serde_json::json!({"text": expected["prompt"]});
     if let Some(img) = expected["image"].as_str() {
         line["image"] = model.join(img).display().to_string().into();
     }
+    let model = model.to_path_buf();
     let jsonl = dir.path().join("in.jsonl");
     std::fs::write(&jsonl, format!("{line}\n")).unwrap();
     let data = dir.path().join("set.json");
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args(["prepare", "jsonl", "--file"])
         .arg(&jsonl)
         .arg("--out")
@@ -54,12 +62,11 @@ fn run_fixture(name: &str) -> (Value, Value) {
         .success();
     let report = dir.path().join("r.json");
     let max_new = ids(&expected["output_ids"]).len().to_string();
-    Command::cargo_bin("vlmbench")
-        .unwrap()
+    vlmbench()
         .args([
             "run", "--quiet", "--warmup", "0", "--device", "cpu", "--dtype", "f32",
         ])
-        .args(["--max-new-tokens", &max_new])
+        .args(["--max-new-tokens", &max_new, "--ignore-eos"])
         .arg("--model-path")
         .arg(&model)
         .arg("--data-file")
@@ -68,8 +75,7 @@ fn run_fixture(name: &str) -> (Value, Value) {
         .arg(&report)
         .assert()
         .success();
-    let sample = read_json(&report)["samples"][0].clone();
-    (sample, expected)
+    read_json(&report)["samples"][0].clone()
 }
 
 fn assert_same_tokens(name: &str) {
@@ -132,5 +138,206 @@ fn pixel_values_equal_transformers_bit_for_bit() {
             expected["pixel_values"]["sha256"].as_str().unwrap(),
             "{name}: pixel values differ from transformers'"
         );
+    }
+}
+
+/// Text families and config variants: each fixture is a checkpoint transformers wrote, with
+/// the greedy tokens of a plain argmax loop over its KV cache (`scripts/parity/make_fixtures.py`).
+macro_rules! text_parity {
+    ($($test:ident => $name:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            assert_same_tokens($name);
+        }
+    )*};
+}
+
+text_parity! {
+    llama_5x_layout_bias_head_dim_equal_transformers => "llama_v5_bias_headdim",
+    llama_4x_layout_linear_rope_equal_transformers => "llama_v4_linear",
+    llama_dynamic_rope_past_the_context_equal_transformers => "llama_dynamic",
+    llama_yarn_rope_equal_transformers => "llama_yarn",
+    llama3_rope_tied_mqa_equal_transformers => "llama3_tied_mqa",
+    mistral_sliding_window_equal_transformers => "mistral_window",
+    qwen2_equal_transformers => "qwen2",
+    qwen2_sliding_window_layers_equal_transformers => "qwen2_window",
+    qwen3_equal_transformers => "qwen3",
+    gemma2_equal_transformers => "gemma2",
+    gemma3_equal_transformers => "gemma3",
+    phi3_longrope_equal_transformers => "phi3_longrope",
+    gpt2_equal_transformers => "gpt2",
+    pythia_equal_transformers => "pythia",
+}
+
+/// The GGUF llama.cpp's converter writes of a fixture (`scripts/parity/make_gguf.py`: f32,
+/// tokenizer in the metadata, no tokenizer.json beside it) gives transformers' tokens too: the
+/// same weights read under GGUF names, and the tokenizer rebuilt from the GGUF reproduces the
+/// prompt's ids.
+fn assert_gguf_same_tokens(name: &str) {
+    let expected = read_json(&fixture(name).join("expected.json"));
+    let gguf = fixture("gguf").join(format!("{name}.gguf"));
+    let sample = run_model(&gguf, &expected);
+    assert_eq!(sample["ok"], true, "{name}: {sample}");
+    assert_eq!(
+        sample["input_tokens"].as_u64().unwrap() as usize,
+        expected["input_ids"].as_array().unwrap().len(),
+        "{name}.gguf: prompt length differs (tokenizer rebuilt from GGUF metadata)"
+    );
+    assert_eq!(
+        ids(&sample["output_token_ids"]),
+        ids(&expected["output_ids"]),
+        "{name}.gguf: greedy tokens differ from the safetensors checkpoint's (transformers')"
+    );
+}
+
+macro_rules! gguf_parity {
+    ($($test:ident => $name:literal,)*) => {$(
+        #[test]
+        fn $test() {
+            assert_gguf_same_tokens($name);
+        }
+    )*};
+}
+
+gguf_parity! {
+    qwen2_gguf_equals_safetensors => "qwen2",
+    qwen3_gguf_equals_safetensors => "qwen3",
+    gemma3_gguf_equals_safetensors => "gemma3",
+    gpt2_gguf_equals_safetensors => "gpt2",
+    pythia_gguf_equals_safetensors => "pythia",
+}
+
+/// Runs every case of a several-image fixture (`expected.json` `cases`) in one run; returns the
+/// report's samples in data-file order, and the cases.
+fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
+    let model = fixture(name);
+    let expected = read_json(&model.join("expected.json"));
+    let cases = expected["cases"].as_array().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = cases
+        .iter()
+        .map(|c| {
+            let image = model.join(c["image"].as_str().unwrap());
+            format!(
+                "{}\n",
+                serde_json::json!({"text": c["prompt"], "image": image.display().to_string()})
+            )
+        })
+        .collect();
+    let jsonl = dir.path().join("in.jsonl");
+    std::fs::write(&jsonl, lines).unwrap();
+    let data = dir.path().join("set.json");
+    vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&data)
+        .assert()
+        .success();
+    let max_new = ids(&cases[0]["output_ids"]).len().to_string();
+    let report = dir.path().join("r.json");
+    // The reference is an argmax loop of fixed length: it runs on past end-of-sequence tokens.
+    vlmbench()
+        .args([
+            "run",
+            "--quiet",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--dtype",
+            "f32",
+            "--ignore-eos",
+        ])
+        .args(["--max-new-tokens", &max_new])
+        .arg("--model-path")
+        .arg(&model)
+        .arg("--data-file")
+        .arg(&data)
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .success();
+    let prepared = read_json(&data);
+    let mut samples = read_json(&report)["samples"].as_array().unwrap().clone();
+    // Data-file order (the report lists samples as they ran).
+    let order: Vec<i64> = prepared["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["index"].as_i64().unwrap())
+        .collect();
+    samples.sort_by_key(|s| {
+        let i = s["index"].as_i64().unwrap();
+        order.iter().position(|&o| o == i).unwrap()
+    });
+    assert_eq!(samples.len(), cases.len(), "{name}");
+    (samples, cases)
+}
+
+fn assert_cases_equal(name: &str) {
+    let (samples, cases) = run_cases(name);
+    for (sample, case) in samples.iter().zip(&cases) {
+        let image = case["image"].as_str().unwrap();
+        assert_eq!(sample["ok"], true, "{name} {image}: {sample}");
+        assert_eq!(
+            sample["image_tokens"].as_u64(),
+            case["image_tokens"].as_u64(),
+            "{name} {image}: image token count"
+        );
+        assert_eq!(
+            sample["input_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len(),
+            "{name} {image}: prompt length (image tokens included) differs"
+        );
+        assert_eq!(
+            ids(&sample["output_token_ids"]),
+            ids(&case["output_ids"]),
+            "{name} {image}: greedy tokens differ from transformers'"
+        );
+    }
+}
+
+#[test]
+fn qwen2_5_vl_greedy_tokens_equal_transformers() {
+    assert_cases_equal("qwen2_5_vl");
+}
+
+#[test]
+fn qwen2_vl_greedy_tokens_equal_transformers() {
+    assert_cases_equal("qwen2_vl");
+}
+
+/// Qwen2-VL's patches are bit-identical to transformers' Pillow-backed processor for images
+/// resized down, up and only rounded: smart_resize, resampling, normalisation, the temporal
+/// repeat and the patch order.
+#[test]
+fn qwen2_vl_patches_equal_transformers_bit_for_bit() {
+    for name in ["qwen2_5_vl", "qwen2_vl"] {
+        let dir = fixture(name);
+        let expected = read_json(&dir.join("expected.json"));
+        let settings = read_json(&dir.join("processor_config.json"))["image_processor"].clone();
+        let processor = Qwen2VlImageProcessor::from_json(&settings).unwrap();
+        for case in expected["cases"].as_array().unwrap() {
+            let image_name = case["image"].as_str().unwrap();
+            let image = processor.prepare_file(&dir.join(image_name)).unwrap();
+            let (t, h, w) = image.grid_thw;
+            assert_eq!(
+                vec![t as u64, h as u64, w as u64],
+                ids(&case["image_grid_thw"]),
+                "{name} {image_name}"
+            );
+            assert_eq!(
+                ids(&case["pixel_values"]["shape"]),
+                vec![(t * h * w) as u64, image.patch_len as u64],
+                "{name} {image_name}"
+            );
+            let bytes: Vec<u8> = image.patches.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                case["pixel_values"]["sha256"].as_str().unwrap(),
+                "{name} {image_name}: pixel values differ from transformers'"
+            );
+        }
     }
 }

@@ -5,18 +5,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use common::fixtures::*;
+use common::{read_json, vlmbench};
 use predicates::str::contains;
 use serde_json::Value;
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
 
 fn indices(v: &Value) -> Vec<i64> {
     v["samples"]
@@ -120,7 +112,7 @@ fn coco_errors_name_the_problem_and_leave_nothing() {
     // A chosen image is missing.
     std::fs::remove_file(imgs.join(coco2014_name(42))).unwrap();
     coco_run(&ann, &imgs, &out, &[])
-        .failure()
+        .code(1)
         .stderr(contains("image id 42"))
         .stderr(contains("COCO_val2014_000000000042.jpg"));
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
@@ -128,17 +120,18 @@ fn coco_errors_name_the_problem_and_leave_nothing() {
     let bogus = dir.path().join("bogus.json");
     std::fs::write(&bogus, r#"{"categories": []}"#).unwrap();
     coco_run(&bogus, &imgs, &out, &[])
-        .failure()
+        .code(1)
         .stderr(contains("bogus.json"))
         .stderr(contains("not a COCO captions"));
     // Undecodable image.
     std::fs::write(imgs.join(coco2014_name(42)), b"definitely not a jpeg").unwrap();
     coco_run(&ann, &imgs, &out, &[])
-        .failure()
-        .stderr(contains("image id 42"));
+        .code(1)
+        .stderr(contains("image id 42"))
+        .stderr(contains("COCO_val2014_000000000042.jpg"));
     // Missing annotation file.
     coco_run(&dir.path().join("nope.json"), &imgs, &out, &[])
-        .failure()
+        .code(1)
         .stderr(contains("nope.json"));
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
 }
@@ -188,7 +181,7 @@ fn coco_tsv_keeps_python_list_references() {
         .arg("--out")
         .arg(&out)
         .assert()
-        .failure()
+        .code(1)
         .stderr(contains("row index 5, field `answer`"));
 }
 
@@ -322,7 +315,7 @@ fn mmbench_errors_name_row_and_field_and_leave_nothing() {
     // Missing required column.
     std::fs::write(&tsv, "index\thint\tA\n1\tx\ty\n").unwrap();
     run(&tsv)
-        .failure()
+        .code(1)
         .stderr(contains("`question`"))
         .stderr(contains("t.tsv"));
     // Undecodable image.
@@ -336,18 +329,21 @@ fn mmbench_errors_name_row_and_field_and_leave_nothing() {
     };
     mmbench_tsv(&tsv, &[row("x".repeat(100))]);
     run(&tsv)
-        .failure()
-        .stderr(contains("row index 7, field `image`"));
+        .code(1)
+        .stderr(contains("t.tsv: row index 7, field `image`"));
     mmbench_tsv(&tsv, &[row(b64(&vec![7u8; 200]))]);
     run(&tsv)
-        .failure()
-        .stderr(contains("row index 7, field `image`"));
+        .code(1)
+        .stderr(contains("t.tsv: row index 7, field `image`"));
     // Reference to a row that does not exist.
     mmbench_tsv(&tsv, &[row("99".into())]);
-    run(&tsv).failure().stderr(contains("row 99"));
+    run(&tsv)
+        .code(1)
+        .stderr(contains("t.tsv: row index 7, field `image`"))
+        .stderr(contains("row 99"));
     // Missing file.
     run(&dir.path().join("absent.tsv"))
-        .failure()
+        .code(1)
         .stderr(contains("absent.tsv"));
     assert!(
         !out.exists() || std::fs::read_dir(&out).unwrap().count() == 0,
@@ -373,13 +369,33 @@ fn data_derived_names_cannot_escape_the_output_folder() {
         out.join("jsonl_.._.._evil.json").is_file(),
         "the set name is sanitised into one file name"
     );
-    // COCO file names come from data too.
-    let (ann, imgs) = coco(dir.path(), &[5], coco2014_name);
+    // COCO file names come from data too. This one names a real image, two folders above
+    // --images, so the prepare reaches the copy; copied under its raw name, the image would
+    // land two folders above the staging folder: in `deep/`, outside the output folder.
+    let (ann, imgs) = coco(&dir.path().join("coco"), &[5], coco2014_name);
     let mut v = read_json(&ann);
-    v["images"][0]["file_name"] = "../../../escape.jpg".into();
+    v["images"][0]["file_name"] = "../../escape.jpg".into();
     std::fs::write(&ann, serde_json::to_vec(&v).unwrap()).unwrap();
     std::fs::write(dir.path().join("escape.jpg"), jpeg(5, 8, 8)).unwrap();
-    let _ = coco_run(&ann, &imgs, &out.join("c.json"), &[]);
+    assert!(
+        imgs.join("../../escape.jpg").is_file(),
+        "the planted image resolves"
+    );
+    let set = out.join("c.json");
+    coco_run(&ann, &imgs, &set, &[]).success();
+    let image = read_json(&set)["samples"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        image, "c_images/.._.._escape.jpg",
+        "one sanitised file name"
+    );
+    assert!(
+        out.join(&image).is_file(),
+        "the image was copied into the set"
+    );
+    assert!(!dir.path().join("deep/escape.jpg").exists());
     for entry in walk(dir.path()) {
         let rel = entry.strip_prefix(dir.path()).unwrap();
         assert!(
@@ -403,13 +419,30 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The real COCO-mini and MMBench sample files, when the shared data folder is beside the
-/// checkout (a user's clone has none: then this test says so and passes).
+/// The real COCO-mini and MMBench sample files: from `VLMBENCH_SAMPLE_DATA` when set (then
+/// they must be there), else from `../shared/data` beside the checkout. A clone without them
+/// skips the test, saying so on the terminal (past the test harness's output capture).
 #[test]
 fn real_sample_files() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let (shared, required) = match std::env::var_os("VLMBENCH_SAMPLE_DATA") {
+        Some(dir) => (PathBuf::from(dir), true),
+        None => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+            false,
+        ),
+    };
     if !shared.is_dir() {
-        eprintln!("skipped: {} not found", shared.display());
+        assert!(
+            !required,
+            "VLMBENCH_SAMPLE_DATA={} is not a folder",
+            shared.display()
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED real_sample_files: no sample data at {} (set VLMBENCH_SAMPLE_DATA=DIR)",
+            shared.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,19 +1,12 @@
 //! `vlmbench prepare prompts | jsonl | synthetic` through the real binary.
 
+mod common;
+
+use common::{read_json, vlmbench};
 use std::path::Path;
 
-use assert_cmd::Command;
 use base64::Engine as _;
 use predicates::str::contains;
-use serde_json::Value;
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
 
 fn tiny_png() -> Vec<u8> {
     let img = image::RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8 * 50, y as u8 * 70, 9]));
@@ -92,7 +85,7 @@ fn missing_prompt_file_is_a_one_line_error() {
         ])
         .arg(dir.path())
         .assert()
-        .failure()
+        .code(1)
         .stderr(contains("/no/such/prompts.txt"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -170,7 +163,7 @@ fn jsonl_errors_name_the_line_and_field_and_leave_nothing() {
             .arg("--out")
             .arg(&out)
             .assert()
-            .failure()
+            .code(1)
             .stderr(contains(expected));
         assert!(
             !out.exists() || std::fs::read_dir(&out).unwrap().count() == 0,
@@ -183,7 +176,14 @@ fn jsonl_errors_name_the_line_and_field_and_leave_nothing() {
 fn synthetic_set_with_given_tokenizer_file() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
-    std::fs::write(&tok, vlmbench::engine::synth::builtin_tokenizer_json()).unwrap();
+    // A smaller vocabulary than the built-in tokenizer's: the same prompt is more tokens, so
+    // lengths counted with the built-in one instead would not match.
+    let json = vlmbench::synth::tokenizer_json(300, &[]).unwrap();
+    std::fs::write(&tok, &json).unwrap();
+    let given = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
+    let builtin =
+        tokenizers::Tokenizer::from_bytes(vlmbench::synth::builtin_tokenizer_json().as_bytes())
+            .unwrap();
     let out = dir.path().join("s.json");
     let args = [
         "prepare",
@@ -213,11 +213,39 @@ fn synthetic_set_with_given_tokenizer_file() {
     assert_eq!(v["set"], "synthetic");
     assert_eq!(v["seed"], 42);
     assert_eq!(v["sources"][0]["name"], "tokenizer.json");
-    for s in v["samples"].as_array().unwrap() {
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(v["num_samples"], 3);
+    let mut differs = false;
+    for s in samples {
+        let prompt = s["prompt"].as_str().unwrap();
+        let want = s["fields"]["input_tokens"].as_u64().unwrap() as usize;
+        let n = given.encode(prompt, false).unwrap().len();
+        assert_eq!(n, want, "{prompt:?} is {n} tokens of the given tokenizer");
+        differs |= builtin.encode(prompt, false).unwrap().len() != want;
         let rel = s["image"].as_str().unwrap();
         assert!(rel.ends_with(".jpg"), "{rel}");
-        assert!(dir.path().join(rel).is_file());
+        let bytes = std::fs::read(dir.path().join(rel)).unwrap();
+        assert_eq!(
+            image::guess_format(&bytes).unwrap(),
+            image::ImageFormat::Jpeg,
+            "{rel}"
+        );
+        let img = image::load_from_memory(&bytes).unwrap();
+        // The standard deviations default to 0: every image is exactly the mean size.
+        assert_eq!((img.width(), img.height()), (40, 30), "{rel}");
+        assert_eq!(
+            (
+                s["fields"]["image_width"].as_u64(),
+                s["fields"]["image_height"].as_u64()
+            ),
+            (Some(40), Some(30))
+        );
     }
+    assert!(
+        differs,
+        "the built-in tokenizer counts these prompts the same; the test cannot tell them apart"
+    );
     let first = std::fs::read(&out).unwrap();
     vlmbench()
         .args(args)

@@ -1,44 +1,14 @@
 //! `vlmbench run` end to end: the real binary on models written by `vlmbench synth-model`.
 
+mod common;
+
+use common::{prepare_prompts, read_json, synth_model, vlmbench};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use predicates::str::contains;
 use serde_json::Value;
-
-fn vlmbench() -> Command {
-    Command::cargo_bin("vlmbench").unwrap()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn synth(dir: &Path, preset: &str) -> PathBuf {
-    let out = dir.join(preset);
-    vlmbench()
-        .args(["synth-model", "--preset", preset, "--out"])
-        .arg(&out)
-        .assert()
-        .success();
-    out
-}
-
-fn prompts(dir: &Path, lines: &str) -> PathBuf {
-    let txt = dir.join("p.txt");
-    std::fs::write(&txt, lines).unwrap();
-    let out = dir.join("prompts_p.json");
-    vlmbench()
-        .args(["prepare", "prompts", "--file"])
-        .arg(&txt)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    out
-}
 
 /// Invariants every successful sample must satisfy.
 fn check_sample(s: &Value, max_new: u64) {
@@ -72,8 +42,8 @@ fn check_sample(s: &Value, max_new: u64) {
 #[test]
 fn text_model_report_csv_and_invariants() {
     let dir = tempfile::tempdir().unwrap();
-    let model = synth(dir.path(), "tiny-llama");
-    let data = prompts(
+    let model = synth_model(dir.path(), "tiny-llama");
+    let data = prepare_prompts(
         dir.path(),
         "Hello there\nWhat is the capital of France?\nTell me a story\n",
     );
@@ -97,7 +67,8 @@ fn text_model_report_csv_and_invariants() {
         .assert()
         .success()
         .stdout(contains("TTFT (ms)"))
-        .stdout(contains("TPS (tok/s)"));
+        .stdout(contains("TPS per sample (tok/s)"))
+        .stdout(contains("pooled decode throughput"));
     let v = read_json(&report);
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["status"], "complete");
@@ -133,10 +104,10 @@ fn text_model_report_csv_and_invariants() {
 #[test]
 fn failing_samples_are_recorded_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let model = synth(dir.path(), "tiny-llama");
+    let model = synth_model(dir.path(), "tiny-llama");
     // The second prompt is far longer than tiny-llama's context window.
     let long = "word ".repeat(20_000);
-    let data = prompts(
+    let data = prepare_prompts(
         dir.path(),
         &format!("short one\n{long}\nanother short one\n"),
     );
@@ -187,7 +158,7 @@ fn bad_inputs_fail_fast_with_a_clear_message() {
         r#"{"architectures": ["BertModel"], "model_type": "bert"}"#,
     )
     .unwrap();
-    let data = prompts(dir.path(), "hi\n");
+    let data = prepare_prompts(dir.path(), "hi\n");
     vlmbench()
         .args(["run", "--model-path"])
         .arg(&unsupported)
@@ -201,7 +172,7 @@ fn bad_inputs_fail_fast_with_a_clear_message() {
 #[test]
 fn ctrl_c_still_writes_a_valid_report() {
     let dir = tempfile::tempdir().unwrap();
-    let data = prompts(dir.path(), "one\ntwo\nthree\n");
+    let data = prepare_prompts(dir.path(), "one\ntwo\nthree\n");
     let report = dir.path().join("report.json");
     let bin = assert_cmd::cargo::cargo_bin("vlmbench");
     let mut child = std::process::Command::new(bin)
@@ -222,6 +193,13 @@ fn ctrl_c_still_writes_a_valid_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Interrupt once the model is loaded and samples are running (however long loading took
+    // on this machine), so the report must hold finished samples.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(stderr);
+    let loading = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(loading.starts_with("loading"), "{loading:?}");
+    std::thread::spawn(move || lines.for_each(drop));
     std::thread::sleep(Duration::from_millis(2500));
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -236,7 +214,9 @@ fn ctrl_c_still_writes_a_valid_report() {
     assert_eq!(status.code(), Some(130));
     let v = read_json(&report);
     assert_eq!(v["status"], "interrupted");
-    for s in v["samples"].as_array().unwrap() {
+    let samples = v["samples"].as_array().unwrap();
+    assert!(!samples.is_empty(), "no sample finished before Ctrl-C");
+    for s in samples {
         check_sample(s, 64);
     }
     assert_eq!(
@@ -309,7 +289,7 @@ fn llava_models_written_to_disk_run_with_images_and_phases() {
         ("tiny-llava", "llava-1.5"),
         ("tiny-llava-next", "llava-1.6"),
     ] {
-        let model = synth(dir.path(), preset);
+        let model = synth_model(dir.path(), preset);
         assert!(model.join("preprocessor_config.json").is_file());
         let report = dir.path().join(format!("{preset}.json"));
         vlmbench()

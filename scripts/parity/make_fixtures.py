@@ -6,11 +6,25 @@ the prompt's token ids, the number of image tokens, a digest of the pixel values
 (Pillow-backed) image processor makes, and the greedy tokens of `generate(do_sample=False)`.
 `tests/parity.rs` runs vlmbench on the same files and must reproduce every token.
 
-usage: python make_fixtures.py TOKENIZER_JSON OUT_DIR
+It also writes one tiny checkpoint per text family and config variant (TEXT_FIXTURES: Llama
+config layouts and rope types, Mistral's sliding window, Qwen2/2.5, Qwen3, Gemma 2/3, Phi-3,
+GPT-2, GPT-NeoX), each with the greedy tokens of a plain argmax loop over the model with its
+KV cache (not `generate(min_new_tokens=...)`, which forbids end-of-sequence tokens).
+
+usage: python make_fixtures.py TOKENIZER_JSON OUT_DIR [NAME...]
   TOKENIZER_JSON: the preset tokenizer (`vlmbench synth-model --preset tiny-llava --out DIR`
   writes one, with `<image>` as its last id).
+  NAME: only these fixtures (default: all).
 
-Needs torch, transformers (5.x), pillow, numpy; CPU only. Re-running gives the same files.
+Qwen2-VL and Qwen2.5-VL checkpoints get several images of different sizes and aspect ratios
+(resized down to `max_pixels`, up to `min_pixels`, or only rounded to the 28-pixel grid), one
+case per image in `expected.json` (`cases`), with greedy tokens from a plain argmax loop over
+full forward passes (no cache, no `generate`). They need the Qwen2-VL preset tokenizer
+(`vlmbench synth-model --preset tiny-qwen2.5-vl --out DIR`, `<|im_start|>` ... `<|video_pad|>` as
+its last ids), named by the environment variable QWEN_TOKENIZER_JSON.
+
+Needs torch, transformers (5.x), torchvision (transformers' Qwen2-VL image processor module
+imports it), pillow, numpy; CPU only. Re-running gives the same files.
 """
 import hashlib
 import json
@@ -21,7 +35,17 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     CLIPVisionConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaConfig,
@@ -146,23 +170,294 @@ def run_llava(tok, out, next_):
     })
 
 
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>"]
+QWEN_MAX_NEW_TOKENS = 16
+
+
+def qwen_tokenizer(path):
+    return PreTrainedTokenizerFast(tokenizer_file=path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens={"image_token": "<|image_pad|>",
+                                                                            "video_token": "<|video_pad|>"})
+
+
+def run_qwen(tok, out, v25):
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_SPECIALS}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                initializer_range=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    token_ids = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                     vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                     tie_word_embeddings=False)
+    torch.manual_seed(11 if v25 else 12)
+    if v25:
+        # Windows of 2x2 merged units (56 px), full attention on the middle layer.
+        vision = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                      window_size=56, fullatt_block_indexes=[1], hidden_act="silu", patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.1)
+        model = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision, **token_ids)).eval()
+        processor_class = Qwen2_5_VLProcessor
+    else:
+        vision = dict(depth=2, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, hidden_act="quick_gelu",
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.1)
+        model = Qwen2VLForConditionalGeneration(
+            Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids)).eval()
+        processor_class = Qwen2VLProcessor
+    # transformers initialises biases to zero and norms to one; random values make the test
+    # see every bias (the language model's q/k/v, the tower's) and every norm weight.
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if pname.endswith(".bias"):
+                param.normal_(0.0, 0.2)
+            elif "norm" in pname or "ln_q" in pname:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+    processor = processor_class(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64, resample=3,
+                                                 image_mean=CLIP_MEAN, image_std=CLIP_STD, patch_size=14,
+                                                 temporal_patch_size=2, merge_size=2),
+        tokenizer=tok, video_processor=Qwen2VLVideoProcessor())
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    template = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                "<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n")
+    # (width, height, seed, question): above max_pixels, below min_pixels, tall and above
+    # max_pixels, and one only rounded to the 28-pixel grid.
+    shapes = [(640, 480, 21, "Describe the scene in detail."), (50, 36, 22, "What is this?"),
+              (130, 460, 23, "Which colours are there?"), (213, 130, 24, "Count the squares.")]
+    cases = []
+    for width, height, seed, question in shapes:
+        name = f"image_{width}x{height}.png"
+        test_image(width, height, seed).save(os.path.join(out, name))
+        prompt_text = template.format(question)
+        inputs = processor(images=Image.open(os.path.join(out, name)), text=prompt_text, return_tensors="pt")
+        prompt = inputs["input_ids"]
+        types = inputs["mm_token_type_ids"]
+        generated = []
+        with torch.no_grad():
+            for _ in range(QWEN_MAX_NEW_TOKENS):
+                tail = torch.tensor([generated], dtype=prompt.dtype)
+                full = torch.cat([prompt, tail], dim=1)
+                full_types = torch.cat([types, torch.zeros_like(tail, dtype=types.dtype)], dim=1)
+                logits = model(input_ids=full, attention_mask=torch.ones_like(full),
+                               pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+                               mm_token_type_ids=full_types, use_cache=False).logits
+                generated.append(int(logits[0, -1].argmax()))
+        cases.append({
+            "prompt": question, "text": prompt_text, "image": name, "image_size": [height, width],
+            "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
+            "input_ids": prompt[0].tolist(), "image_tokens": int((prompt[0] == ids["<|image_pad|>"]).sum()),
+            "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated,
+        })
+    import transformers
+    save_expected(out, {"transformers": transformers.__version__, "torch": torch.__version__, "cases": cases})
+
+
+TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank at 10:45, in 2026."
+# Qwen2's tokenizer.json: NFC, and a split that keeps digits apart (llama.cpp's `qwen2`).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+SMALL = dict(vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+             bos_token_id=1, eos_token_id=2, pad_token_id=3)
+
+
+def small(**kw):
+    d = dict(SMALL)
+    d.update(kw)
+    return d
+
+
+def to_4x_layout(out):
+    """Rewrites config.json the way transformers 4.x wrote it: top-level `rope_theta` and
+    `rope_scaling` instead of 5.x's `rope_parameters`."""
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    rp = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rp.pop("rope_theta")
+    rp.pop("partial_rotary_factor", None)
+    cfg["rope_scaling"] = None if rp.get("rope_type", "default") == "default" else rp
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+
+
+def edit_json(out, name, change):
+    path = os.path.join(out, name)
+    with open(path) as f:
+        v = json.load(f)
+    change(v)
+    with open(path, "w") as f:
+        json.dump(v, f, indent=2, ensure_ascii=False)
+
+
+def qwen2_tokenizer(v):
+    v["normalizer"] = {"type": "NFC"}
+    v["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+
+
+def qwen_edit(layout_4x=False):
+    def edit(out):
+        edit_json(out, "tokenizer.json", qwen2_tokenizer)
+        if layout_4x:
+            to_4x_layout(out)
+    return edit
+
+
+def gpt2_edit(out):
+    # GPT-2 releases also carry `n_ctx` (llama.cpp's converter reads it).
+    edit_json(out, "config.json", lambda v: v.update(n_ctx=v["n_positions"]))
+
+
+def neox_4x_layout(out):
+    """GPT-NeoX as 4.x (and the Pythia releases) write it: `rotary_pct`, `rotary_emb_base`."""
+    def change(v):
+        rp = v.pop("rope_parameters")
+        v["rotary_pct"] = rp["partial_rotary_factor"]
+        v["rotary_emb_base"] = rp["rope_theta"]
+    edit_json(out, "config.json", change)
+
+
+def text_fixtures():
+    """name -> (config class, kwargs, post-save edit or None)."""
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+    half = 8 // 2  # rotary dim / 2 for head_dim 16, partial 0.5
+    return {
+        # 5.x layout, theta != 10000, head_dim != hidden/heads, q/k/v/o and MLP biases, GQA.
+        "llama_v5_bias_headdim": (LlamaConfig, small(head_dim=32, attention_bias=True, mlp_bias=True,
+                                  max_position_embeddings=256,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), None),
+        # 4.x layout (top-level rope_theta, rope_scaling) with linear scaling.
+        "llama_v4_linear": (LlamaConfig, small(max_position_embeddings=256,
+                            rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0}),
+                            to_4x_layout),
+        # Dynamic NTK: the prompt and the generated tokens run past max_position_embeddings.
+        "llama_dynamic": (LlamaConfig, small(max_position_embeddings=24,
+                          rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}), None),
+        "llama_yarn": (LlamaConfig, small(max_position_embeddings=256,
+                       rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                                        "rope_theta": 10000.0}), None),
+        # Llama 3 scaling, tied embeddings, multi-query attention.
+        "llama3_tied_mqa": (LlamaConfig, small(num_key_value_heads=1, tie_word_embeddings=True,
+                            max_position_embeddings=256, rope_parameters=llama3), None),
+        # A window shorter than the prompt: prefill and decode both limited to it.
+        "mistral_window": (MistralConfig, small(sliding_window=6, max_position_embeddings=256), None),
+        "qwen2": (Qwen2Config, small(tie_word_embeddings=True, max_position_embeddings=256,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), qwen_edit()),
+        # Sliding window on the layers from max_window_layers on.
+        "qwen2_window": (Qwen2Config, small(tie_word_embeddings=False, max_position_embeddings=256,
+                         use_sliding_window=True, sliding_window=6, max_window_layers=1), qwen_edit(True)),
+        "qwen3": (Qwen3Config, small(head_dim=32, tie_word_embeddings=True, max_position_embeddings=256,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}), qwen_edit()),
+        "gemma2": (Gemma2Config, small(head_dim=16, sliding_window=6, query_pre_attn_scalar=24,
+                   max_position_embeddings=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                   initializer_range=0.2), None),
+        # Six layers: the released pattern (five sliding, one global), which llama.cpp assumes.
+        "gemma3": (Gemma3TextConfig, small(num_hidden_layers=6, head_dim=16, sliding_window=6,
+                   query_pre_attn_scalar=16, max_position_embeddings=256, initializer_range=0.2,
+                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), None),
+        # Longrope with partial rotary: the long factors take over past 16 positions.
+        "phi3_longrope": (Phi3Config, small(hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                          max_position_embeddings=256, original_max_position_embeddings=16,
+                          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                           "partial_rotary_factor": 0.5,
+                                           "short_factor": [1.0, 1.1, 1.3, 1.6][:half],
+                                           "long_factor": [1.0, 2.0, 4.0, 8.0][:half]}), None),
+        "gpt2": (GPT2Config, dict(vocab_size=None, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                 initializer_range=0.5, bos_token_id=1, eos_token_id=2), gpt2_edit),
+        "pythia": (GPTNeoXConfig, dict(vocab_size=None, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                   num_attention_heads=4, max_position_embeddings=256, initializer_range=0.5,
+                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+                   use_parallel_residual=True, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False),
+                   neox_4x_layout),
+    }
+
+
+def argmax_loop(model, ids, n):
+    """Greedy tokens: prefill, then one token at a time through the KV cache; no logits
+    processors, so an end-of-sequence token is generated like any other."""
+    out = []
+    with torch.no_grad():
+        res = model(input_ids=ids, use_cache=True)
+        past = res.past_key_values
+        for _ in range(n):
+            nxt = int(res.logits[0, -1].argmax())
+            out.append(nxt)
+            res = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+            past = res.past_key_values
+    return out
+
+
+def run_text(tok, out, name, cls, kwargs, edit):
+    kwargs = dict(kwargs)
+    kwargs["vocab_size"] = len(tok)
+    torch.manual_seed(sum(map(ord, name)))
+    config = cls(**kwargs)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    # Norm weights and biases start at constants; seeded noise makes every one of them count.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.2)
+        if config.model_type.startswith("gemma"):
+            # Gemma multiplies embeddings by sqrt(hidden): without this the scaled token
+            # embedding swamps the residual stream and the tied head echoes the last token.
+            model.get_input_embeddings().weight.mul_(config.hidden_size ** -0.5)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if edit is not None:
+        edit(out)
+    # The reference comes from the checkpoint as written (config.json / tokenizer.json edits
+    # included).
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = PreTrainedTokenizerFast.from_pretrained(out)(TEXT_PROMPT, return_tensors="pt").input_ids
+    import transformers
+    save_expected(out, {"prompt": TEXT_PROMPT, "input_ids": ids[0].tolist(),
+                        "output_ids": argmax_loop(model, ids, MAX_NEW_TOKENS),
+                        "transformers": transformers.__version__})
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) < 3:
         sys.exit(__doc__)
     tok_path, root = sys.argv[1], sys.argv[2]
+    only = set(sys.argv[3:])
     torch.set_num_threads(2)
     tok = tokenizer(tok_path)
-    for name in ["llama", "llava", "llava_next"]:
+    texts = text_fixtures()
+    names = ["llama", "llava", "llava_next"] + list(texts) + ["qwen2_5_vl", "qwen2_vl"]
+    for name in names:
+        if only and name not in only:
+            continue
         out = os.path.join(root, name)
         os.makedirs(out, exist_ok=True)
-        if name == "llama":
+        if name in texts:
+            run_text(tok, out, name, *texts[name])
+        elif name == "llama":
             run_llama(tok, out)
-        else:
+        elif name in ("llava", "llava_next"):
             run_llava(tok, out, next_=name == "llava_next")
+        elif name in ("qwen2_5_vl", "qwen2_vl"):
+            qwen_tok = os.environ.get("QWEN_TOKENIZER_JSON")
+            if not qwen_tok:
+                sys.exit("set QWEN_TOKENIZER_JSON to the tiny-qwen2.5-vl preset's tokenizer.json")
+            run_qwen(qwen_tokenizer(qwen_tok), out, v25=name == "qwen2_5_vl")
+        else:
+            sys.exit(f"unknown fixture {name!r}")
         print(f"wrote {out}")
-    import transformers
-    with open(os.path.join(root, "VERSIONS"), "w") as f:
-        f.write(f"transformers {transformers.__version__}\ntorch {torch.__version__}\n")
+    if not only:
+        import transformers
+        with open(os.path.join(root, "VERSIONS"), "w") as f:
+            f.write(f"transformers {transformers.__version__}\ntorch {torch.__version__}\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::cli::{CompareArgs, CompareFormat};
 use crate::fsutil::write_atomic;
 use crate::report::compare::{compare, render_csv, render_json, render_markdown, render_table};
-use crate::report::load::read_named;
+use crate::report::read::read_named;
 
 pub fn execute(args: CompareArgs) -> Result<ExitCode> {
     let reports = read_named(&args.reports)?;

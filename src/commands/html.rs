@@ -7,9 +7,9 @@ use anyhow::Result;
 use crate::cli::HtmlArgs;
 use crate::fsutil::write_atomic;
 use crate::plot::charts::charts;
+use crate::plot::html::render;
 use crate::report::compare::compare;
-use crate::report::html::render;
-use crate::report::load::read_named;
+use crate::report::read::read_named;
 
 pub fn execute(args: HtmlArgs) -> Result<ExitCode> {
     let reports = read_named(&args.reports)?;

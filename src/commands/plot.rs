@@ -10,7 +10,7 @@ use crate::fsutil::parent_dir;
 use crate::plot::charts::charts;
 use crate::plot::png::PngRenderer;
 use crate::plot::write_charts;
-use crate::report::load::{read_named, AnyReport, NamedReport};
+use crate::report::read::{read_named, AnyReport, NamedReport};
 use crate::report::serving::ServingReport;
 use crate::report::Report;
 

@@ -5,12 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::common::usage_bail;
 use crate::cli::{BuiltinPrompts, ImageFormatArg, PrepareCommand};
 use crate::dataset::{coco, jsonl, mmbench, prompts, synthetic, DatasetFile};
 
 pub fn execute(cmd: PrepareCommand) -> Result<ExitCode> {
     match cmd {
         PrepareCommand::Coco(a) => {
+            if a.num_samples == 0 {
+                usage_bail!("--num-samples must be at least 1");
+            }
             let input = match (a.annotations, a.images, a.tsv) {
                 (Some(annotations), Some(images), None) => coco::CocoInput::Annotations {
                     annotations,
@@ -68,6 +72,9 @@ pub fn execute(cmd: PrepareCommand) -> Result<ExitCode> {
             }
         }
         PrepareCommand::Synthetic(a) => {
+            if a.num_samples == 0 {
+                usage_bail!("--num-samples must be at least 1");
+            }
             let out = resolve_out(&a.out.out, &synthetic::default_file_name(&a.name));
             let opts = synthetic::SyntheticOptions {
                 name: a.name,

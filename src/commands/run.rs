@@ -1,29 +1,34 @@
 //! `vlmbench run`: load the engine, run the set, write the reports.
+//!
+//! Order matters for what a fault can lose: the arguments and the report destination are
+//! checked before the model loads; each finished sample goes to the journal as it finishes;
+//! the summary table is printed before any file is written; a report that cannot be written
+//! where asked is saved to a temporary file.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{Cli, Command, DtypeArg, RunArgs};
-use crate::dataset::{synthetic, LoadedDataset};
-use crate::fsutil::sanitize_file_stem;
+use super::common::{
+    default_report_path, dtype_of, install_ctrl_c, load_dataset, progress_bar, usage_bail, utc_now,
+    EXIT_INTERRUPTED, EXIT_SOME_FAILED,
+};
+use super::destination::{write_or_rescue, ReportPaths};
+use crate::bench::runner::{self, RunOptions};
+use crate::cli::{Cli, Command, RunArgs};
 use crate::memory::GpuSampler;
-use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus, RunSummary};
-use crate::runner::{self, RunOptions};
+use crate::report::environment::logical_cpus;
+use crate::report::journal::{Journal, JournalWriter, RunHeader};
+use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus};
 
-/// Exit code when the run finished but some samples failed (their errors are in the report).
-pub const EXIT_SOME_FAILED: u8 = 3;
-/// Exit code after Ctrl-C (the report of what finished is still written).
-pub const EXIT_INTERRUPTED: u8 = 130;
 /// How often the GPU memory sampler reads NVML.
 const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
+
+/// `--threads` above this many times the logical CPU count is refused: oversubscription that
+/// far only measures the scheduler (thousands of threads turn a 0.02 s job into 39 s).
+pub const MAX_THREADS_PER_CPU: usize = 8;
 
 /// The arguments `vlmbench` alone runs with.
 pub fn default_args() -> RunArgs {
@@ -36,26 +41,50 @@ pub fn default_args() -> RunArgs {
 /// The model `run` uses when none is given.
 pub const DEFAULT_MODEL: &str = "random:tiny-llava";
 
+/// Checks `--threads` against the machine: refused when absurd, a warning when above the
+/// logical CPU count (returned, for the caller to print).
+pub fn check_threads(threads: usize, cpus: usize) -> Result<Option<String>> {
+    if threads == 0 {
+        usage_bail!("--threads must be at least 1");
+    }
+    let max = cpus * MAX_THREADS_PER_CPU;
+    if threads > max {
+        usage_bail!(
+            "--threads {threads} is more than {MAX_THREADS_PER_CPU} threads per logical CPU ({cpus} here, so at most {max}); give at most {cpus} to measure the model rather than the scheduler"
+        );
+    }
+    Ok((threads > cpus).then(|| {
+        format!("warning: --threads {threads} is more than the {cpus} logical CPUs here: threads will share cores and the numbers will be slower than the machine can do")
+    }))
+}
+
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
     if args.backend == crate::cli::Backend::Openai {
         return super::serve::execute(args);
     }
     if args.server.base_url.is_some() {
-        bail!("--base-url needs --backend openai");
+        usage_bail!("--base-url needs --backend openai");
     }
     let model = args
         .model_path
         .clone()
         .unwrap_or_else(|| DEFAULT_MODEL.to_string());
     if args.repeat == 0 {
-        bail!("--repeat must be at least 1");
+        usage_bail!("--repeat must be at least 1");
     }
     if args.max_new_tokens == 0 {
-        bail!("--max-new-tokens must be at least 1");
+        usage_bail!("--max-new-tokens must be at least 1");
     }
+    if args.limit == Some(0) {
+        usage_bail!(
+            "--limit 0 would measure nothing; give at least 1 (or leave it out for the whole set)"
+        );
+    }
+    // As the user's environment had it, before --threads sets it.
+    let rayon_env = std::env::var("RAYON_NUM_THREADS").ok();
     if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+        if let Some(warning) = check_threads(n, logical_cpus())? {
+            eprintln!("{warning}");
         }
         // candle's CPU kernels size their thread pools from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -65,21 +94,32 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let cancel = install_ctrl_c();
 
     let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
-    let options = crate::engine::load::EngineOptions {
+    let (started_iso, started_compact) = utc_now();
+    let paths = ReportPaths::beside(
+        args.report_file
+            .clone()
+            .unwrap_or_else(|| default_report_path(&model, &dataset.file.name, &started_compact)),
+    );
+    let mut inputs: Vec<(&str, &Path)> = vec![("--data-file", &data_path)];
+    if let Some(t) = &args.tokenizer {
+        inputs.push(("--tokenizer", t));
+    }
+    let model_path = Path::new(&model);
+    if model_path.exists() {
+        inputs.push(("--model-path", model_path));
+    }
+    paths.check(&inputs)?;
+
+    let options = crate::engine::open::EngineOptions {
         model: model.clone(),
-        dtype: match args.dtype {
-            DtypeArg::Auto => None,
-            DtypeArg::F32 => Some(candle_core::DType::F32),
-            DtypeArg::F16 => Some(candle_core::DType::F16),
-            DtypeArg::Bf16 => Some(candle_core::DType::BF16),
-        },
+        dtype: dtype_of(args.dtype),
         device: args.device.clone(),
         tokenizer: args.tokenizer.clone(),
         seed: args.seed,
         prompt_template: args.prompt_template.clone(),
     };
     eprintln!("loading {model} ...");
-    let mut engine = crate::engine::load::open_engine(&options)?;
+    let mut engine = crate::engine::open::open_engine(&options)?;
     let info = engine.info().clone();
     if !info.vision && dataset.file.samples.iter().any(|s| s.image.is_some()) {
         bail!(
@@ -102,29 +142,11 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         repeat: args.repeat,
         profile: args.profile,
     };
-    let total = dataset
-        .file
-        .samples
-        .len()
-        .min(args.limit.unwrap_or(usize::MAX))
-        * args.repeat;
-    let progress = progress_bar(total as u64);
-    let (started_iso, started_compact) = utc_now();
-    let environment = Environment::capture(gpu_ordinal);
-    let sampler = GpuSampler::start(gpu_ordinal, GPU_SAMPLE_INTERVAL_MS);
-    let outcome = runner::run(engine.as_mut(), &dataset, &opts, &cancel, &progress);
-    let memory = sampler.finish().with_pool_peaks(
-        outcome
-            .samples
-            .iter()
-            .filter_map(|s| s.metrics.as_ref().and_then(|m| m.gpu_pool_peaks.as_ref())),
-    );
-    progress.finish_and_clear();
-
-    let report = Report {
+    let mut environment = Environment::capture(gpu_ordinal);
+    environment.model_threads = engine.cpu_threads();
+    environment.rayon_num_threads_env = rayon_env;
+    let header = RunHeader {
         schema_version: report::REPORT_SCHEMA_VERSION,
-        status: outcome.status,
-        status_detail: outcome.status_detail.clone(),
         started_at: started_iso,
         environment,
         engine: info.clone(),
@@ -137,37 +159,110 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
             decoding: "greedy (temperature 0)".into(),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
-        summary: RunSummary::from_samples(&outcome.samples, outcome.duration_s),
-        memory,
-        samples: outcome.samples,
     };
-    let json_path = args
-        .report_file
-        .clone()
-        .unwrap_or_else(|| default_report_path(&info.model, &dataset.file.name, &started_compact));
-    let csv_path = json_path.with_extension("csv");
-    report::json::write(&report, &json_path)?;
-    report::csv::write(&report, &csv_path)?;
+    let mut journal = Some(JournalWriter::create(&paths.journal, &header)?);
+    let total = dataset
+        .file
+        .samples
+        .len()
+        .min(args.limit.unwrap_or(usize::MAX))
+        * args.repeat;
+    let progress = progress_bar(total as u64);
+    let sampler = GpuSampler::start(gpu_ordinal, GPU_SAMPLE_INTERVAL_MS);
+    let mut on_sample = |s: &report::SampleRecord, elapsed_s: f64| {
+        let Some(j) = journal.as_mut() else { return };
+        if let Err(e) = j.append(elapsed_s, s) {
+            // The run goes on; only a kill would now lose its samples.
+            progress.suspend(|| eprintln!("warning: {e:#}; the journal is no longer kept"));
+            journal = None;
+        }
+    };
+    let outcome = runner::run(
+        engine.as_mut(),
+        &dataset,
+        &opts,
+        &cancel,
+        &progress,
+        &mut on_sample,
+    );
+    let memory = sampler.finish().with_pool_peaks(
+        outcome
+            .samples
+            .iter()
+            .filter_map(|s| s.metrics.as_ref().and_then(|m| m.gpu_pool_peaks.as_ref())),
+    );
+    progress.finish_and_clear();
+
+    // The report is built from what the journal holds (what a recovery would see), as long
+    // as the journal was kept for the whole run.
+    let journal_kept = journal.is_some();
+    drop(journal);
+    let samples = match journal_kept.then(|| Journal::read(&paths.journal)) {
+        Some(Ok(j)) if j.samples.len() == outcome.samples.len() => j.records(),
+        _ => outcome.samples,
+    };
+    let report = Report::from_parts(
+        header,
+        outcome.status,
+        outcome.status_detail,
+        samples,
+        outcome.duration_s,
+        memory,
+    );
+    if !args.quiet {
+        print!("{}", report::table::render(&report));
+    }
+    finish_files(&report, &paths, journal_kept)?;
     if let Some(trace) = crate::profile::finish() {
-        let (trace_path, stats_path) = crate::profile::write(&trace, &json_path)?;
+        let (trace_path, stats_path) = crate::profile::write(&trace, &paths.json)?;
         eprintln!(
             "profile: {} (chrome://tracing, ui.perfetto.dev)\nprofiler stats: {}",
             trace_path.display(),
             stats_path.display()
         );
     }
-    if !args.quiet {
-        print!("{}", report::table::render(&report));
+    let plots = if args.plots {
+        super::plot::beside_report(&report, &paths.json)
+    } else {
+        Ok(())
+    };
+    let code = exit_code(&report)?;
+    if let Err(e) = plots {
+        // A run with failed samples (or interrupted) keeps saying so; an otherwise clean run
+        // fails on the charts.
+        if code == ExitCode::SUCCESS {
+            return Err(e.context("the report was written, but the charts were not"));
+        }
+        eprintln!("Error: the charts were not written: {e:#}");
+    }
+    Ok(code)
+}
+
+/// Writes the JSON and the CSV (the JSON saved to a temporary file if its place fails), then
+/// deletes the journal if the report holds everything it did.
+fn finish_files(report: &Report, paths: &ReportPaths, journal_kept: bool) -> Result<()> {
+    let written = write_or_rescue(&paths.json, &report::json::to_bytes(report)?);
+    if let Err(e) = &written {
+        eprintln!(
+            "Error: {e:#}\nthe journal {} still holds every sample",
+            paths.journal.display()
+        );
+    }
+    written?;
+    report::csv::write(report, &paths.csv)?;
+    if journal_kept {
+        let _ = std::fs::remove_file(&paths.journal);
     }
     eprintln!(
         "report: {}\nper-sample CSV: {}",
-        json_path.display(),
-        csv_path.display()
+        paths.json.display(),
+        paths.csv.display()
     );
-    if args.plots {
-        super::plot::beside_report(&report, &json_path)?;
-    }
+    Ok(())
+}
 
+/// The exit code README promises for how the run ended.
+fn exit_code(report: &Report) -> Result<ExitCode> {
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         RunStatus::Aborted => {
@@ -177,120 +272,12 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
                 report.samples.len()
             )
         }
+        RunStatus::Complete if report.samples.is_empty() => {
+            bail!("the run measured nothing (no sample was run)")
+        }
         RunStatus::Complete if report.summary.failed > 0 => ExitCode::from(EXIT_SOME_FAILED),
         RunStatus::Complete => ExitCode::SUCCESS,
     })
-}
-
-/// First Ctrl-C: finish the report with what is done. Second: leave at once.
-pub fn install_ctrl_c() -> Arc<AtomicBool> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = cancel.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(EXIT_INTERRUPTED as i32);
-        }
-        eprintln!("\ninterrupted: stopping after the current step and writing the report (Ctrl-C again to quit now)");
-    });
-    cancel
-}
-
-/// The data set to run: the given file, or the built-in synthetic set (written on first use).
-pub fn load_dataset(path: Option<&Path>) -> Result<(PathBuf, LoadedDataset)> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = PathBuf::from("perf_data").join(synthetic::default_file_name(BUILTIN_SET));
-            if !p.is_file() {
-                eprintln!("writing the built-in synthetic set to {} ...", p.display());
-                synthetic::prepare(&builtin_synthetic(), &p)?;
-            }
-            p
-        }
-    };
-    let dataset = LoadedDataset::load(&path)?;
-    if dataset.file.samples.is_empty() {
-        bail!("{} holds no samples", path.display());
-    }
-    Ok((path, dataset))
-}
-
-const BUILTIN_SET: &str = "builtin";
-
-/// The set `vlmbench run` uses without `--data-file`: 8 PNG images around 640x480 (COCO's
-/// typical size) with prompts of 64±16 tokens.
-pub fn builtin_synthetic() -> synthetic::SyntheticOptions {
-    synthetic::SyntheticOptions {
-        name: BUILTIN_SET.into(),
-        num_samples: 8,
-        seed: 42,
-        images: Some(synthetic::ImageSpec {
-            width_mean: 640.0,
-            width_stddev: 64.0,
-            height_mean: 480.0,
-            height_stddev: 48.0,
-            format: synthetic::SynthImageFormat::Png,
-        }),
-        input_tokens_mean: 64.0,
-        input_tokens_stddev: 16.0,
-        output_tokens: None,
-        tokenizer: None,
-    }
-}
-
-pub fn progress_bar(total: u64) -> ProgressBar {
-    if !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:30} {pos}/{len} samples  {elapsed_precise}  {msg}")
-    {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-pub fn default_report_path(model: &str, set_name: &str, stamp: &str) -> PathBuf {
-    let model = model
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(model);
-    PathBuf::from("reports").join(format!(
-        "{}_{}_{}.json",
-        sanitize_file_stem(model),
-        sanitize_file_stem(set_name),
-        stamp
-    ))
-}
-
-/// Current UTC time as ISO 8601 (`2026-11-23T23:40:05Z`) and compact (`20261123T234005Z`).
-pub fn utc_now() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-    let (h, mi, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    (
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"),
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -298,20 +285,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
-
-    #[test]
-    fn report_path_is_safe() {
-        let p = default_report_path("random:tiny-llava", "synthetic_builtin", "20260101T000000Z");
-        assert_eq!(
-            p,
-            PathBuf::from("reports/random_tiny-llava_synthetic_builtin_20260101T000000Z.json")
-        );
-        let p = default_report_path("meta-llama/Llama-2-7b-hf", "x", "t");
-        assert_eq!(p, PathBuf::from("reports/Llama-2-7b-hf_x_t.json"));
+    fn thread_counts_are_checked_against_the_machine() {
+        assert_eq!(check_threads(2, 2).unwrap(), None);
+        let w = check_threads(3, 2).unwrap().unwrap();
+        assert!(w.contains("more than the 2 logical CPUs"), "{w}");
+        for absurd in [0, 17, 5000] {
+            let e = check_threads(absurd, 2).unwrap_err();
+            assert!(
+                e.downcast_ref::<super::super::common::UsageError>()
+                    .is_some(),
+                "{e}"
+            );
+        }
+        assert!(check_threads(16, 2).is_ok());
     }
 }

@@ -1,8 +1,6 @@
 //! `vlmbench run --backend openai`: drive an OpenAI-compatible server at one or more load
 //! levels and write a serving report.
 
-use std::collections::BTreeMap;
-
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,35 +9,54 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::Tokenizer;
 
-use super::run::{
-    default_report_path, install_ctrl_c, load_dataset, utc_now, EXIT_INTERRUPTED, EXIT_SOME_FAILED,
+use super::common::{
+    default_report_path, install_ctrl_c, load_dataset, usage_bail, utc_now, UsageError,
+    EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
+use super::destination::{write_or_rescue, ReportPaths};
+use crate::bench::request_record::record;
+use crate::bench::serving::{run_level_reporting, LoadLevel};
+use crate::bench::unique_inputs::{SentInput, UniqueInputs};
+use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
-use crate::dataset::synthetic;
+use crate::client::cache_reset::reset_cache;
+use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
+use crate::client::probe;
+use crate::client::secret::Scrubber;
+use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
-use crate::engine::openai::client::{build_body, send, ClientConfig, ImagePayload, RequestOutcome};
-use crate::engine::openai::load::{run_level, LoadLevel};
-use crate::engine::openai::stream::Endpoint;
+use crate::report::journal::{JournalWriter, RequestLine};
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
 };
 use crate::report::{DatasetRef, Environment, RunStatus};
-use crate::stats::summarize;
+use std::sync::Mutex;
 
-pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
+/// Seed of level `k`'s arrival schedule (recorded in the report).
+fn arrival_seed(level: usize) -> u64 {
+    42 + level as u64
+}
+
+/// Runs the served benchmark; every error message is scrubbed of the API key.
+pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    let scrubber = Scrubber::new(args.server.api_key.as_deref());
+    execute_unscrubbed(args).map_err(|e| anyhow!("{}", scrubber.scrub(&format!("{e:#}"))))
+}
+
+fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let s = &args.server;
     let base_url = s
         .base_url
         .clone()
-        .ok_or_else(|| anyhow!("--backend openai needs --base-url http://HOST:PORT"))?;
+        .ok_or_else(|| UsageError("--backend openai needs --base-url http://HOST:PORT".into()))?;
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        bail!("--base-url {base_url:?} must start with http:// or https://");
+        usage_bail!("--base-url {base_url:?} must start with http:// or https://");
     }
     if s.concurrency.contains(&0) {
-        bail!("--concurrency values must be at least 1");
+        usage_bail!("--concurrency values must be at least 1");
     }
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
-        bail!("--request-rate must be positive (or inf) and --burstiness positive");
+        usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
     let cancel = install_ctrl_c();
     let endpoint = match s.endpoint {
@@ -73,7 +90,11 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         stream_usage: !s.no_stream_usage,
         timeout: Duration::from_secs_f64(s.request_timeout),
     };
-    let (models, props) = runtime.block_on(probe(&http, &cfg))?;
+    let scrubber = Scrubber::new(cfg.api_key.as_deref());
+    let (mut models, mut props) = runtime.block_on(probe::probe(&http, &cfg))?;
+    for v in [models.as_mut(), props.as_mut()].into_iter().flatten() {
+        scrubber.scrub_json(v);
+    }
     if cfg.model.is_empty() {
         cfg.model = models
             .as_ref()
@@ -108,14 +129,27 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
         bail!("{} holds no samples", data_path.display());
     }
     let num_prompts = s.num_prompts.unwrap_or(samples.len());
-    // Bodies (images base64-encoded) are built before any clock starts.
-    let mut bodies = Vec::with_capacity(num_prompts);
-    let mut order = Vec::with_capacity(num_prompts);
-    for i in 0..num_prompts {
-        let sample = &samples[i % samples.len()];
-        bodies.push(body_for(&cfg, &dataset, sample)?);
-        order.push(i % samples.len());
-    }
+    // Every request's inputs (a repeat made unique unless --repeat-inputs), and its body with
+    // images base64-encoded, are made before any clock starts.
+    let mut inputs = UniqueInputs::new(s.repeat_inputs, tokenizer.as_ref());
+    let mut images = ImageCache::default();
+    let mut requests_for = |count: usize,
+                            inputs: &mut UniqueInputs|
+     -> Result<(Vec<Vec<u8>>, Vec<crate::dataset::Sample>)> {
+        let mut bodies = Vec::with_capacity(count);
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            let sample = &samples[i % samples.len()];
+            let image = images.get(&dataset, sample)?;
+            let input = inputs.next(&sample.prompt, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
+            bodies.push(body_for(&cfg, &input));
+            sent.push(crate::dataset::Sample {
+                prompt: input.prompt,
+                ..sample.clone()
+            });
+        }
+        Ok((bodies, sent))
+    };
     let levels: Vec<LoadLevel> = if s.concurrency.is_empty() {
         vec![LoadLevel {
             concurrency: None,
@@ -140,66 +174,27 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     // Warm-up requests, untimed, one at a time.
-    for i in 0..args.warmup.min(bodies.len()) {
-        let o = runtime.block_on(send(
-            &http,
-            &cfg,
-            bodies[i].clone(),
-            std::time::Instant::now(),
-        ));
+    let (warm_bodies, _) = requests_for(args.warmup.min(num_prompts), &mut inputs)?;
+    for body in warm_bodies {
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
+        let o = runtime.block_on(send(&http, &cfg, body, std::time::Instant::now()));
         if let Some(e) = o.error {
             eprintln!("warm-up request failed: {e}");
         }
     }
 
     let (started_at, stamp) = utc_now();
-    let mut level_reports = Vec::new();
-    let mut status = RunStatus::Complete;
-    for (k, level) in levels.iter().enumerate() {
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-            break;
-        }
-        eprintln!(
-            "level {}/{}: concurrency {:?}, rate {:?}, {} requests ...",
-            k + 1,
-            levels.len(),
-            level.concurrency,
-            level.request_rate,
-            bodies.len()
-        );
-        let run = runtime.block_on(run_level(
-            http.clone(),
-            cfg.clone(),
-            bodies.clone(),
-            level,
-            42 + k as u64,
-            cancel.clone(),
-        ));
-        let records: Vec<RequestRecord> = run
-            .outcomes
-            .iter()
-            .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &samples[order[pos]], tokenizer.as_ref()))
-            .collect();
-        level_reports.push(summarize_level(
-            level,
-            run.duration.as_secs_f64(),
-            records,
-            cfg.stream_usage,
-            tokenizer.is_some(),
-        ));
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-        }
-    }
-
-    let report = ServingReport {
+    let paths = ReportPaths::beside(args.report_file.clone().unwrap_or_else(|| {
+        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
+    }));
+    paths.check(&[("--data-file", &data_path)])?;
+    let mut report = ServingReport {
         schema_version: crate::report::REPORT_SCHEMA_VERSION,
         kind: "serving".into(),
-        status,
-        status_detail: (status == RunStatus::Interrupted)
-            .then(|| "interrupted by the user (Ctrl-C)".into()),
+        status: RunStatus::Complete,
+        status_detail: None,
         started_at,
         environment: Environment::capture(None),
         server: ServerInfo {
@@ -220,98 +215,130 @@ pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
             warmup_requests: args.warmup.min(num_prompts),
             request_timeout_s: s.request_timeout,
             burstiness: s.burstiness,
+            input_policy: Some(inputs.policy().clone()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
-        levels: level_reports,
+        levels: Vec::new(),
     };
-    let json_path = args.report_file.clone().unwrap_or_else(|| {
-        default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
-    });
-    let csv_path = json_path.with_extension("csv");
-    serving::write_json(&report, &json_path)?;
-    serving::write_csv(&report, &csv_path)?;
+    // Each finished request goes to the journal at once (see report::journal).
+    let journal = Arc::new(Mutex::new(Some(JournalWriter::create_serving(
+        &paths.journal,
+        &report,
+    )?)));
+    let journal_tokenizer = Arc::new(tokenizer.clone());
+    let mut level_reports = Vec::new();
+    let mut status = RunStatus::Complete;
+    let mut resets = Vec::new();
+    for (k, level) in levels.iter().enumerate() {
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+            break;
+        }
+        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        let sent = Arc::new(sent);
+        if s.reset_cache {
+            match runtime.block_on(reset_cache(&http, &cfg)) {
+                Ok(path) => resets.push(path),
+                Err(why) => {
+                    eprintln!("warning: --reset-cache: the server has no cache reset ({why})");
+                    resets.push(format!("none answered ({why})"));
+                }
+            }
+        }
+        eprintln!(
+            "level {}/{}: {}, {} requests ...",
+            k + 1,
+            levels.len(),
+            describe_level(level),
+            bodies.len()
+        );
+        let on_done = {
+            let (journal, sent, tokenizer) =
+                (journal.clone(), sent.clone(), journal_tokenizer.clone());
+            let (concurrency, request_rate) = (level.concurrency, level.request_rate);
+            Arc::new(move |pos: usize, o: &_, elapsed_s: f64| {
+                let line = RequestLine {
+                    level: k,
+                    concurrency,
+                    request_rate,
+                    elapsed_s,
+                    request: record(o, &sent[pos], tokenizer.as_ref().as_ref()),
+                };
+                let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(Err(e)) = j.as_mut().map(|w| w.append_request(&line)) {
+                    eprintln!("warning: {e:#}; the journal is no longer kept");
+                    *j = None;
+                }
+            })
+        };
+        let run = runtime.block_on(run_level_reporting(
+            http.clone(),
+            cfg.clone(),
+            bodies,
+            level,
+            arrival_seed(k),
+            cancel.clone(),
+            on_done,
+        ));
+        let records: Vec<RequestRecord> = run
+            .outcomes
+            .iter()
+            .zip(&run.positions)
+            .map(|(o, &pos)| record(o, &sent[pos], tokenizer.as_ref()))
+            .collect();
+        let mut level_report = LevelReport::from_requests(
+            level.concurrency,
+            level.request_rate,
+            run.duration.as_secs_f64(),
+            records,
+        );
+        level_report.arrival_seed = level
+            .request_rate
+            .is_some_and(|r| r.is_finite())
+            .then(|| arrival_seed(k));
+        level_reports.push(level_report);
+        if cancel.load(Ordering::SeqCst) {
+            status = RunStatus::Interrupted;
+        }
+    }
+    if s.reset_cache {
+        resets.dedup();
+        inputs.set_cache_reset(resets.join("; "));
+    }
+    report.config.input_policy = Some(inputs.policy().clone());
+
+    report.status = status;
+    report.status_detail = (status == RunStatus::Interrupted)
+        .then(|| "interrupted by a signal (Ctrl-C, SIGTERM or SIGHUP)".into());
+    report.levels = level_reports;
+    let journal_kept = journal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some();
     if !args.quiet {
         print!("{}", serving::render(&report));
     }
+    let mut bytes = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
+    bytes.push(b'\n');
+    write_or_rescue(&paths.json, &bytes)?;
+    serving::write_csv(&report, &paths.csv)?;
+    if journal_kept {
+        let _ = std::fs::remove_file(&paths.journal);
+    }
     eprintln!(
         "report: {}\nper-request CSV: {}",
-        json_path.display(),
-        csv_path.display()
+        paths.json.display(),
+        paths.csv.display()
     );
     if args.plots {
-        super::plot::beside_serving_report(&report, &json_path)?;
+        super::plot::beside_serving_report(&report, &paths.json)?;
     }
     Ok(match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         _ if report.levels.iter().any(|l| l.failed > 0) => ExitCode::from(EXIT_SOME_FAILED),
         _ => ExitCode::SUCCESS,
     })
-}
-
-/// A seeds-style workload: prompt and output lengths, concurrency levels, images or not.
-struct WorkloadSpec {
-    /// Prompt tokens; `None` = the context length minus 2,048 (and a small margin for the
-    /// chat template).
-    input_tokens: Option<usize>,
-    output_tokens: usize,
-    concurrency: &'static [usize],
-    images: bool,
-}
-
-fn workload_spec(w: Workload) -> WorkloadSpec {
-    match w {
-        Workload::High => WorkloadSpec {
-            input_tokens: None,
-            output_tokens: 2048,
-            concurrency: &[1, 5, 10],
-            images: false,
-        },
-        Workload::Mid => WorkloadSpec {
-            input_tokens: Some(200),
-            output_tokens: 250,
-            concurrency: &[32, 64, 128],
-            images: false,
-        },
-        Workload::Low => WorkloadSpec {
-            input_tokens: Some(100),
-            output_tokens: 150,
-            concurrency: &[1, 4, 8, 16, 32],
-            images: false,
-        },
-        Workload::VisionA => WorkloadSpec {
-            input_tokens: Some(50),
-            output_tokens: 300,
-            concurrency: &[8, 16, 32, 64, 128],
-            images: true,
-        },
-        Workload::VisionB => WorkloadSpec {
-            input_tokens: Some(100),
-            output_tokens: 100,
-            concurrency: &[1, 8, 16, 32],
-            images: true,
-        },
-    }
-}
-
-/// The server's context length: `--context-length`, vLLM's `max_model_len` in /v1/models, or
-/// llama.cpp's `n_ctx` in /props.
-fn context_length(
-    args: &RunArgs,
-    models: Option<&serde_json::Value>,
-    props: Option<&serde_json::Value>,
-) -> Option<usize> {
-    args.server
-        .context_length
-        .or_else(|| {
-            models
-                .and_then(|m| m["data"][0]["max_model_len"].as_u64())
-                .map(|n| n as usize)
-        })
-        .or_else(|| {
-            props
-                .and_then(|p| p["default_generation_settings"]["n_ctx"].as_u64())
-                .map(|n| n as usize)
-        })
 }
 
 /// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
@@ -324,253 +351,85 @@ fn apply_workload(
     props: Option<&serde_json::Value>,
 ) -> Result<()> {
     if args.data_file.is_some() {
-        bail!("--workload makes its own data set; do not combine it with --data-file");
+        usage_bail!("--workload makes its own data set; do not combine it with --data-file");
     }
-    let spec = workload_spec(w);
-    let input = match spec.input_tokens {
-        Some(n) => n,
-        None => {
-            let ctx = context_length(args, models, props).ok_or_else(|| {
-                anyhow!("--workload high needs the context length: the server does not report it; pass --context-length N")
-            })?;
-            ctx.checked_sub(2048 + 64)
-                .filter(|n| *n > 0)
-                .ok_or_else(|| anyhow!("context length {ctx} is too small for --workload high (needs more than 2,112 tokens)"))?
-        }
-    };
-    if args.server.concurrency.is_empty() {
-        args.server.concurrency = spec.concurrency.to_vec();
-    }
-    let max_concurrency = *args.server.concurrency.iter().max().unwrap_or(&1);
-    let num_prompts = *args
-        .server
-        .num_prompts
-        .get_or_insert((4 * max_concurrency).max(50));
-    args.max_new_tokens = spec.output_tokens;
-    args.ignore_eos = true;
-    cfg.max_tokens = spec.output_tokens;
-    cfg.ignore_eos = true;
-    let name = format!("workload_{}", w.name());
-    let out = std::path::PathBuf::from("perf_data").join(synthetic::default_file_name(&name));
-    eprintln!(
-        "writing the {} workload ({num_prompts} prompts of {input} tokens{}) to {} ...",
-        w.name(),
-        if spec.images {
-            " with unique images"
-        } else {
-            ""
-        },
-        out.display()
-    );
-    synthetic::prepare(
-        &synthetic::SyntheticOptions {
-            name,
-            num_samples: num_prompts,
-            seed: 42,
-            images: spec.images.then_some(synthetic::ImageSpec {
-                width_mean: 512.0,
-                width_stddev: 0.0,
-                height_mean: 512.0,
-                height_stddev: 0.0,
-                format: synthetic::SynthImageFormat::Png,
-            }),
-            input_tokens_mean: input as f64,
-            input_tokens_stddev: 0.0,
-            output_tokens: Some((spec.output_tokens as f64, 0.0)),
-            tokenizer: args.tokenizer.clone(),
-        },
-        &out,
+    let needs_context = workload::workload_spec(w).input_tokens.is_none();
+    let context = needs_context
+        .then(|| probe::context_length(args.server.context_length, models, props))
+        .flatten();
+    let plan = workload::prepare(
+        w,
+        &args.server.concurrency,
+        args.server.num_prompts,
+        context,
+        args.tokenizer.clone(),
     )?;
-    args.data_file = Some(out);
+    args.server.concurrency = plan.concurrency;
+    args.server.num_prompts = Some(plan.num_prompts);
+    args.max_new_tokens = plan.output_tokens;
+    args.ignore_eos = true;
+    cfg.max_tokens = plan.output_tokens;
+    cfg.ignore_eos = true;
+    args.data_file = Some(plan.data_file);
     Ok(())
 }
 
-/// `GET /v1/models` (must answer: fails fast on an unreachable server) and llama.cpp's
-/// `GET /props` (optional).
-async fn probe(
-    http: &reqwest::Client,
-    cfg: &ClientConfig,
-) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {
-    let get = |url: String| {
-        let mut req = http.get(url).timeout(Duration::from_secs(10));
-        if let Some(k) = &cfg.api_key {
-            req = req.bearer_auth(k);
-        }
-        req.send()
+/// A level's load in words: "concurrency 4, 2 requests/s".
+fn describe_level(level: &LoadLevel) -> String {
+    let c = match level.concurrency {
+        Some(c) => format!("concurrency {c}"),
+        None => "unlimited concurrency".into(),
     };
-    let url = cfg.url("models");
-    let resp = get(url.clone()).await.map_err(|e| {
-        anyhow!(
-            "cannot reach the server at {url}: {} (is it running, and is --base-url right?)",
-            crate::engine::openai::client::describe_reqwest(&e)
-        )
-    })?;
-    let models = if resp.status().is_success() {
-        resp.bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-    } else {
-        None
-    };
-    let base = cfg
-        .url("")
-        .trim_end_matches('/')
-        .trim_end_matches("/v1")
-        .to_string();
-    let props = match get(format!("{base}/props")).await {
-        Ok(r) if r.status().is_success() => r
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
-        _ => None,
-    };
-    Ok((models, props))
-}
-
-fn body_for(
-    cfg: &ClientConfig,
-    dataset: &LoadedDataset,
-    sample: &crate::dataset::Sample,
-) -> Result<Vec<u8>> {
-    let Some(path) = dataset.image_path(sample) else {
-        return Ok(build_body(cfg, &sample.prompt, None));
-    };
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "sample {}: cannot read image {}",
-            sample.index,
-            path.display()
-        )
-    })?;
-    let mime = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Png) => "image/png",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Bmp) => "image/bmp",
-        _ => "image/jpeg",
-    };
-    Ok(build_body(
-        cfg,
-        &sample.prompt,
-        Some(ImagePayload {
-            mime,
-            bytes: &bytes,
-        }),
-    ))
-}
-
-fn record(
-    o: &RequestOutcome,
-    sample: &crate::dataset::Sample,
-    tokenizer: Option<&Tokenizer>,
-) -> RequestRecord {
-    let count = |text: &str| {
-        tokenizer
-            .and_then(|t| t.encode(text, false).ok())
-            .map(|e| e.len() as u64)
-    };
-    let output_tokens = o
-        .completion_tokens
-        .or_else(|| count(&o.text))
-        .or_else(|| (!o.timeline.chunks.is_empty()).then(|| o.timeline.chunks.len() as u64));
-    let input_tokens = o.prompt_tokens.or_else(|| count(&sample.prompt));
-    let metrics = if o.error.is_none() {
-        o.timeline.metrics(output_tokens.unwrap_or(0))
-    } else {
-        None
-    };
-    RequestRecord {
-        index: sample.index,
-        ok: metrics.is_some(),
-        error: o
-            .error
-            .clone()
-            .or_else(|| metrics.is_none().then(|| "no content".to_string())),
-        http_status: o.status,
-        ttft_ms: metrics.as_ref().map(|m| m.ttft_ms),
-        ttft_from_send_ms: metrics.as_ref().map(|m| m.ttft_from_send_ms),
-        e2el_ms: metrics.as_ref().map(|m| m.e2e_ms),
-        tpot_ms: metrics.as_ref().and_then(|m| m.tpot_ms),
-        queue_ms: metrics.as_ref().map(|m| m.queue_ms),
-        input_tokens,
-        output_tokens,
-        itl_ms: metrics
-            .as_ref()
-            .map(|m| m.itl_ms.clone())
-            .unwrap_or_default(),
-        chunk_gaps_ms: metrics
-            .as_ref()
-            .map(|m| m.chunk_gaps_ms.clone())
-            .unwrap_or_default(),
-        text: o.text.clone(),
+    match level.request_rate.filter(|r| r.is_finite()) {
+        Some(r) => format!("{c}, {r} requests/s"),
+        None => format!("{c}, all requests due at once"),
     }
 }
 
-fn summarize_level(
-    level: &LoadLevel,
-    duration: f64,
-    requests: Vec<RequestRecord>,
-    usage_requested: bool,
-    has_tokenizer: bool,
-) -> LevelReport {
-    let ok: Vec<&RequestRecord> = requests.iter().filter(|r| r.ok).collect();
-    let pick = |f: &dyn Fn(&RequestRecord) -> Option<f64>| {
-        summarize(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
-    };
-    let mut failure_reasons = BTreeMap::new();
-    for r in requests.iter().filter(|r| !r.ok) {
-        *failure_reasons
-            .entry(r.error.clone().unwrap_or_default())
-            .or_insert(0) += 1;
-    }
-    let out_tokens: u64 = ok.iter().filter_map(|r| r.output_tokens).sum();
-    let in_tokens: u64 = ok.iter().filter_map(|r| r.input_tokens).sum();
-    let per_s = |x: f64| if duration > 0.0 { x / duration } else { 0.0 };
-    let source =
-        if usage_requested && ok.iter().all(|r| r.output_tokens.is_some()) && !ok.is_empty() {
-            // Usage may still be missing on servers that ignore stream_options; `record` then fell
-            // back, and the tokenizer flag says how.
-            if has_tokenizer {
-                "server usage, else tokenizer"
-            } else {
-                "server usage, else chunks"
-            }
-        } else if has_tokenizer {
-            "tokenizer"
-        } else {
-            "chunks"
+/// Image files read once each, with their MIME type.
+#[derive(Default)]
+struct ImageCache {
+    by_path: std::collections::HashMap<std::path::PathBuf, (&'static str, Vec<u8>)>,
+}
+
+impl ImageCache {
+    fn get(
+        &mut self,
+        dataset: &LoadedDataset,
+        sample: &crate::dataset::Sample,
+    ) -> Result<Option<(&'static str, Vec<u8>)>> {
+        let Some(path) = dataset.image_path(sample) else {
+            return Ok(None);
         };
-    LevelReport {
-        concurrency: level.concurrency,
-        request_rate: level.request_rate.filter(|r| r.is_finite()),
-        duration,
-        completed: ok.len(),
-        failed: requests.len() - ok.len(),
-        failure_reasons,
-        request_throughput: per_s(ok.len() as f64),
-        output_throughput: per_s(out_tokens as f64),
-        total_token_throughput: per_s((out_tokens + in_tokens) as f64),
-        total_input_tokens: in_tokens,
-        total_output_tokens: out_tokens,
-        output_tokens_source: source.into(),
-        ttft_ms: pick(&|r| r.ttft_ms),
-        ttft_from_send_ms: pick(&|r| r.ttft_from_send_ms),
-        tpot_ms: pick(&|r| r.tpot_ms),
-        itl_ms: summarize(
-            &ok.iter()
-                .flat_map(|r| r.itl_ms.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
-        chunk_gap_ms: summarize(
-            &ok.iter()
-                .flat_map(|r| r.chunk_gaps_ms.iter().copied())
-                .collect::<Vec<_>>(),
-        ),
-        e2el_ms: pick(&|r| r.e2el_ms),
-        e2el_from_send_ms: None,
-        queue_ms: pick(&|r| r.queue_ms),
-        requests,
+        if let Some(hit) = self.by_path.get(&path) {
+            return Ok(Some(hit.clone()));
+        }
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "sample {}: cannot read image {}",
+                sample.index,
+                path.display()
+            )
+        })?;
+        let mime = match image::guess_format(&bytes) {
+            Ok(image::ImageFormat::Png) => "image/png",
+            Ok(image::ImageFormat::Gif) => "image/gif",
+            Ok(image::ImageFormat::WebP) => "image/webp",
+            Ok(image::ImageFormat::Bmp) => "image/bmp",
+            _ => "image/jpeg",
+        };
+        self.by_path.insert(path, (mime, bytes.clone()));
+        Ok(Some((mime, bytes)))
     }
+}
+
+fn body_for(cfg: &ClientConfig, input: &SentInput) -> Vec<u8> {
+    build_body(
+        cfg,
+        &input.prompt,
+        input
+            .image
+            .as_ref()
+            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
+    )
 }

@@ -4,19 +4,18 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{DtypeArg, SynthModelArgs};
+use super::common::dtype_of;
+use crate::cli::SynthModelArgs;
 
 pub fn execute(args: SynthModelArgs) -> Result<ExitCode> {
-    let dtype = match args.dtype {
-        DtypeArg::Auto | DtypeArg::F32 => candle_core::DType::F32,
-        DtypeArg::F16 => candle_core::DType::F16,
-        DtypeArg::Bf16 => candle_core::DType::BF16,
-    };
-    crate::engine::synth::write_model(&args.preset, &args.out, dtype, args.seed)?;
+    let dtype = dtype_of(args.dtype).unwrap_or(candle_core::DType::F32);
+    let seed = (!args.no_weights).then_some(args.seed);
+    crate::synth::presets::write_preset(&args.preset, &args.out, dtype, seed)?;
     println!(
-        "wrote {} ({}) to {}",
+        "wrote {} ({}{}) to {}",
         args.preset,
         dtype.as_str(),
+        if args.no_weights { ", no weights" } else { "" },
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)

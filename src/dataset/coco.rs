@@ -23,9 +23,9 @@ use serde::Deserialize;
 
 use super::output::{probe_image, SetWriter};
 use super::pyliteral::parse_str_list;
-use super::sampling::SeededRng;
 use super::tsv::{decode_base64, ensure_unique, parse_index, row_error, TsvReader};
 use super::{describe_source, DatasetFile, Sample, DATASET_SCHEMA_VERSION};
+use crate::rng::SeededRng;
 
 /// VLMEvalKit's captioning instruction, byte for byte (trailing space included).
 pub const DEFAULT_PROMPT: &str = "Please describe this image in general. Directly provide the description, do not include prefix like \"This image depicts\". ";

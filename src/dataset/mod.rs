@@ -4,6 +4,9 @@
 //! Every set shares one schema ([`DatasetFile`]) so the runner never needs to know where a
 //! sample came from. The file is deterministic: the same inputs and seed give the same bytes on
 //! any machine (no absolute paths, no timestamps, keys in a fixed order).
+//!
+//! Uses rng, fsutil and synth's built-in tokenizer (the default for synthetic prompt lengths).
+//! Must not depend on engine, bench, report or commands.
 
 pub mod coco;
 pub mod jsonl;
@@ -11,7 +14,6 @@ pub mod mmbench;
 pub mod output;
 pub mod prompts;
 pub mod pyliteral;
-pub mod sampling;
 pub mod synthetic;
 pub mod tsv;
 
@@ -72,6 +74,18 @@ pub struct Sample {
     /// token counts...). Keys are sorted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+/// The field in which a set asks for a per-sample output length (synthetic sets write it).
+pub const OUTPUT_TOKENS_FIELD: &str = "output_tokens";
+
+impl Sample {
+    /// The output length this sample asks for, if its set gives one ([`OUTPUT_TOKENS_FIELD`]).
+    pub fn requested_output_tokens(&self) -> Option<u64> {
+        self.fields
+            .get(OUTPUT_TOKENS_FIELD)
+            .and_then(|v| v.as_u64())
+    }
 }
 
 /// A set loaded for a run: the file plus the folder its image paths are relative to.

@@ -20,8 +20,11 @@ use tokenizers::Tokenizer;
 
 use super::output::{probe_image, SetWriter};
 use super::prompts::Builtin;
-use super::sampling::SeededRng;
-use super::{describe_source, sha256_hex, DatasetFile, Sample, SourceFile, DATASET_SCHEMA_VERSION};
+use super::{
+    describe_source, sha256_hex, DatasetFile, Sample, SourceFile, DATASET_SCHEMA_VERSION,
+    OUTPUT_TOKENS_FIELD,
+};
+use crate::rng::SeededRng;
 
 /// Images are clamped to this range of sides so a wide distribution cannot make a 0-pixel or a
 /// gigapixel image.
@@ -82,7 +85,7 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
             describe_source(path)?,
         ),
         None => {
-            let json = crate::engine::synth::builtin_tokenizer_json();
+            let json = crate::synth::builtin_tokenizer_json();
             let tok = Tokenizer::from_bytes(json.as_bytes())
                 .map_err(|e| anyhow::anyhow!("built-in tokenizer: {e}"))?;
             let sf = SourceFile {
@@ -113,7 +116,7 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
             .max(1.0) as usize;
         if let Some((mean, sd)) = opts.output_tokens {
             let n = rng.normal(mean, sd).round().max(1.0) as u64;
-            fields.insert("output_tokens".into(), n.into());
+            fields.insert(OUTPUT_TOKENS_FIELD.into(), n.into());
         }
         let image = match (size, &opts.images) {
             (Some((w, h)), Some(spec)) => {
@@ -374,8 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (o, out) = opts(42, dir.path());
         let file = prepare(&o, &out).unwrap();
-        let tok = Tokenizer::from_bytes(crate::engine::synth::builtin_tokenizer_json().as_bytes())
-            .unwrap();
+        let tok = Tokenizer::from_bytes(crate::synth::builtin_tokenizer_json().as_bytes()).unwrap();
         let mut hashes = std::collections::BTreeSet::new();
         for s in &file.samples {
             let want = s.fields["input_tokens"].as_u64().unwrap() as usize;

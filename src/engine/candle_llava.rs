@@ -7,130 +7,19 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::candle_text::{ensure_cache, prefill_and_decode};
-use super::llama::KvCache;
-use super::llava::preprocess::ImageProcessor;
-use super::llava::{LlavaConfig, LlavaModel, Variant};
+use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
+use super::template::{tokenize_around_image, PromptTemplate};
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
 };
 use crate::memory::DevicePool;
+use crate::models::llama::KvCache;
+use crate::models::llava::preprocess::ImageProcessor;
+use crate::models::llava::LlavaModel;
 use crate::profile;
-
-/// The placeholder that marks where the image goes, in templates and prompts.
-pub const IMAGE_PLACEHOLDER: &str = "<image>";
-
-/// How a sample's prompt becomes the model's input text: `{prompt}` is replaced by the
-/// sample's prompt, `<image>` marks the image (dropped, with the newline after it, for samples
-/// without one).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PromptTemplate(pub String);
-
-impl PromptTemplate {
-    /// The conversation format each LLaVA release was trained with (llava-hf's chat templates;
-    /// the original release's `vicuna_v1` / `llava_v1` system prompt).
-    pub fn for_llava(config: &LlavaConfig) -> Self {
-        const VICUNA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
-        let text = if config.text_model_type == "mistral" {
-            "[INST] <image>\n{prompt} [/INST]".to_string()
-        } else if config.variant == Variant::Next || config.image_token_id.is_none() {
-            format!("{VICUNA_SYSTEM} USER: <image>\n{{prompt}} ASSISTANT:")
-        } else {
-            "USER: <image>\n{prompt} ASSISTANT:".to_string()
-        };
-        Self(text)
-    }
-
-    /// A user's template; it must say where the prompt goes.
-    pub fn custom(text: &str) -> Result<Self> {
-        if !text.contains("{prompt}") {
-            bail!("--prompt-template must contain {{prompt}} (and <image> where the image goes), e.g. \"USER: <image>\\n{{prompt}} ASSISTANT:\"");
-        }
-        // Shells make typing a newline awkward: accept the two characters `\n` for one.
-        Ok(Self(text.replace("\\n", "\n")))
-    }
-
-    /// The model's input text for `prompt`.
-    pub fn render(&self, prompt: &str, has_image: bool) -> String {
-        let drop_placeholder = !has_image || prompt.contains(IMAGE_PLACEHOLDER);
-        let template = if drop_placeholder {
-            self.0
-                .replace("<image>\n", "")
-                .replace(IMAGE_PLACEHOLDER, "")
-        } else {
-            self.0.clone()
-        };
-        template.replace("{prompt}", prompt)
-    }
-}
-
-/// Tokens around the image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizedPrompt {
-    pub before: Vec<u32>,
-    /// `None` for a text-only sample.
-    pub after: Option<Vec<u32>>,
-}
-
-/// Splits `text` at its single `<image>`: by the image token id when the tokenizer has one
-/// (llava-hf), else by the text, tokenizing each piece and dropping the BOS of the later
-/// piece (the original release's `tokenizer_image_token`).
-pub fn tokenize_around_image(
-    tokenizer: &Tokenizer,
-    text: &str,
-    image_token_id: Option<u32>,
-    has_image: bool,
-) -> Result<TokenizedPrompt, String> {
-    let encode = |s: &str| -> Result<Vec<u32>, String> {
-        Ok(tokenizer
-            .encode(s, true)
-            .map_err(|e| format!("tokenizer failed: {e}"))?
-            .get_ids()
-            .to_vec())
-    };
-    if !has_image {
-        return Ok(TokenizedPrompt {
-            before: encode(text)?,
-            after: None,
-        });
-    }
-    let count = text.matches(IMAGE_PLACEHOLDER).count();
-    if count != 1 {
-        return Err(format!(
-            "the prompt holds {count} {IMAGE_PLACEHOLDER} placeholders; one image needs exactly one"
-        ));
-    }
-    let id = image_token_id
-        .filter(|id| tokenizer.id_to_token(*id).as_deref() == Some(IMAGE_PLACEHOLDER));
-    if let Some(id) = id {
-        let ids = encode(text)?;
-        let Some(pos) = ids.iter().position(|&t| t == id) else {
-            return Err(format!(
-                "the tokenizer did not turn {IMAGE_PLACEHOLDER} into token {id}"
-            ));
-        };
-        return Ok(TokenizedPrompt {
-            before: ids[..pos].to_vec(),
-            after: Some(ids[pos + 1..].to_vec()),
-        });
-    }
-    let (head, tail) = text
-        .split_once(IMAGE_PLACEHOLDER)
-        .ok_or_else(|| "no image placeholder".to_string())?;
-    let before = encode(head)?;
-    let mut after = encode(tail)?;
-    let bos = before.first().copied();
-    if bos.is_some() && after.first().copied() == bos {
-        after.remove(0);
-    }
-    Ok(TokenizedPrompt {
-        before,
-        after: Some(after),
-    })
-}
 
 pub struct CandleLlavaEngine {
     model: LlavaModel,
@@ -184,6 +73,40 @@ impl Engine for CandleLlavaEngine {
 
     fn device(&self) -> Option<candle_core::Device> {
         Some(self.model.device().clone())
+    }
+
+    fn cpu_threads(&self) -> Option<usize> {
+        self.threads.count()
+    }
+
+    fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        let mut needed = 0;
+        for r in requests {
+            // The image's size decides its token count (any-resolution models); only its
+            // header is read here.
+            let size = match r.image {
+                Some(path) => match image::image_dimensions(path) {
+                    Ok((w, h)) => Some((h, w)),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            let text = self.template.render(r.prompt, size.is_some());
+            let Ok(tokens) = tokenize_around_image(
+                &self.tokenizer,
+                &text,
+                self.model.config.image_token_id,
+                size.is_some(),
+            ) else {
+                continue;
+            };
+            let image_tokens = size.map_or(0, |s| self.model.config.image_token_count(s));
+            let input =
+                tokens.before.len() + image_tokens + tokens.after.as_ref().map_or(0, Vec::len);
+            needed = needed.max(input + r.max_new_tokens);
+        }
+        reserve_cache(&self.model.llm, &mut self.cache, needed)?;
+        Ok(())
     }
 
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
@@ -284,49 +207,5 @@ impl Engine for CandleLlavaEngine {
             stop_reason: d.stop_reason,
             pool_peaks: self.pool.is_some().then_some(peaks),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::llava::synth::{llava_preset, tokenizer};
-
-    #[test]
-    fn templates_place_prompt_and_image() {
-        let t = PromptTemplate("USER: <image>\n{prompt} ASSISTANT:".into());
-        assert_eq!(t.render("Hi?", true), "USER: <image>\nHi? ASSISTANT:");
-        assert_eq!(t.render("Hi?", false), "USER: Hi? ASSISTANT:");
-        // A prompt that places the image itself keeps its own placeholder only.
-        assert_eq!(
-            t.render("Look: <image>", true),
-            "USER: Look: <image> ASSISTANT:"
-        );
-        assert!(PromptTemplate::custom("no slot").is_err());
-        assert_eq!(
-            PromptTemplate::custom("<image>\\n{prompt}").unwrap().0,
-            "<image>\n{prompt}"
-        );
-    }
-
-    #[test]
-    fn image_split_by_token_and_by_text_agree() {
-        let shape = llava_preset("tiny-llava").unwrap();
-        let tok = Tokenizer::from_bytes(tokenizer(&shape).unwrap().as_bytes()).unwrap();
-        let text = "USER: <image>\nWhat is this? ASSISTANT:";
-        let by_id = tokenize_around_image(&tok, text, Some(shape.image_token_id()), true).unwrap();
-        let by_text = tokenize_around_image(&tok, text, None, true).unwrap();
-        assert_eq!(by_id.before[0], crate::engine::synth::BOS);
-        assert_eq!(by_id.before, by_text.before);
-        assert_eq!(by_id.after, by_text.after);
-        assert!(!by_id
-            .after
-            .as_ref()
-            .unwrap()
-            .contains(&crate::engine::synth::BOS));
-        let two = tokenize_around_image(&tok, "<image><image>", None, true).unwrap_err();
-        assert!(two.contains("2"), "{two}");
-        let none = tokenize_around_image(&tok, "hello", None, false).unwrap();
-        assert_eq!(none.after, None);
     }
 }

@@ -4,20 +4,18 @@
 //! Llama); no chat template is applied, so every engine sees the same tokens (llama.cpp's
 //! `llama-bench` and the peer scripts time raw prompts the same way).
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
-use super::candle_llava::PromptTemplate;
-use super::llama::{KvCache, LlamaModel};
+use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
+use super::template::PromptTemplate;
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
-    StopReason,
 };
 use crate::memory::DevicePool;
+use crate::models::llama::{KvCache, LlamaModel};
 use crate::profile;
 
 pub struct CandleTextEngine {
@@ -60,120 +58,25 @@ impl CandleTextEngine {
         })
     }
 
+    /// The prompt's token ids as the model runs them (template applied, BOS added).
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, EngineError> {
+        let text = match &self.template {
+            Some(t) => t.render(prompt, false),
+            None => prompt.to_string(),
+        };
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::Sample(format!("tokenizer failed: {e}")))?
+            .get_ids()
+            .to_vec())
+    }
+
     /// Wraps every prompt in `template` before tokenizing.
     pub fn with_template(mut self, template: Option<PromptTemplate>) -> Self {
         self.template = template;
         self
     }
-}
-
-/// Greedy choice; reading the id back to the host also waits for the device.
-pub fn argmax(logits: &Tensor) -> candle_core::Result<u32> {
-    logits.argmax(0)?.to_scalar::<u32>()
-}
-
-/// What [`prefill_and_decode`] measured.
-pub(crate) struct Decoded {
-    pub arrivals: Vec<std::time::Duration>,
-    pub tokens: Vec<u32>,
-    pub stop_reason: StopReason,
-    pub prefill_peak: Option<u64>,
-    pub decode_peak: Option<u64>,
-}
-
-/// Makes room in `cache` for `needed` positions; called before timing starts, so a bigger
-/// cache is never allocated inside a timed step.
-pub(crate) fn ensure_cache(
-    model: &LlamaModel,
-    cache: &mut KvCache,
-    needed: usize,
-) -> anyhow::Result<()> {
-    let context = model.config.max_position_embeddings;
-    let needed = needed.min(context);
-    if needed > cache.capacity() {
-        *cache = model.new_cache(needed.next_power_of_two().min(context))?;
-    }
-    cache.reset();
-    profile::note("kv_cache_bytes", cache.bytes() as u64);
-    profile::note("kv_cache_capacity_tokens", cache.capacity() as u64);
-    Ok(())
-}
-
-/// Prefills `embeds` (`(seq, hidden)`) and decodes greedily; arrivals are offsets from `start`.
-/// On the CPU this runs on the engine's [`ModelThreads`]; the CUDA memory pool (CUDA only) is
-/// read on the calling thread's side.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn prefill_and_decode(
-    threads: &ModelThreads,
-    model: &LlamaModel,
-    cache: &mut KvCache,
-    embeds: &Tensor,
-    req: &GenerationRequest<'_>,
-    eos: &[u32],
-    start: Instant,
-    pool: Option<&DevicePool>,
-) -> Result<Decoded, EngineError> {
-    match pool {
-        Some(pool) => decode_loop(model, cache, embeds, req, eos, start, Some(pool)),
-        // No CUDA memory pool to read (and its handle may not cross threads).
-        None => threads.run(|| decode_loop(model, cache, embeds, req, eos, start, None)),
-    }
-}
-
-fn decode_loop(
-    model: &LlamaModel,
-    cache: &mut KvCache,
-    embeds: &Tensor,
-    req: &GenerationRequest<'_>,
-    eos: &[u32],
-    start: Instant,
-    pool: Option<&DevicePool>,
-) -> Result<Decoded, EngineError> {
-    let context = model.config.max_position_embeddings;
-    if let Some(p) = pool {
-        p.reset_peak();
-    }
-    let mut next = {
-        let _span = profile::span("phase", "prefill");
-        let logits = model.forward_embeds(embeds, cache)?;
-        argmax(&logits).map_err(anyhow::Error::from)?
-    };
-    let mut arrivals = vec![start.elapsed()];
-    let mut tokens = vec![next];
-    let prefill_peak = pool.and_then(|p| {
-        let peak = p.peak();
-        p.reset_peak();
-        peak
-    });
-    let stop_reason = loop {
-        if !req.ignore_eos && eos.contains(&next) {
-            break StopReason::Eos;
-        }
-        if tokens.len() >= req.max_new_tokens {
-            break StopReason::MaxTokens;
-        }
-        if cache.len() >= context {
-            break StopReason::ContextFull;
-        }
-        if req.cancel.load(Ordering::Relaxed) {
-            return Err(EngineError::Cancelled);
-        }
-        {
-            let _span = profile::span("phase", "decode_step");
-            let step = model.embed_tokens(&[next])?;
-            let logits = model.forward_embeds(&step, cache)?;
-            next = argmax(&logits).map_err(anyhow::Error::from)?;
-        }
-        arrivals.push(start.elapsed());
-        tokens.push(next);
-    };
-    Ok(Decoded {
-        arrivals,
-        tokens,
-        stop_reason,
-        prefill_peak,
-        decode_peak: pool.and_then(DevicePool::peak),
-    })
 }
 
 impl Engine for CandleTextEngine {
@@ -183,6 +86,21 @@ impl Engine for CandleTextEngine {
 
     fn device(&self) -> Option<candle_core::Device> {
         Some(self.model.device().clone())
+    }
+
+    fn cpu_threads(&self) -> Option<usize> {
+        self.threads.count()
+    }
+
+    fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        let mut needed = 0;
+        for r in requests.iter().filter(|r| r.image.is_none()) {
+            if let Ok(ids) = self.prompt_ids(r.prompt) {
+                needed = needed.max(ids.len() + r.max_new_tokens);
+            }
+        }
+        reserve_cache(&self.model, &mut self.cache, needed)?;
+        Ok(())
     }
 
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
@@ -195,16 +113,7 @@ impl Engine for CandleTextEngine {
                 self.info.model
             )));
         }
-        let text = match &self.template {
-            Some(t) => t.render(req.prompt, false),
-            None => req.prompt.to_string(),
-        };
-        let ids = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| EngineError::Sample(format!("tokenizer failed: {e}")))?
-            .get_ids()
-            .to_vec();
+        let ids = self.prompt_ids(req.prompt)?;
         let context = self.model.config.max_position_embeddings;
         if ids.len() >= context {
             return Err(EngineError::Sample(format!(
@@ -244,5 +153,71 @@ impl Engine for CandleTextEngine {
                 decode_bytes: d.decode_peak,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::llama::LlamaConfig;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use std::sync::atomic::AtomicBool;
+
+    /// The tiny random Llama with a 4096-token context (the cache starts at 1024).
+    fn tiny_long_context() -> CandleTextEngine {
+        let mut shape = crate::synth::llama_preset("tiny-llama").unwrap();
+        shape.max_position_embeddings = 4096;
+        let (dtype, device) = (DType::F32, Device::Cpu);
+        let cfg = LlamaConfig::from_hf_json(&shape.hf_config(dtype)).unwrap();
+        let weights = shape.random_weights(1, dtype, &device, "").unwrap();
+        let vb = VarBuilder::from_tensors(weights, dtype, &device);
+        let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head").unwrap();
+        let tokenizer = Tokenizer::from_bytes(
+            crate::synth::tokenizer_json(shape.vocab_size, &[])
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let info = EngineInfo {
+            backend: "candle".into(),
+            model: "test".into(),
+            architecture: "llama".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            parameters: None,
+            context_length: 4096,
+            vision: false,
+        };
+        CandleTextEngine::new(model, tokenizer, vec![crate::synth::EOS], info).unwrap()
+    }
+
+    #[test]
+    fn a_reserved_cache_is_not_grown_inside_a_timed_request() {
+        let mut e = tiny_long_context();
+        let cancel = AtomicBool::new(false);
+        let long = "word ".repeat(1200);
+        let request = |prompt| GenerationRequest {
+            prompt,
+            image: None,
+            max_new_tokens: 3,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let prompt_tokens = e.prompt_ids(&long).unwrap().len();
+        assert!(
+            prompt_tokens > 1024,
+            "the prompt must outgrow the first cache"
+        );
+        e.reserve(&[request("short"), request(&long)]).unwrap();
+        assert_eq!(e.cache.capacity(), prompt_tokens + 3, "sized exactly");
+        let g = e.generate(&request(&long)).unwrap();
+        assert_eq!(g.output_token_ids.len(), 3);
+        assert_eq!(
+            e.cache.capacity(),
+            prompt_tokens + 3,
+            "the timed request did not reallocate the cache"
+        );
+        assert_eq!(e.cpu_threads(), Some(rayon::current_num_threads()));
     }
 }

@@ -1,34 +1,40 @@
-//! Backends that turn a prompt (and maybe an image) into tokens, and say when each token
-//! arrived. One trait, one file per backend; an engine knows nothing about reports.
+//! In-process engines that turn a prompt (and maybe an image) into tokens, and say when each
+//! token arrived: the [`Engine`] trait, opening a model ([`open`]), the candle engines (one file
+//! each), their shared greedy decode loop ([`decode`]) and prompt templates ([`template`]).
+//! The model math itself is in `models`; the HTTP client for servers is
+//! `client`, driven by the serving loop rather than through this trait.
+//!
+//! Uses models, synth (for `random:` presets), memory and profile. Must not depend on bench,
+//! report, client, dataset or commands: an engine knows nothing about reports or data sets.
 //!
 //! Timing contract: every `Duration` in a [`Generation`] is measured from the moment
 //! [`Engine::generate`] was called, with the host clock read only after the device finished the
 //! work being timed (on CUDA: the model thread's stream is synchronised; reading a token id back
 //! to the host is itself a synchronisation point).
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
-#[cfg(target_arch = "x86_64")]
-pub mod avx512;
-pub mod bandwidth;
 pub mod candle_llava;
+pub mod candle_qwen2vl;
 pub mod candle_text;
-pub mod gemv;
-pub mod gguf_tokenizer;
-pub mod kernels;
-pub mod kquants;
-pub mod llama;
-pub mod llava;
-pub mod load;
-pub mod openai;
-pub mod prefill;
-pub mod synth;
+pub mod decode;
+pub mod open;
+pub mod template;
+pub mod truncation;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// The CPU kernel set the in-process engines run (`portable`, `avx2` or `avx512`) and the CPU
+/// features it was chosen from, for reports to record without reaching into the model code.
+pub fn cpu_kernels() -> (&'static str, Vec<&'static str>) {
+    use crate::models::kernels;
+    (
+        kernels::KernelSet::active().name(),
+        kernels::detected_features(),
+    )
+}
 
 /// The threads an in-process engine runs its CPU work on: a rayon pool of its own, sized by
 /// `RAYON_NUM_THREADS` (which `--threads` sets) or the core count; none on CUDA.
@@ -43,6 +49,11 @@ use serde::{Deserialize, Serialize};
 pub struct ModelThreads(Option<rayon::ThreadPool>);
 
 impl ModelThreads {
+    /// Worker threads of the pool (`None` on CUDA, where the work runs on the calling thread).
+    pub fn count(&self) -> Option<usize> {
+        self.0.as_ref().map(rayon::ThreadPool::current_num_threads)
+    }
+
     pub fn for_device(device: &candle_core::Device) -> anyhow::Result<Self> {
         if !device.is_cpu() {
             return Ok(Self(None));
@@ -121,14 +132,7 @@ pub struct Generation {
     pub pool_peaks: Option<PhasePeaks>,
 }
 
-/// Peak bytes allocated from the CUDA memory pool in each phase of one sample
-/// (see [`crate::memory::DevicePool`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PhasePeaks {
-    pub vision_bytes: Option<u64>,
-    pub prefill_bytes: Option<u64>,
-    pub decode_bytes: Option<u64>,
-}
+pub use crate::memory::PhasePeaks;
 
 /// Errors the runner treats differently: a failed sample is recorded and the run goes on;
 /// a cancellation ends the run.
@@ -173,6 +177,17 @@ pub trait Engine {
     fn generate(&mut self, request: &GenerationRequest<'_>) -> Result<Generation, EngineError>;
     /// The device the model runs on, for profiling's synchronisation (`None`: not in-process).
     fn device(&self) -> Option<candle_core::Device> {
+        None
+    }
+    /// Sizes the engine's buffers (the KV cache) for the longest of `requests` (prompt plus
+    /// its `max_new_tokens`), once, before any of them is timed: a cache grown inside a request
+    /// would be allocated (and zeroed) inside its TTFT. Requests that cannot run (a missing
+    /// image) are skipped here; they fail when they are run.
+    fn reserve(&mut self, _requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Threads the engine's CPU work runs on (`None` where it runs on a GPU or a server).
+    fn cpu_threads(&self) -> Option<usize> {
         None
     }
 }

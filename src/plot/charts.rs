@@ -4,7 +4,7 @@
 //! (`name@c8`), as in `compare`. Sweep charts (throughput and latency against concurrency)
 //! draw one line per serving report.
 
-use crate::report::load::{level_suffix, AnyReport, NamedReport};
+use crate::report::read::{level_suffix, AnyReport, NamedReport};
 use crate::report::serving::{LevelReport, ServingReport};
 use crate::report::table::num;
 use crate::stats::percentile_sorted;

@@ -1,7 +1,12 @@
-//! Charts of reports: [`charts`] decides what to draw from the raw samples, [`svg`] draws it
-//! as hand-written SVG, [`png`] rasterises that SVG with resvg.
+//! Charts and pages of reports read back: [`charts`] decides what to draw from the raw samples,
+//! [`svg`] draws it as hand-written SVG, [`png`] rasterises that SVG with resvg, [`html`] puts
+//! tables and charts on one self-contained page.
+//!
+//! Uses report, stats and fsutil. Must not depend on engine, bench, client or commands: what
+//! it draws comes from report files only.
 
 pub mod charts;
+pub mod html;
 pub mod png;
 pub mod svg;
 

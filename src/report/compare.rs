@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::load::{level_suffix, AnyReport, NamedReport};
+use super::read::{level_suffix, AnyReport, NamedReport};
 use super::serving::LevelReport;
 use super::table::num;
 use super::{RunStatus, RunSummary};
@@ -104,7 +104,7 @@ pub struct Comparison {
 }
 
 /// Metrics with a distribution, in display order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Metric {
     Ttft,
     Tbt,
@@ -134,7 +134,7 @@ impl Metric {
             // token), so they share a row.
             Metric::Tbt => ("tbt_ms", "TBT/ITL", "ms", Better::Lower),
             Metric::Tpot => ("tpot_ms", "TPOT", "ms", Better::Lower),
-            Metric::Tps => ("tps", "TPS", "tok/s", Better::Higher),
+            Metric::Tps => ("tps", "TPS per sample", "tok/s", Better::Higher),
             Metric::E2e => ("e2e_ms", "E2E", "ms", Better::Lower),
             Metric::Prefill => ("prefill_ms", "Prefill", "ms", Better::Lower),
             Metric::OutputTokens => ("output_tokens", "Output tokens", "tokens", Better::Neither),
@@ -203,9 +203,20 @@ pub fn compare(reports: &[NamedReport]) -> Comparison {
         columns[i].baseline = b.map(|b| columns[b].label.clone());
     }
 
+    // Serving levels whose ITL is a per-chunk gap (no per-chunk token counts from the server).
+    let per_chunk: Vec<&str> = columns
+        .iter()
+        .zip(&sources)
+        .filter(|(_, s)| matches!(s, Source::Level(l) if !l.itl_is_per_token()))
+        .map(|(c, _)| c.label.as_str())
+        .collect();
+    let has_in_process = sources.iter().any(|s| matches!(s, Source::InProcess(_)));
     let mut rows = Vec::new();
     for m in Metric::ALL {
-        let (metric, name, unit, better) = m.describe();
+        let (metric, mut name, unit, better) = m.describe();
+        if m == Metric::Tbt && !per_chunk.is_empty() {
+            name = "TBT/ITL (ITL per chunk in some columns)";
+        }
         for stat in ["median", "p99"] {
             let values: Vec<Option<f64>> = sources
                 .iter()
@@ -244,6 +255,15 @@ pub fn compare(reports: &[NamedReport]) -> Comparison {
     );
 
     let mut warnings = warnings(reports);
+    for label in &per_chunk {
+        warnings.push(if has_in_process {
+            format!(
+                "{label}: ITL is per chunk (the server sent no per-chunk token counts), shown beside an in-process per-token TBT: a chunk may carry several tokens, so the TBT/ITL values are not like for like"
+            )
+        } else {
+            format!("{label}: ITL is per chunk (the server sent no per-chunk token counts)")
+        });
+    }
     for c in &columns {
         if c.baseline.is_none() {
             warnings.push(format!(
@@ -836,6 +856,29 @@ mod tests {
         assert!(close(med.cells[1].ratio, 0.5));
         assert!(close(med.cells[2].ratio, 2.0));
         assert!(c.warnings.iter().any(|w| w.contains("different devices")));
+    }
+
+    #[test]
+    fn per_chunk_itl_is_labelled_and_warned_beside_in_process_tbt() {
+        let a = in_process("local", &[10.0, 20.0, 30.0], &[2.0], 1.0);
+        let mut l = level(1, summary(10.0, 20.0), summary(2.0, 3.0), 50.0, vec![]);
+        let s = testutil::serving(vec![l.clone()]);
+        let c = compare(&[a.clone(), named("srv", AnyReport::Serving(Box::new(s)))]);
+        assert!(!c.warnings.iter().any(|w| w.contains("per chunk")));
+        l.itl_basis = "per chunk".into();
+        let s = testutil::serving(vec![l]);
+        let c = compare(&[a, named("srv", AnyReport::Serving(Box::new(s)))]);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("ITL is per chunk") && w.contains("in-process per-token TBT")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(c
+            .rows
+            .iter()
+            .any(|r| r.metric == "tbt_ms" && r.name.contains("per chunk")));
     }
 
     #[test]

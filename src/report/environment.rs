@@ -8,10 +8,22 @@ pub struct Environment {
     pub vlmbench_version: String,
     /// Git commit vlmbench was built from (`unknown` outside a git checkout).
     pub git_commit: String,
+    /// Whether the working tree had uncommitted changes to tracked files when the binary was
+    /// built (`null` outside a git checkout): a dirty build is not quite `git_commit`.
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
+    /// `rustc --version` of the compiler that built the binary.
+    #[serde(default = "unknown")]
+    pub rustc_version: String,
     /// candle-core version compiled in.
     pub candle_version: String,
     /// Whether the binary was built with the `cuda` feature.
     pub cuda_build: bool,
+    /// CUDA runtime (toolkit) version the binary's kernels were built with and whose libraries
+    /// (cuBLAS) it loads, from `nvcc --version` at build time; `null` without the `cuda`
+    /// feature. The driver's own CUDA version is `gpu.cuda_driver_version`.
+    #[serde(default)]
+    pub cuda_runtime_version: Option<String>,
     pub os: String,
     pub arch: String,
     pub cpu_model: String,
@@ -21,6 +33,14 @@ pub struct Environment {
     /// figures from different CPU generations can be told apart.
     #[serde(default)]
     pub cpu_kernels: Option<CpuKernels>,
+    /// Threads the model's CPU work actually ran on (the engine's pool, sized by `--threads`,
+    /// else `RAYON_NUM_THREADS`, else the core count); `null` on a GPU or against a server.
+    #[serde(default)]
+    pub model_threads: Option<usize>,
+    /// `RAYON_NUM_THREADS` as set in the environment vlmbench was started from (not by
+    /// `--threads`), since it sizes thread pools too.
+    #[serde(default)]
+    pub rayon_num_threads_env: Option<String>,
     /// GPU name, driver and CUDA driver version where NVML is available.
     #[serde(default)]
     pub gpu: Option<GpuInfo>,
@@ -30,7 +50,7 @@ pub struct Environment {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CpuKernels {
-    /// `portable`, `avx2` or `avx512` (see `engine::kernels::KernelSet`).
+    /// `portable`, `avx2` or `avx512` (see `engine::cpu_kernels`).
     pub set: String,
     /// The features detected, e.g. `avx2`, `avx512vnni`, `amx-bf16` (AMX only where the OS
     /// granted its tile state).
@@ -39,13 +59,10 @@ pub struct CpuKernels {
 
 impl CpuKernels {
     pub fn detect() -> Self {
-        use crate::engine::kernels;
+        let (set, features) = crate::engine::cpu_kernels();
         Self {
-            set: kernels::KernelSet::active().name().to_string(),
-            features: kernels::detected_features()
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            set: set.to_string(),
+            features: features.into_iter().map(String::from).collect(),
         }
     }
 }
@@ -67,21 +84,37 @@ impl Environment {
             git_commit: option_env!("VLMBENCH_GIT_COMMIT")
                 .unwrap_or("unknown")
                 .to_string(),
+            git_dirty: option_env!("VLMBENCH_GIT_DIRTY").map(|d| d == "true"),
+            rustc_version: option_env!("VLMBENCH_RUSTC_VERSION")
+                .unwrap_or("unknown")
+                .to_string(),
             candle_version: option_env!("VLMBENCH_CANDLE_VERSION")
                 .unwrap_or("unknown")
                 .to_string(),
             cuda_build: cfg!(feature = "cuda"),
+            cuda_runtime_version: option_env!("VLMBENCH_CUDA_RUNTIME_VERSION").map(String::from),
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             cpu_model: cpu_model(),
-            cpu_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpu_threads: logical_cpus(),
             cpu_kernels: Some(CpuKernels::detect()),
+            model_threads: None,
+            rayon_num_threads_env: std::env::var("RAYON_NUM_THREADS").ok(),
             gpu: gpu_ordinal.and_then(gpu_info),
             command_line: redact_secrets(std::env::args()),
         }
     }
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// Logical CPUs available to this process (its affinity mask included).
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn cpu_model() -> String {
@@ -121,7 +154,7 @@ pub fn redact_secrets(args: impl IntoIterator<Item = String>) -> Vec<String> {
 #[cfg(feature = "cuda")]
 fn gpu_info(ordinal: usize) -> Option<GpuInfo> {
     let nvml = nvml_wrapper::Nvml::init().ok()?;
-    let dev = nvml.device_by_index(ordinal as u32).ok()?;
+    let dev = crate::memory::nvml_device(&nvml, ordinal).ok()?;
     let cuda = nvml.sys_cuda_driver_version().ok()?;
     Some(GpuInfo {
         name: dev.name().ok()?,
@@ -139,6 +172,16 @@ fn gpu_info(_ordinal: usize) -> Option<GpuInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_is_described() {
+        let e = Environment::capture(None);
+        assert!(e.rustc_version.starts_with("rustc "), "{}", e.rustc_version);
+        // This crate is built from a git checkout, so cleanliness is known.
+        assert!(e.git_dirty.is_some());
+        assert_eq!(e.cuda_runtime_version.is_some(), cfg!(feature = "cuda"));
+        assert_eq!(e.model_threads, None, "filled in by the run, not guessed");
+    }
 
     #[test]
     fn api_keys_never_reach_the_report() {

@@ -8,9 +8,14 @@ use super::Report;
 use crate::fsutil::write_atomic;
 
 pub fn write(report: &Report, path: &Path) -> Result<()> {
+    write_atomic(path, &to_bytes(report)?)
+}
+
+/// The report as the bytes [`write`] writes.
+pub fn to_bytes(report: &Report) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(report).context("cannot serialise the report")?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    Ok(bytes)
 }
 
 /// Reads a report written by [`write`].

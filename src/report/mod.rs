@@ -4,16 +4,24 @@
 //! - [`csv`]: one row per sample (`<base>.csv`), same basename.
 //! - [`table`]: the terminal summary, one row per metric.
 //! - [`compare`]: several reports side by side, with ratios to the first.
-//! - [`load`]: reading either kind of report back (in-process or serving).
-//! - [`html`]: one self-contained page with tables and charts.
+//! - [`read`]: reading either kind of report back (in-process or serving).
+//! - [`serving`]: the serving report (one section per load level).
+//!
+//! Both kinds aggregate through [`crate::stats::Totals`] and its summaries
+//! ([`RunSummary::from_samples`], [`serving::LevelReport::from_requests`]).
+//!
+//! Uses engine (the facts an engine reports), metrics, stats, memory and fsutil. Must not
+//! depend on plot (charts and HTML read reports, not the other way round), bench, client or
+//! commands.
 
 pub mod compare;
 pub mod csv;
 pub mod environment;
-pub mod html;
+pub mod journal;
 pub mod json;
-pub mod load;
+pub mod read;
 pub mod serving;
+mod serving_summary;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -25,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineInfo;
 use crate::memory::MemoryReport;
 use crate::metrics::SampleMetrics;
-use crate::stats::{summarize, Summary};
+use crate::stats::{summarize_each, summarize_pooled, Outcome, Summary, Totals};
 pub use environment::Environment;
 
 /// Bumped when a report field changes meaning or disappears.
@@ -157,8 +165,14 @@ pub struct RunSummary {
     pub tbt_ms: Option<Summary>,
     /// Time per output token (vLLM's TPOT), ms, one value per sample.
     pub tpot_ms: Option<Summary>,
-    /// Decode tokens per second, one value per sample.
+    /// Per-sample TPS: each sample's decode tokens / its decode time, one value per sample, and
+    /// the statistics of those values (their mean is not the pooled rate when lengths differ).
     pub tps: Option<Summary>,
+    /// Pooled decode throughput: every successful sample's decode tokens (output tokens − 1)
+    /// divided by all their decode time, tokens/s (= 1 / mean of the pooled TBT). Absent when
+    /// no sample decoded past its first token.
+    #[serde(default)]
+    pub decode_tps_pooled: Option<f64>,
     /// End-to-end latency, ms, one value per sample.
     pub e2e_ms: Option<Summary>,
     pub prefill_ms: Option<Summary>,
@@ -172,51 +186,77 @@ impl RunSummary {
     /// Computes the aggregates of `samples` measured over `duration_s` seconds.
     pub fn from_samples(samples: &[SampleRecord], duration_s: f64) -> Self {
         let ok: Vec<&SampleMetrics> = samples.iter().filter_map(|s| s.metrics.as_ref()).collect();
-        let collect = |f: &dyn Fn(&SampleMetrics) -> Option<f64>| -> Option<Summary> {
-            summarize(&ok.iter().filter_map(|m| f(m)).collect::<Vec<_>>())
-        };
-        let tbt: Vec<f64> = ok.iter().flat_map(|m| m.tbt_ms.iter().copied()).collect();
-        let mut failure_reasons = BTreeMap::new();
-        for s in samples.iter().filter(|s| !s.ok) {
-            let reason = s.error.clone().unwrap_or_else(|| "unknown error".into());
-            *failure_reasons.entry(reason).or_insert(0) += 1;
-        }
-        let total_input_tokens: usize = ok.iter().map(|m| m.input_tokens).sum();
-        let total_output_tokens: usize = ok.iter().map(|m| m.output_tokens).sum();
-        let per_s = |x: f64| {
-            if duration_s > 0.0 {
-                x / duration_s
-            } else {
-                0.0
-            }
-        };
-        let succeeded = ok.len();
+        let collect = |f: &dyn Fn(&SampleMetrics) -> Option<f64>| summarize_each(&ok, |m| f(m));
+        let totals = Totals::over(
+            samples.iter().map(|s| match &s.metrics {
+                Some(m) => Outcome::Succeeded {
+                    input_tokens: m.input_tokens as u64,
+                    output_tokens: m.output_tokens as u64,
+                },
+                None => Outcome::Failed(s.error.as_deref()),
+            }),
+            duration_s,
+        );
         Self {
             num_samples: samples.len(),
-            succeeded,
-            failed: samples.len() - succeeded,
+            succeeded: totals.succeeded,
+            failed: totals.failed,
             success_rate: if samples.is_empty() {
                 0.0
             } else {
-                succeeded as f64 / samples.len() as f64
+                totals.succeeded as f64 / samples.len() as f64
             },
-            failure_reasons,
+            failure_reasons: totals.failure_reasons,
             duration_s,
-            request_throughput: per_s(succeeded as f64),
-            output_throughput: per_s(total_output_tokens as f64),
-            total_token_throughput: per_s((total_input_tokens + total_output_tokens) as f64),
-            total_input_tokens,
-            total_output_tokens,
+            request_throughput: totals.request_throughput,
+            output_throughput: totals.output_throughput,
+            total_token_throughput: totals.total_token_throughput,
+            total_input_tokens: totals.input_tokens as usize,
+            total_output_tokens: totals.output_tokens as usize,
             ttft_ms: collect(&|m| Some(m.ttft_ms)),
-            tbt_ms: summarize(&tbt),
+            tbt_ms: summarize_pooled(&ok, |m| &m.tbt_ms),
             tpot_ms: collect(&|m| m.tpot_ms),
             tps: collect(&|m| m.tps),
+            decode_tps_pooled: pooled_decode_tps(&ok),
             e2e_ms: collect(&|m| Some(m.e2e_ms)),
             prefill_ms: collect(&|m| Some(m.prefill_ms)),
             preprocess_ms: collect(&|m| Some(m.preprocess_ms)),
             vision_encode_ms: collect(&|m| m.vision_encode_ms),
             input_tokens: collect(&|m| Some(m.input_tokens as f64)),
             output_tokens: collect(&|m| Some(m.output_tokens as f64)),
+        }
+    }
+}
+
+/// All decode tokens / all decode time over `samples`, tokens/s.
+fn pooled_decode_tps(samples: &[&SampleMetrics]) -> Option<f64> {
+    let tokens: usize = samples.iter().map(|m| m.tbt_ms.len()).sum();
+    let ms: f64 = samples.iter().map(|m| m.decode_ms).sum();
+    (tokens > 0 && ms > 0.0).then(|| tokens as f64 / (ms / 1e3))
+}
+
+impl Report {
+    /// A report from the facts known before the run (`header`) and what it measured.
+    pub fn from_parts(
+        header: journal::RunHeader,
+        status: RunStatus,
+        status_detail: Option<String>,
+        samples: Vec<SampleRecord>,
+        duration_s: f64,
+        memory: MemoryReport,
+    ) -> Self {
+        Self {
+            schema_version: header.schema_version,
+            status,
+            status_detail,
+            started_at: header.started_at,
+            environment: header.environment,
+            engine: header.engine,
+            config: header.config,
+            dataset: header.dataset,
+            summary: RunSummary::from_samples(&samples, duration_s),
+            memory,
+            samples,
         }
     }
 }
@@ -293,6 +333,22 @@ mod tests {
         assert_eq!(s.total_output_tokens, 5);
         assert_eq!(s.output_throughput, 2.5);
         assert_eq!(s.request_throughput, 1.0);
+    }
+
+    #[test]
+    fn pooled_decode_rate_is_not_the_mean_of_per_sample_rates() {
+        // 1 decode token in 10 ms (100 tok/s) and 9 tokens in 900 ms (10 tok/s).
+        let samples = vec![record(1, 5.0, &[10.0]), record(2, 5.0, &[100.0; 9])];
+        let s = RunSummary::from_samples(&samples, 1.0);
+        assert!((s.tps.as_ref().unwrap().mean - 55.0).abs() < 1e-9);
+        assert!((s.decode_tps_pooled.unwrap() - 10.0 / 0.91).abs() < 1e-9);
+        // Pooled = 1 / mean of the pooled TBT.
+        let tbt = s.tbt_ms.as_ref().unwrap().mean;
+        assert!((s.decode_tps_pooled.unwrap() - 1e3 / tbt).abs() < 1e-9);
+        assert_eq!(
+            RunSummary::from_samples(&[record(3, 5.0, &[])], 1.0).decode_tps_pooled,
+            None
+        );
     }
 
     #[test]

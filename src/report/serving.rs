@@ -54,6 +54,29 @@ pub struct ServingConfig {
     pub warmup_requests: usize,
     pub request_timeout_s: f64,
     pub burstiness: f64,
+    /// How repeated inputs were handled (see [`InputPolicy`]); absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_policy: Option<InputPolicy>,
+}
+
+/// What the run did so that server caches (prefix cache, multimodal encoder cache) could not
+/// serve a request from an earlier one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InputPolicy {
+    /// `unique` (a repeated prompt gets a unique prefix, a repeated image altered pixels) or
+    /// `exact-repeats` (`--repeat-inputs`: inputs sent as given, caches may hit).
+    pub repeats: String,
+    /// Requests (warm-up included) whose prompt got a unique prefix.
+    pub prompts_prefixed: usize,
+    /// Characters those prefixes added in all.
+    pub prefix_chars_added: usize,
+    /// Tokens those prefixes added in all, counted with `--tokenizer` (absent without one).
+    pub prefix_tokens_added: Option<u64>,
+    /// Requests whose image was re-encoded with altered pixels.
+    pub images_altered: usize,
+    /// `--reset-cache`: the endpoint that answered between levels, or why none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_reset: Option<String>,
 }
 
 /// One load level.
@@ -73,8 +96,29 @@ pub struct LevelReport {
     pub total_token_throughput: f64,
     pub total_input_tokens: u64,
     pub total_output_tokens: u64,
-    /// Where output token counts came from: `server usage`, `tokenizer` or `chunks`.
+    /// Where output token counts came from, from the data: `server usage`, `tokenizer` or
+    /// `chunks` when all successful requests agree, else `mixed: ...` with the counts.
     pub output_tokens_source: String,
+    /// Successful requests per output count source.
+    #[serde(default)]
+    pub output_tokens_sources: BTreeMap<String, usize>,
+    /// Successful requests per input count source.
+    #[serde(default)]
+    pub input_tokens_sources: BTreeMap<String, usize>,
+    /// `per token` when every chunk's token count was known from streamed usage, `per chunk`
+    /// when none was (each chunk then counts as one token: `itl_ms` is a per-chunk gap), else
+    /// `mixed`.
+    #[serde(default = "per_token")]
+    pub itl_basis: String,
+    /// Requests in flight when the run was cancelled (not counted as failed).
+    #[serde(default)]
+    pub cancelled: usize,
+    /// Requests retried once on a fresh connection after a stale keep-alive connection.
+    #[serde(default)]
+    pub retried: usize,
+    /// Seed of the arrival schedule (rate mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_seed: Option<u64>,
     /// From the scheduled arrival (client queueing included).
     pub ttft_ms: Option<Summary>,
     /// From the actual send.
@@ -99,17 +143,40 @@ pub struct RequestRecord {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// In flight when the run was cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+    /// Why the first attempt was retried on a fresh connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried: Option<String>,
     pub http_status: Option<u16>,
     pub ttft_ms: Option<f64>,
     pub ttft_from_send_ms: Option<f64>,
     pub e2el_ms: Option<f64>,
+    #[serde(default)]
+    pub e2el_from_send_ms: Option<f64>,
     pub tpot_ms: Option<f64>,
     pub queue_ms: Option<f64>,
     pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub input_tokens_source: Option<String>,
     pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens_source: Option<String>,
+    /// Whether `itl_ms` is per token (streamed usage split the chunks) or per chunk.
+    #[serde(default = "yes")]
+    pub itl_per_token: bool,
     pub itl_ms: Vec<f64>,
     pub chunk_gaps_ms: Vec<f64>,
     pub text: String,
+}
+
+fn per_token() -> String {
+    "per token".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub fn write_json(report: &ServingReport, path: &Path) -> Result<()> {
@@ -136,6 +203,12 @@ pub fn write_csv(report: &ServingReport, path: &Path) -> Result<()> {
         "e2el_ms",
         "queue_ms",
         "text_preview",
+        "e2el_from_send_ms",
+        "input_tokens_source",
+        "output_tokens_source",
+        "itl_basis",
+        "retried",
+        "cancelled",
     ])?;
     let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_default();
     let u = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -159,6 +232,17 @@ pub fn write_csv(report: &ServingReport, path: &Path) -> Result<()> {
                 f(r.e2el_ms),
                 f(r.queue_ms),
                 preview(&r.text, 80),
+                f(r.e2el_from_send_ms),
+                r.input_tokens_source.clone().unwrap_or_default(),
+                r.output_tokens_source.clone().unwrap_or_default(),
+                if r.itl_per_token {
+                    "per token"
+                } else {
+                    "per chunk"
+                }
+                .into(),
+                r.retried.clone().unwrap_or_default(),
+                r.cancelled.to_string(),
             ])?;
         }
     }
@@ -166,15 +250,32 @@ pub fn write_csv(report: &ServingReport, path: &Path) -> Result<()> {
 }
 
 /// A level's latency metrics (all in ms) in display order.
-pub fn level_metric_rows(l: &LevelReport) -> [(&'static str, &Option<Summary>); 6] {
+pub fn level_metric_rows(l: &LevelReport) -> [(&'static str, &Option<Summary>); 7] {
     [
         ("TTFT", &l.ttft_ms),
         ("TTFT from send", &l.ttft_from_send_ms),
         ("TPOT", &l.tpot_ms),
-        ("ITL", &l.itl_ms),
+        (l.itl_label(), &l.itl_ms),
         ("E2E", &l.e2el_ms),
+        ("E2E from send", &l.e2el_from_send_ms),
         ("Queue", &l.queue_ms),
     ]
+}
+
+impl LevelReport {
+    /// The ITL's name in tables: per chunk unless every chunk's token count was known.
+    pub fn itl_label(&self) -> &'static str {
+        match self.itl_basis.as_str() {
+            "per token" => "ITL",
+            "per chunk" => "ITL per chunk",
+            _ => "ITL (mixed)",
+        }
+    }
+
+    /// Whether `itl_ms` is a per-token gap for every request.
+    pub fn itl_is_per_token(&self) -> bool {
+        self.itl_basis == "per token"
+    }
 }
 
 /// One table per level.
@@ -214,6 +315,23 @@ pub fn render(report: &ServingReport) -> String {
         }
         for (reason, n) in &l.failure_reasons {
             let _ = writeln!(out, "  failed x{n}: {reason}");
+        }
+        if l.cancelled > 0 {
+            let _ = writeln!(out, "  cancelled in flight: {}", l.cancelled);
+        }
+        if l.retried > 0 {
+            let _ = writeln!(
+                out,
+                "  retried on a fresh connection (stale keep-alive): {}",
+                l.retried
+            );
+        }
+        if !l.itl_is_per_token() {
+            let _ = writeln!(
+                out,
+                "  ITL is {} (no per-chunk token counts from the server): a chunk may hold several tokens",
+                l.itl_basis
+            );
         }
     }
     out

@@ -12,7 +12,7 @@ pub fn metric_rows(s: &RunSummary) -> [(&'static str, &Option<Summary>); 10] {
         ("TTFT (ms)", &s.ttft_ms),
         ("TBT (ms)", &s.tbt_ms),
         ("TPOT (ms)", &s.tpot_ms),
-        ("TPS (tok/s)", &s.tps),
+        ("TPS per sample (tok/s)", &s.tps),
         ("E2E (ms)", &s.e2e_ms),
         ("Prefill (ms)", &s.prefill_ms),
         ("Preprocess (ms)", &s.preprocess_ms),
@@ -35,14 +35,14 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<22} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "metric", "n", "mean", "median", "p90", "p95", "p99", "min", "max", "stddev"
     );
     for (name, summary) in rows {
         let Some(v) = summary else { continue };
         let _ = writeln!(
             out,
-            "{:<16} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "{:<22} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
             name,
             v.count,
             num(v.mean),
@@ -65,6 +65,13 @@ pub fn render(report: &Report) -> String {
         s.request_throughput,
         s.output_throughput
     );
+    if let Some(pooled) = s.decode_tps_pooled {
+        let _ = writeln!(
+            out,
+            "pooled decode throughput {} tok/s (all decode tokens / all decode time)",
+            num(pooled)
+        );
+    }
     for (reason, count) in &s.failure_reasons {
         let _ = writeln!(out, "  failed x{count}: {reason}");
     }
@@ -93,7 +100,8 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn bytes(m: &MaybeBytes) -> String {
+/// A memory figure in MiB, or `n/a` where it was not measured.
+pub fn bytes(m: &MaybeBytes) -> String {
     match m.bytes {
         Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
         None => "n/a".into(),

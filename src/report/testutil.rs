@@ -11,8 +11,8 @@ use crate::metrics::SampleMetrics;
 use crate::stats::{summarize, Summary};
 
 /// A report as the commands hold it, named `label` (read from `label.json`).
-pub fn named(label: &str, report: super::load::AnyReport) -> super::load::NamedReport {
-    super::load::NamedReport {
+pub fn named(label: &str, report: super::read::AnyReport) -> super::read::NamedReport {
+    super::read::NamedReport {
         label: label.into(),
         path: std::path::PathBuf::from(format!("{label}.json")),
         report,
@@ -23,8 +23,11 @@ pub fn environment() -> Environment {
     Environment {
         vlmbench_version: "0.1.0".into(),
         git_commit: "abc123".into(),
+        git_dirty: Some(false),
+        rustc_version: "rustc 1.90.0".into(),
         candle_version: "0.11.1".into(),
         cuda_build: false,
+        cuda_runtime_version: None,
         os: "linux".into(),
         arch: "x86_64".into(),
         cpu_model: "Test CPU <fast> & cheap".into(),
@@ -33,6 +36,8 @@ pub fn environment() -> Environment {
             set: "avx2".into(),
             features: vec!["avx2".into(), "fma".into(), "f16c".into()],
         }),
+        model_threads: Some(2),
+        rayon_num_threads_env: None,
         gpu: None,
         command_line: vec!["vlmbench".into(), "run".into()],
     }
@@ -153,14 +158,20 @@ pub fn request(index: i64, ttft: f64, input_tokens: u64, itl: &[f64]) -> Request
         index,
         ok: true,
         error: None,
+        cancelled: false,
+        retried: None,
         http_status: Some(200),
         ttft_ms: Some(ttft),
         ttft_from_send_ms: Some(ttft),
         e2el_ms: Some(ttft + decode),
+        e2el_from_send_ms: Some(ttft + decode),
         tpot_ms: (!itl.is_empty()).then(|| decode / itl.len() as f64),
         queue_ms: Some(0.0),
         input_tokens: Some(input_tokens),
+        input_tokens_source: Some("server usage".into()),
         output_tokens: Some(itl.len() as u64 + 1),
+        output_tokens_source: Some("server usage".into()),
+        itl_per_token: true,
         itl_ms: itl.to_vec(),
         chunk_gaps_ms: itl.to_vec(),
         text: "x".into(),
@@ -189,6 +200,12 @@ pub fn level(
         total_input_tokens: 100,
         total_output_tokens: 100,
         output_tokens_source: "server usage".into(),
+        output_tokens_sources: BTreeMap::from([("server usage".to_string(), ok)]),
+        input_tokens_sources: BTreeMap::from([("server usage".to_string(), ok)]),
+        itl_basis: "per token".into(),
+        cancelled: 0,
+        retried: 0,
+        arrival_seed: None,
         ttft_ms: Some(ttft),
         ttft_from_send_ms: None,
         tpot_ms: summarize(
@@ -234,6 +251,7 @@ pub fn serving(levels: Vec<LevelReport>) -> ServingReport {
             warmup_requests: 1,
             request_timeout_s: 600.0,
             burstiness: 1.0,
+            input_policy: None,
         },
         dataset: dataset("aaaa"),
         levels,

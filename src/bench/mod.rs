@@ -1,0 +1,14 @@
+//! The two measurement loops: [`runner`] runs a set through an in-process engine one sample at
+//! a time; [`serving`] sends requests to a server at a load level, on an arrival schedule.
+//! [`request_record`] turns a served request into its report record, [`workload`] makes the
+//! serving workloads' sets.
+//!
+//! Uses engine, client, dataset, metrics, the report's record types, rng and profile. Must not
+//! depend on commands or cli (settings arrive as options), nor on plot.
+
+pub mod cancel;
+pub mod request_record;
+pub mod runner;
+pub mod serving;
+pub mod unique_inputs;
+pub mod workload;

@@ -1,0 +1,225 @@
+//! No request of a served run may be answered from a cache filled by an earlier one. Sweep
+//! levels re-send the same set, warm-up requests are measured again, and `--num-prompts` above
+//! the set size repeats prompts inside a level; on vLLM or SGLang every repeat would hit the
+//! prefix cache (matched from the first token) and the multimodal encoder cache (keyed by the
+//! image's content). So, by default, an input that repeats an earlier one is changed just
+//! enough to miss both:
+//! - a repeated prompt gets a short unique prefix, `[n] `, at its START (a prefix cache then
+//!   matches nothing past the chat template's own opening);
+//! - a repeated image gets a few pixels of its top row set from `n` and is re-encoded in its
+//!   own format (PNG stays lossless; a JPEG is re-compressed), so its content hash differs.
+//!
+//! The first use of every input is sent unchanged. `--repeat-inputs` sends every input exactly
+//! as given, to measure what caches buy.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Cursor;
+
+use anyhow::{Context, Result};
+use tokenizers::Tokenizer;
+
+use crate::report::serving::InputPolicy;
+
+/// One request's inputs as they will be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentInput {
+    pub prompt: String,
+    /// Encoded image and its MIME type.
+    pub image: Option<(String, Vec<u8>)>,
+}
+
+/// Hands out the inputs of every request of a run, in sending order, keeping them unique.
+pub struct UniqueInputs<'t> {
+    exact: bool,
+    tokenizer: Option<&'t Tokenizer>,
+    prompts: HashSet<String>,
+    images: HashSet<u64>,
+    next_tag: u64,
+    policy: InputPolicy,
+}
+
+impl<'t> UniqueInputs<'t> {
+    /// `exact`: send repeats unchanged (`--repeat-inputs`). `tokenizer` counts the tokens the
+    /// prefixes add.
+    pub fn new(exact: bool, tokenizer: Option<&'t Tokenizer>) -> Self {
+        Self {
+            exact,
+            tokenizer,
+            prompts: HashSet::new(),
+            images: HashSet::new(),
+            next_tag: 0,
+            policy: InputPolicy {
+                repeats: if exact { "exact-repeats" } else { "unique" }.into(),
+                prefix_tokens_added: tokenizer.map(|_| 0),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// What the run did so far, for the report.
+    pub fn policy(&self) -> &InputPolicy {
+        &self.policy
+    }
+
+    /// The inputs of the next request made from `prompt` and (encoded) `image`.
+    pub fn next(&mut self, prompt: &str, image: Option<(&str, &[u8])>) -> Result<SentInput> {
+        if self.exact {
+            return Ok(SentInput {
+                prompt: prompt.to_owned(),
+                image: image.map(|(m, b)| (m.to_owned(), b.to_vec())),
+            });
+        }
+        let mut sent_prompt = prompt.to_owned();
+        while !self.prompts.insert(sent_prompt.clone()) {
+            self.next_tag += 1;
+            sent_prompt = format!("[{}] {prompt}", self.next_tag);
+        }
+        if sent_prompt.len() != prompt.len() {
+            self.policy.prompts_prefixed += 1;
+            self.policy.prefix_chars_added += sent_prompt.len() - prompt.len();
+            if let (Some(t), Some(total)) =
+                (self.tokenizer, self.policy.prefix_tokens_added.as_mut())
+            {
+                let count = |s: &str| t.encode(s, false).map(|e| e.len() as u64).unwrap_or(0);
+                *total += count(&sent_prompt).saturating_sub(count(prompt));
+            }
+        }
+        let sent_image = match image {
+            None => None,
+            Some((mime, bytes)) => {
+                let mut out = (mime.to_owned(), bytes.to_vec());
+                let mut altered = false;
+                while !self.images.insert(content_hash(&out.1)) {
+                    self.next_tag += 1;
+                    out = alter_pixels(bytes, self.next_tag)?;
+                    altered = true;
+                }
+                self.policy.images_altered += altered as usize;
+                Some(out)
+            }
+        };
+        Ok(SentInput {
+            prompt: sent_prompt,
+            image: sent_image,
+        })
+    }
+
+    /// Records the outcome of `--reset-cache`.
+    pub fn set_cache_reset(&mut self, what: String) {
+        self.policy.cache_reset = Some(what);
+    }
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// `bytes` decoded, the first four pixels of the top row set from `tag`, re-encoded in the
+/// same format where the encoder supports it (else PNG); returns the MIME type and bytes.
+pub fn alter_pixels(bytes: &[u8], tag: u64) -> Result<(String, Vec<u8>)> {
+    let format = image::guess_format(bytes).context("cannot tell the image's format")?;
+    let mut img = image::load_from_memory_with_format(bytes, format)
+        .context("cannot decode the image to make a repeat unique")?
+        .into_rgb8();
+    let (w, h) = img.dimensions();
+    let code = tag.to_le_bytes();
+    for k in 0..4u32.min(w) {
+        // Large steps, so a lossy re-encode keeps two tags apart.
+        let v = code[k as usize];
+        img.put_pixel(k, 0, image::Rgb([v, v.wrapping_mul(37), 255 - v]));
+        if h > 1 {
+            img.put_pixel(k, 1, image::Rgb([v, v.wrapping_mul(37), 255 - v]));
+        }
+    }
+    let img = image::DynamicImage::ImageRgb8(img);
+    let mut out = Cursor::new(Vec::new());
+    let (format, mime) = match format {
+        image::ImageFormat::Jpeg => (image::ImageFormat::Jpeg, "image/jpeg"),
+        image::ImageFormat::Bmp => (image::ImageFormat::Bmp, "image/bmp"),
+        _ => (image::ImageFormat::Png, "image/png"),
+    };
+    img.write_to(&mut out, format)
+        .context("cannot re-encode the altered image")?;
+    Ok((mime.to_owned(), out.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn repeats_get_a_unique_prefix_and_altered_pixels() {
+        let img = png(16, 8);
+        let mut u = UniqueInputs::new(false, None);
+        let mut prompts = HashSet::new();
+        let mut images = HashSet::new();
+        for _ in 0..5 {
+            for p in ["a cat", "a dog"] {
+                let s = u.next(p, Some(("image/png", &img))).unwrap();
+                assert!(s.prompt.ends_with(p), "{}", s.prompt);
+                assert!(
+                    prompts.insert(s.prompt.clone()),
+                    "prompt repeated: {}",
+                    s.prompt
+                );
+                let (mime, bytes) = s.image.unwrap();
+                assert_eq!(mime, "image/png");
+                let decoded = image::load_from_memory(&bytes).unwrap();
+                assert_eq!((decoded.width(), decoded.height()), (16, 8));
+                assert!(images.insert(bytes), "image repeated");
+            }
+        }
+        let p = u.policy();
+        assert_eq!(p.repeats, "unique");
+        assert_eq!(p.prompts_prefixed, 8);
+        assert_eq!(p.images_altered, 9);
+        assert!(p.prefix_chars_added >= 8 * 4);
+        // The first use of each input is sent as given.
+        let mut fresh = UniqueInputs::new(false, None);
+        assert_eq!(fresh.next("a cat", None).unwrap().prompt, "a cat");
+        assert!(fresh
+            .next("a cat", None)
+            .unwrap()
+            .prompt
+            .starts_with("[1] "));
+    }
+
+    #[test]
+    fn exact_repeats_are_kept_on_request() {
+        let mut u = UniqueInputs::new(true, None);
+        let a = u.next("same", Some(("image/png", b"xx"))).unwrap();
+        let b = u.next("same", Some(("image/png", b"xx"))).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(u.policy().repeats, "exact-repeats");
+        assert_eq!(u.policy().prompts_prefixed, 0);
+    }
+
+    #[test]
+    fn jpeg_repeats_stay_apart() {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 8) as u8, 90])
+        });
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        let jpg = out.into_inner();
+        let a = alter_pixels(&jpg, 1).unwrap();
+        let b = alter_pixels(&jpg, 2).unwrap();
+        assert_eq!(a.0, "image/jpeg");
+        assert_ne!(a.1, b.1);
+        assert_ne!(a.1, jpg);
+    }
+}

@@ -1,0 +1,321 @@
+//! In-process Qwen2-VL / Qwen2.5-VL: patch the image, template and tokenize the prompt (the
+//! image placeholder expanded to one `<|image_pad|>` per image token), encode the image, prefill
+//! text and image features with multimodal rotary positions, decode greedily.
+//!
+//! Phases as timed: preprocessing (image decode, resize, normalise, patching, tokenize) →
+//! vision encoding (the vision transformer and patch merger) → prefill → decode steps.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tokenizers::Tokenizer;
+
+use super::decode::{ensure_cache, prefill_and_decode};
+use super::template::{PromptTemplate, IMAGE_PLACEHOLDER};
+use super::{
+    Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
+};
+use crate::memory::DevicePool;
+use crate::models::llama::KvCache;
+use crate::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
+use crate::models::qwen2vl::{
+    mrope_positions, Qwen2VlModel, Segment, IMAGE_PAD, VISION_END, VISION_START,
+};
+use crate::profile;
+
+/// The system turn Qwen2-VL's and Qwen2.5-VL's chat templates add when a conversation has none.
+pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
+
+/// The chat format of Qwen2-VL checkpoints (ChatML, the image before the question in the user
+/// turn): with the default system turn when the checkpoint's chat template adds one (or when
+/// the checkpoint has no template), without it otherwise.
+pub fn qwen_template(chat_template: Option<&str>) -> PromptTemplate {
+    let system = chat_template.is_none_or(|t| t.contains(DEFAULT_SYSTEM));
+    let head = if system {
+        format!("<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+    } else {
+        String::new()
+    };
+    PromptTemplate(format!(
+        "{head}<|im_start|>user\n{IMAGE_PLACEHOLDER}{{prompt}}<|im_end|>\n<|im_start|>assistant\n"
+    ))
+}
+
+/// The prompt's tokens with the image placeholder expanded, and its runs for M-RoPE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QwenPrompt {
+    pub ids: Vec<u32>,
+    pub segments: Vec<Segment>,
+}
+
+/// Tokenizes `text` (rendered from the template), whose `<image>` marks stand for the images
+/// of `grids` (`(rows, columns)` of merged tokens each, in order): each becomes
+/// `<|vision_start|>` + one `<|image_pad|>` per image token + `<|vision_end|>`, as the Qwen2-VL
+/// processor expands it before tokenizing.
+pub fn tokenize_with_images(
+    tokenizer: &Tokenizer,
+    text: &str,
+    grids: &[(usize, usize)],
+) -> Result<QwenPrompt, String> {
+    let marks = text.matches(IMAGE_PLACEHOLDER).count();
+    if marks != grids.len() {
+        return Err(format!(
+            "the prompt holds {marks} {IMAGE_PLACEHOLDER} placeholders for {} images",
+            grids.len()
+        ));
+    }
+    let pad_id = tokenizer
+        .token_to_id(IMAGE_PAD)
+        .ok_or_else(|| format!("the tokenizer has no {IMAGE_PAD} token"))?;
+    let one = text.replace(
+        IMAGE_PLACEHOLDER,
+        &format!("{VISION_START}{IMAGE_PAD}{VISION_END}"),
+    );
+    let encoded = tokenizer
+        .encode(one, true)
+        .map_err(|e| format!("tokenizer failed: {e}"))?;
+    let mut ids = Vec::with_capacity(encoded.len());
+    let mut segments = Vec::new();
+    let mut text_run = 0usize;
+    let mut images = grids.iter();
+    for &id in encoded.get_ids() {
+        if id != pad_id {
+            ids.push(id);
+            text_run += 1;
+            continue;
+        }
+        let Some(&(rows, cols)) = images.next() else {
+            return Err(format!("the prompt text itself holds {IMAGE_PAD}"));
+        };
+        if text_run > 0 {
+            segments.push(Segment::Text(text_run));
+            text_run = 0;
+        }
+        ids.extend(std::iter::repeat_n(pad_id, rows * cols));
+        segments.push(Segment::Image { rows, cols });
+    }
+    if images.next().is_some() {
+        return Err(format!(
+            "the tokenizer did not keep {IMAGE_PAD} as one token"
+        ));
+    }
+    if text_run > 0 {
+        segments.push(Segment::Text(text_run));
+    }
+    Ok(QwenPrompt { ids, segments })
+}
+
+pub struct CandleQwen2VlEngine {
+    model: Qwen2VlModel,
+    processor: Qwen2VlImageProcessor,
+    cache: KvCache,
+    tokenizer: Tokenizer,
+    eos: Vec<u32>,
+    template: PromptTemplate,
+    info: EngineInfo,
+    pool: Option<DevicePool>,
+    threads: ModelThreads,
+}
+
+impl CandleQwen2VlEngine {
+    pub fn new(
+        model: Qwen2VlModel,
+        processor: Qwen2VlImageProcessor,
+        tokenizer: Tokenizer,
+        eos: Vec<u32>,
+        template: PromptTemplate,
+        info: EngineInfo,
+    ) -> Result<Self> {
+        let cache = model.llm.new_cache(2048)?;
+        let device = model.device().clone();
+        let pool = match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => DevicePool::for_device(gpu_id),
+            _ => None,
+        };
+        Ok(Self {
+            model,
+            processor,
+            cache,
+            tokenizer,
+            eos,
+            template,
+            info,
+            pool,
+            threads: ModelThreads::for_device(&device)?,
+        })
+    }
+}
+
+fn sample_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Sample(e.to_string())
+}
+
+impl Engine for CandleQwen2VlEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn device(&self) -> Option<candle_core::Device> {
+        Some(self.model.device().clone())
+    }
+
+    fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
+        let _sample = profile::span("sample", "sample");
+        let start = Instant::now();
+        let preprocess_span = profile::span("phase", "preprocess");
+        let image = match req.image {
+            Some(path) => Some(
+                self.processor
+                    .prepare_file(path)
+                    .map_err(|e| sample_error(format!("{e:#}")))?,
+            ),
+            None => None,
+        };
+        let grids: Vec<(usize, usize)> = image.iter().map(|i| self.model.image_grid(i)).collect();
+        let text = self.template.render(req.prompt, image.is_some());
+        let prompt = tokenize_with_images(&self.tokenizer, &text, &grids).map_err(sample_error)?;
+        let image_tokens: usize = grids.iter().map(|(r, c)| r * c).sum();
+        let input_tokens = prompt.ids.len();
+        let context = self.model.llm.config.max_position_embeddings;
+        if input_tokens >= context {
+            return Err(sample_error(format!(
+                "prompt of {input_tokens} tokens ({image_tokens} for the image) does not fit the model's context of {context} tokens"
+            )));
+        }
+        ensure_cache(
+            &self.model.llm,
+            &mut self.cache,
+            input_tokens + req.max_new_tokens,
+        )?;
+        drop(preprocess_span);
+        let preprocess = start.elapsed();
+
+        let mut peaks = PhasePeaks::default();
+        let (features, vision_encode) = match &image {
+            Some(img) => {
+                if let Some(p) = &self.pool {
+                    p.reset_peak();
+                }
+                let _span = profile::span("phase", "vision_encode");
+                let model = &self.model;
+                let f = self.threads.run(|| model.encode_image(img))?;
+                self.model
+                    .device()
+                    .synchronize()
+                    .map_err(anyhow::Error::from)?;
+                peaks.vision_bytes = self.pool.as_ref().and_then(DevicePool::peak);
+                let got = f.dim(0).map_err(anyhow::Error::from)?;
+                if got != image_tokens {
+                    return Err(EngineError::Fatal(anyhow::anyhow!(
+                        "the image became {got} features, but {image_tokens} were expected"
+                    )));
+                }
+                (Some(f), Some(start.elapsed() - preprocess))
+            }
+            None => (None, None),
+        };
+
+        let llm = &self.model.llm;
+        // Text runs embedded, image runs replaced by the features, in prompt order.
+        let mut parts = Vec::with_capacity(prompt.segments.len());
+        let mut at = 0usize;
+        for s in &prompt.segments {
+            match *s {
+                Segment::Text(n) => {
+                    parts.push(llm.embed_tokens(&prompt.ids[at..at + n])?);
+                    at += n;
+                }
+                Segment::Image { rows, cols } => {
+                    let f = features
+                        .as_ref()
+                        .ok_or_else(|| sample_error("an image run without an image"))?;
+                    parts.push(f.clone());
+                    at += rows * cols;
+                }
+            }
+        }
+        let embeds = candle_core::Tensor::cat(&parts, 0).map_err(anyhow::Error::from)?;
+        if image.is_some() {
+            let (positions, shift) = mrope_positions(&prompt.segments);
+            let (cos, sin) = self.model.rotary(&positions);
+            self.cache.set_rotary(cos, sin, shift);
+        }
+        let d = prefill_and_decode(
+            &self.threads,
+            llm,
+            &mut self.cache,
+            &embeds,
+            req,
+            &self.eos,
+            start,
+            self.pool.as_ref(),
+        )?;
+        let text = self.tokenizer.decode(&d.tokens, true).unwrap_or_default();
+        peaks.prefill_bytes = d.prefill_peak;
+        peaks.decode_bytes = d.decode_peak;
+        Ok(Generation {
+            preprocess,
+            vision_encode,
+            token_arrivals: d.arrivals,
+            end: start.elapsed(),
+            input_tokens,
+            image_tokens,
+            output_token_ids: d.tokens,
+            text,
+            stop_reason: d.stop_reason,
+            pool_peaks: self.pool.is_some().then_some(peaks),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::qwen2vl::{qwen_vl_preset, tokenizer};
+
+    #[test]
+    fn template_follows_the_checkpoint() {
+        let t = qwen_template(None);
+        assert_eq!(
+            t.render("What is it?", true),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>What is it?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            t.render("Hi", false),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let bare = qwen_template(Some(
+            "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}",
+        ));
+        assert!(bare.0.starts_with("<|im_start|>user\n"), "{}", bare.0);
+    }
+
+    #[test]
+    fn placeholders_expand_to_one_pad_per_image_token() {
+        let shape = qwen_vl_preset("tiny-qwen2.5-vl").unwrap();
+        let tok = Tokenizer::from_bytes(tokenizer(&shape).unwrap().as_bytes()).unwrap();
+        let pad = shape.image_token_id();
+        let text = qwen_template(None).render("Describe.", true);
+        let p = tokenize_with_images(&tok, &text, &[(2, 3)]).unwrap();
+        assert_eq!(p.ids.iter().filter(|&&t| t == pad).count(), 6);
+        let first = p.ids.iter().position(|&t| t == pad).unwrap();
+        assert_eq!(
+            tok.id_to_token(p.ids[first - 1]).as_deref(),
+            Some(VISION_START)
+        );
+        assert_eq!(
+            tok.id_to_token(p.ids[first + 6]).as_deref(),
+            Some(VISION_END)
+        );
+        assert_eq!(p.segments[0], Segment::Text(first));
+        assert_eq!(p.segments[1], Segment::Image { rows: 2, cols: 3 });
+        let Segment::Text(tail) = p.segments[2] else {
+            panic!("{:?}", p.segments)
+        };
+        assert_eq!(first + 6 + tail, p.ids.len());
+        assert!(tokenize_with_images(&tok, &text, &[]).is_err());
+        let none =
+            tokenize_with_images(&tok, &qwen_template(None).render("x", false), &[]).unwrap();
+        assert_eq!(none.segments.len(), 1);
+    }
+}

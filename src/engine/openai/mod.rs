@@ -1,7 +1,0 @@
-//! The OpenAI-compatible HTTP backend: streaming chat/completions requests to a server
-//! (llama.cpp's llama-server, vLLM, SGLang, TGI), timed from the client side.
-
-pub mod client;
-pub mod load;
-pub mod sse;
-pub mod stream;

@@ -1,0 +1,25 @@
+//! Model code and kernels: the text decoder of every supported family ([`llama`], configured by
+//! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL ([`qwen2vl`]), the CPU
+//! matrix-vector kernels, and the tokenizer read from GGUF metadata.
+//!
+//! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
+//! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
+
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod bandwidth;
+pub mod clip;
+pub mod config_check;
+pub mod family;
+pub mod gemv;
+pub mod gguf_tokenizer;
+pub mod kernels;
+pub mod kquants;
+pub mod llama;
+pub mod llava;
+pub mod prefill;
+pub mod qwen2vl;
+pub mod rope;
+pub mod weights;
