@@ -37,7 +37,7 @@ pub enum Command {
     #[command(subcommand)]
     Prepare(PrepareCommand),
     /// Run a model over a frozen set and report its speed.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write a model with seeded random weights in the Hugging Face layout.
     #[command(name = "synth-model")]
     SynthModel(SynthModelArgs),
@@ -51,6 +51,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  \
         vlmbench recover reports/run.journal.jsonl     # writes reports/run.json and run.csv")]
     Recover(RecoverArgs),
+    /// Combine the reports of `run --shard i/N` processes into one report (exact counts and
+    /// percentiles from every request).
+    Merge(MergeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -357,6 +360,8 @@ pub struct ServerArgs {
     /// SGLang POST /flush_cache; whichever answers).
     #[arg(long)]
     pub reset_cache: bool,
+    #[command(flatten)]
+    pub load: LoadControlArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -476,4 +481,93 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+/// SLOs, the goodput search, repeated runs, arrival control, shards and exports of
+/// `--backend openai` (see README "Serving: SLOs, arrivals, shards").
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Serving: SLOs, arrivals, shards (--backend openai)")]
+pub struct LoadControlArgs {
+    /// SLOs in ms, any subset: `--goodput ttft:500 tpot:50 e2el:3000`. Each level then reports
+    /// the share and rate of requests meeting all of them (vLLM's goodput).
+    #[arg(long, num_args = 1.., value_name = "METRIC:MS")]
+    pub goodput: Vec<String>,
+    /// Search for the highest request rate or concurrency whose goodput share reaches
+    /// --goodput-target, by bisection over --search-range (needs --goodput).
+    #[arg(long, value_enum, value_name = "OVER")]
+    pub goodput_search: Option<SearchOverArg>,
+    /// Share of requests (0-1] that must meet every SLO for a level to pass the search.
+    #[arg(long, default_value_t = 0.9)]
+    pub goodput_target: f64,
+    /// Lowest and highest value the search tries, e.g. 1:64.
+    #[arg(long, value_name = "LO:HI")]
+    pub search_range: Option<String>,
+    /// The rate search stops when (high - low) / high is at most this.
+    #[arg(long, default_value_t = 0.1)]
+    pub search_tolerance: f64,
+    /// No new search level starts after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub search_time_limit: f64,
+    /// Run every level this many times and report mean, stddev, CV and a 95 % CI per figure.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Ramp the request rate up over the requests of a level (as vLLM's --ramp-up-strategy);
+    /// needs --ramp-up-start-rate and --ramp-up-end-rate instead of --request-rate.
+    #[arg(long, value_enum)]
+    pub ramp_up_strategy: Option<RampArg>,
+    #[arg(long, value_name = "R")]
+    pub ramp_up_start_rate: Option<f64>,
+    #[arg(long, value_name = "R")]
+    pub ramp_up_end_rate: Option<f64>,
+    /// Replay a trace: JSONL with `timestamp` (ms) and `input_length` + `hash_ids` (Mooncake)
+    /// or `prompt`, and `output_length` (sent as max_tokens). Replaces --data-file.
+    #[arg(long, value_name = "TRACE.jsonl")]
+    pub replay: Option<PathBuf>,
+    /// Replay speed: trace times are divided by this (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub replay_speed: f64,
+    /// Prompt words per Mooncake hash id (Mooncake's traces use 512-token blocks).
+    #[arg(long, default_value_t = 512)]
+    pub replay_block_size: usize,
+    /// Run part i of N of one schedule (N processes, on one or many machines); combine their
+    /// reports with `vlmbench merge`. Needs one load level.
+    #[arg(long, value_name = "i/N")]
+    pub shard: Option<String>,
+    /// The shards' common time zero: RFC 3339 UTC (2026-01-01T12:00:00Z) or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    pub start_at: Option<String>,
+    /// Also write each level in the JSON layout of vLLM's `bench serve --save-result`
+    /// (several levels: PATH with `-1`, `-2`... before the extension).
+    #[arg(long, value_name = "PATH")]
+    pub save_vllm_result: Option<PathBuf>,
+    /// Write a Chrome/Perfetto trace of every request (scheduled, sent, first token, chunks,
+    /// done), one track per connection; open it in ui.perfetto.dev or chrome://tracing.
+    #[arg(long, value_name = "TRACE.json")]
+    pub trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SearchOverArg {
+    /// Bisect over --request-rate (req/s).
+    Rate,
+    /// Bisect over --concurrency.
+    Concurrency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RampArg {
+    Linear,
+    Exponential,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  \
+    vlmbench merge shard0.json shard1.json --out merged.json")]
+pub struct MergeArgs {
+    /// The shard reports of one schedule (same --shard N and --start-at).
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub reports: Vec<PathBuf>,
+    /// Where to write the merged report (a CSV goes beside it).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
 }

@@ -6,7 +6,10 @@
 //! Uses engine, client, dataset, metrics, the report's record types, rng and profile. Must not
 //! depend on commands or cli (settings arrive as options), nor on plot.
 
+pub mod arrival;
 pub mod cancel;
+pub mod goodput_search;
+pub mod request_detail;
 pub mod request_record;
 pub mod runner;
 pub mod serving;

@@ -28,7 +28,7 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
     };
     let (output_tokens, output_source) = match o.completion_tokens {
         Some(n) => (Some(n), Some(FROM_USAGE)),
-        None => match count(&o.text) {
+        None => match count(&(o.reasoning_text.clone() + &o.text)) {
             Some(n) => (Some(n), Some(FROM_TOKENIZER)),
             None if !o.timeline.chunks.is_empty() => {
                 (Some(o.timeline.chunks.len() as u64), Some(FROM_CHUNKS))
@@ -78,6 +78,7 @@ pub fn record(o: &RequestOutcome, sample: &Sample, tokenizer: Option<&Tokenizer>
             .map(|m| m.chunk_gaps_ms.clone())
             .unwrap_or_default(),
         text: o.text.clone(),
+        detail: Default::default(),
     }
 }
 
@@ -92,6 +93,7 @@ mod tests {
         let chunk = |ms| ContentChunk {
             at: t0 + Duration::from_millis(ms),
             tokens: 1,
+            reasoning: false,
         };
         RequestOutcome {
             timeline: RequestTimeline {
@@ -103,6 +105,8 @@ mod tests {
             status: Some(200),
             error: None,
             text: "a b c".into(),
+            reasoning_text: String::new(),
+            reasoning_tokens: None,
             prompt_tokens: prompt,
             completion_tokens: completion,
             chunk_tokens_known: known,

@@ -48,6 +48,17 @@ pub fn arrival_offsets(n: usize, rate: Option<f64>, burstiness: f64, seed: u64) 
         .collect()
 }
 
+/// Waits until `due` to well under a millisecond: the timer (1 ms granularity, and it
+/// rounds up) sleeps to just before it, the last stretch yields until it has passed.
+async fn arrive_at(due: Instant) {
+    if let Some(early) = due.checked_sub(Duration::from_micros(1500)) {
+        tokio::time::sleep_until(early.into()).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Results of one level.
 #[derive(Debug)]
 pub struct LevelRun {
@@ -57,6 +68,8 @@ pub struct LevelRun {
     pub positions: Vec<usize>,
     /// From the first scheduled request to the last response.
     pub duration: Duration,
+    /// The level's time zero: its first scheduled arrival.
+    pub start: Instant,
 }
 
 /// Called as each request finishes (cancelled ones included), with its position in the input
@@ -96,13 +109,43 @@ pub async fn run_level_reporting(
     cancel: Arc<AtomicBool>,
     on_done: OnDone,
 ) -> LevelRun {
-    let n = bodies.len();
-    let offsets = arrival_offsets(n, level.request_rate, level.burstiness, seed);
     let open_loop = level.request_rate.is_some_and(|r| r.is_finite());
+    let offsets = open_loop
+        .then(|| arrival_offsets(bodies.len(), level.request_rate, level.burstiness, seed));
+    run_scheduled(
+        http,
+        cfg,
+        bodies,
+        level.concurrency,
+        offsets,
+        Instant::now(),
+        cancel,
+        on_done,
+    )
+    .await
+}
+
+/// Sends body `i` at `start + offsets[i]` (open loop: the scheduled time is the request's time
+/// origin), or, with no offsets, as soon as a slot frees (closed loop); at most `concurrency`
+/// in flight. Ramp-ups, trace replay and shards give their own offsets and start. `on_done`
+/// gets each request as soon as it finishes.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_scheduled(
+    http: reqwest::Client,
+    cfg: Arc<ClientConfig>,
+    bodies: Vec<Vec<u8>>,
+    concurrency: Option<usize>,
+    offsets: Option<Vec<Duration>>,
+    start: Instant,
+    cancel: Arc<AtomicBool>,
+    on_done: OnDone,
+) -> LevelRun {
+    let n = bodies.len();
+    let open_loop = offsets.is_some();
+    let offsets = offsets.unwrap_or_else(|| vec![Duration::ZERO; n]);
     let slots = Arc::new(Semaphore::new(
-        level.concurrency.unwrap_or(Semaphore::MAX_PERMITS),
+        concurrency.unwrap_or(Semaphore::MAX_PERMITS),
     ));
-    let start = Instant::now();
     let watch = CancelWatch::spawn(cancel);
     let mut handles = Vec::with_capacity(n);
     for (i, (body, offset)) in bodies.into_iter().zip(offsets).enumerate() {
@@ -112,7 +155,13 @@ pub async fn run_level_reporting(
         let due = start + offset;
         handles.push(tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = async {
+                    if open_loop {
+                        arrive_at(due).await
+                    } else {
+                        tokio::time::sleep_until(due.into()).await
+                    }
+                } => {}
                 _ = cancel.cancelled() => return None,
             }
             let _permit = tokio::select! {
@@ -144,6 +193,7 @@ pub async fn run_level_reporting(
         outcomes,
         positions,
         duration: start.elapsed(),
+        start,
     }
 }
 

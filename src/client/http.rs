@@ -91,6 +91,10 @@ pub struct RequestOutcome {
     /// Why it failed; `None` on success.
     pub error: Option<String>,
     pub text: String,
+    /// Reasoning text streamed before (or between) the content.
+    pub reasoning_text: String,
+    /// `completion_tokens_details.reasoning_tokens` from the last usage that had it.
+    pub reasoning_tokens: Option<u64>,
     /// Server-reported token counts (from the last usage seen).
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
@@ -135,7 +139,13 @@ pub async fn send_until(
         let mut outcome = new_outcome(scheduled);
         let first = stream_into(http, cfg, url.clone(), body.clone(), &mut outcome).await;
         match first {
-            Err(e) if super::retry::is_stale_connection(&outcome, &e) => {
+            Err(e)
+                if super::retry::is_stale_connection(
+                    outcome.status.is_some() || !outcome.timeline.chunks.is_empty(),
+                    outcome.cancelled,
+                    &e,
+                ) =>
+            {
                 // The clock restarts at the retry's send; the wait before the first send
                 // (client queueing on a rate schedule) is kept.
                 let queued = outcome.timeline.sent - outcome.timeline.scheduled;
@@ -198,6 +208,8 @@ fn new_outcome(scheduled: Instant) -> RequestOutcome {
         status: None,
         error: None,
         text: String::new(),
+        reasoning_text: String::new(),
+        reasoning_tokens: None,
         prompt_tokens: None,
         completion_tokens: None,
         chunk_tokens_known: true,
@@ -280,9 +292,17 @@ async fn stream_into(
                 }
             };
             finished |= chunk.finish_reason.is_some();
-            if !chunk.text.is_empty() {
+            if chunk.reasoning_tokens.is_some() {
+                out.reasoning_tokens = chunk.reasoning_tokens;
+            }
+            out.reasoning_text.push_str(&chunk.reasoning);
+            if !chunk.text.is_empty() || !chunk.reasoning.is_empty() {
                 out.text.push_str(&chunk.text);
-                out.timeline.chunks.push(ContentChunk { at: now, tokens });
+                out.timeline.chunks.push(ContentChunk {
+                    at: now,
+                    tokens,
+                    reasoning: chunk.text.is_empty(),
+                });
             }
         }
     }
@@ -293,7 +313,7 @@ async fn stream_into(
         return Err("stream ended without a finish_reason or [DONE]".into());
     }
     if out.timeline.chunks.is_empty() {
-        return Err("the server streamed no content".into());
+        return Err("the server streamed no content and no reasoning".into());
     }
     Ok(())
 }

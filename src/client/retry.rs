@@ -6,21 +6,16 @@
 
 use std::sync::OnceLock;
 
-use super::http::RequestOutcome;
-
-/// Whether `error`, the failure of the attempt recorded in `o`, is a connection the server
-/// closed before any response byte arrived.
-pub fn is_stale_connection(o: &RequestOutcome, error: &str) -> bool {
+/// Whether `error`, the failure of an attempt that got no response byte (`responded` false)
+/// and was not cancelled, is a connection the server closed before answering.
+pub fn is_stale_connection(responded: bool, cancelled: bool, error: &str) -> bool {
     const MARKS: [&str; 3] = [
         // hyper's message for a connection closed before the response head.
         "connection closed before message completed",
         "connection reset",
         "broken pipe",
     ];
-    o.status.is_none()
-        && o.timeline.chunks.is_empty()
-        && !o.cancelled
-        && MARKS.iter().any(|m| error.to_ascii_lowercase().contains(m))
+    !responded && !cancelled && MARKS.iter().any(|m| error.to_ascii_lowercase().contains(m))
 }
 
 /// A client that never reuses a connection: every request dials anew.

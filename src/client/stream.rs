@@ -2,8 +2,10 @@
 //! metrics derived from chunk arrival times.
 //!
 //! Definitions (see README "Metrics"):
-//! - TTFT stops at the first chunk that carries non-empty **content** (`delta.content` for chat,
-//!   `text` for completions). Role-only, empty and usage-only chunks do not count.
+//! - TTFT stops at the first chunk that carries a token of any kind: non-empty content
+//!   (`delta.content` for chat, `text` for completions) or reasoning (`delta.reasoning_content`,
+//!   as vLLM and SGLang stream it, or `delta.reasoning`). Role-only, empty and usage-only chunks
+//!   do not count. The time to the first *content* token is kept beside it.
 //! - Tokens per chunk come from the server's cumulative `usage.completion_tokens` when it streams
 //!   one per chunk (vLLM's `continuous_usage_stats`); otherwise each content chunk counts as one
 //!   token, and the final token count comes from the final usage or the client tokenizer.
@@ -27,6 +29,10 @@ pub enum Endpoint {
 pub struct ChunkContent {
     /// Generated text in this chunk (empty for role-only or usage-only chunks).
     pub text: String,
+    /// Reasoning ("thinking") text in this chunk, streamed by reasoning models before content.
+    pub reasoning: String,
+    /// `usage.completion_tokens_details.reasoning_tokens`, where the server reports it.
+    pub reasoning_tokens: Option<u64>,
     /// Cumulative completion tokens so far, when the server reports usage in this chunk.
     pub completion_tokens: Option<u64>,
     pub prompt_tokens: Option<u64>,
@@ -56,6 +62,14 @@ pub fn parse_chunk(endpoint: Endpoint, data: &str) -> Result<ChunkContent, Strin
             Endpoint::Completions => choice.get("text"),
         };
         out.text = text.and_then(Value::as_str).unwrap_or("").to_owned();
+        if endpoint == Endpoint::Chat {
+            let delta = choice.get("delta");
+            out.reasoning = ["reasoning_content", "reasoning"]
+                .iter()
+                .find_map(|k| delta.and_then(|d| d.get(*k)).and_then(Value::as_str))
+                .unwrap_or("")
+                .to_owned();
+        }
         out.finish_reason = choice
             .get("finish_reason")
             .and_then(Value::as_str)
@@ -64,6 +78,10 @@ pub fn parse_chunk(endpoint: Endpoint, data: &str) -> Result<ChunkContent, Strin
     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
         out.completion_tokens = u.get("completion_tokens").and_then(Value::as_u64);
         out.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
+        out.reasoning_tokens = u
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens"))
+            .and_then(Value::as_u64);
     }
     Ok(out)
 }
@@ -72,12 +90,14 @@ fn clip(s: &str) -> String {
     s.chars().take(120).collect()
 }
 
-/// Arrival of one content chunk.
+/// Arrival of one chunk that carried tokens (content or reasoning).
 #[derive(Debug, Clone)]
 pub struct ContentChunk {
     pub at: Instant,
     /// Tokens in this chunk (from usage deltas, else 1).
     pub tokens: u64,
+    /// The chunk carried reasoning and no content.
+    pub reasoning: bool,
 }
 
 /// Everything timed about one request.
@@ -99,6 +119,9 @@ pub struct RequestMetrics {
     pub ttft_ms: f64,
     /// From the actual send.
     pub ttft_from_send_ms: f64,
+    /// Time to the first content (non-reasoning) token, from the scheduled time; `None` when
+    /// the request streamed reasoning only.
+    pub ttfct_ms: Option<f64>,
     pub e2e_ms: f64,
     pub e2e_from_send_ms: f64,
     /// Client queueing: scheduled → sent.
@@ -134,6 +157,11 @@ impl RequestTimeline {
         Some(RequestMetrics {
             ttft_ms,
             ttft_from_send_ms: ms(self.sent, first.at),
+            ttfct_ms: self
+                .chunks
+                .iter()
+                .find(|c| !c.reasoning)
+                .map(|c| ms(self.scheduled, c.at)),
             e2e_ms,
             e2e_from_send_ms: ms(self.sent, self.end),
             queue_ms: ms(self.scheduled, self.sent),
@@ -179,6 +207,16 @@ mod tests {
     }
 
     #[test]
+    fn reasoning_deltas_are_read_under_both_names() {
+        let a = r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}],"usage":{"completion_tokens":3,"completion_tokens_details":{"reasoning_tokens":3}}}"#;
+        let c = parse_chunk(Endpoint::Chat, a).unwrap();
+        assert_eq!((c.reasoning.as_str(), c.text.as_str()), ("hmm", ""));
+        assert_eq!(c.reasoning_tokens, Some(3));
+        let b = r#"{"choices":[{"delta":{"reasoning":"so","content":null}}]}"#;
+        assert_eq!(parse_chunk(Endpoint::Chat, b).unwrap().reasoning, "so");
+    }
+
+    #[test]
     fn errors_and_garbage_are_reported() {
         assert!(
             parse_chunk(Endpoint::Chat, r#"{"error":{"message":"overloaded"}}"#)
@@ -201,14 +239,17 @@ mod tests {
                 ContentChunk {
                     at: at(50),
                     tokens: 1,
+                    reasoning: false,
                 },
                 ContentChunk {
                     at: at(60),
                     tokens: 1,
+                    reasoning: false,
                 },
                 ContentChunk {
                     at: at(80),
                     tokens: 2,
+                    reasoning: false,
                 },
             ],
             end: at(81),
@@ -220,6 +261,14 @@ mod tests {
         assert_eq!(m.itl_ms, vec![10.0, 10.0, 10.0]);
         assert_eq!(m.chunk_gaps_ms, vec![10.0, 20.0]);
         assert_eq!(m.tpot_ms, Some(31.0 / 3.0));
+        assert_eq!(m.ttfct_ms, Some(50.0));
+        let mut thinking = tl.clone();
+        thinking.chunks[0].reasoning = true;
+        thinking.chunks[1].reasoning = true;
+        let m = thinking.metrics(4).unwrap();
+        assert_eq!((m.ttft_ms, m.ttfct_ms), (50.0, Some(80.0)));
+        thinking.chunks[2].reasoning = true;
+        assert_eq!(thinking.metrics(4).unwrap().ttfct_ms, None);
         assert!(RequestTimeline {
             chunks: vec![],
             ..tl

@@ -33,7 +33,7 @@ pub const MAX_THREADS_PER_CPU: usize = 8;
 /// The arguments `vlmbench` alone runs with.
 pub fn default_args() -> RunArgs {
     match Cli::parse_from(["vlmbench", "run"]).command {
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         _ => unreachable!("`vlmbench run` parses to the run command"),
     }
 }

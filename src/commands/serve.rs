@@ -14,8 +14,12 @@ use super::common::{
     EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
 use super::destination::{write_or_rescue, ReportPaths};
+use super::serve_load::{self, LoadPlan};
+use super::serve_output;
+use crate::bench::goodput_search::{self, SearchOver};
+use crate::bench::request_detail::detail;
 use crate::bench::request_record::record;
-use crate::bench::serving::{run_level_reporting, LoadLevel};
+use crate::bench::serving::{run_scheduled, LoadLevel};
 use crate::bench::unique_inputs::{SentInput, UniqueInputs};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
@@ -26,6 +30,9 @@ use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::LoadedDataset;
 use crate::report::journal::{JournalWriter, RequestLine};
+use crate::report::serving::extras::{
+    LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
+};
 use crate::report::serving::{
     self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
 };
@@ -40,7 +47,14 @@ fn arrival_seed(level: usize) -> u64 {
 /// Runs the served benchmark; every error message is scrubbed of the API key.
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let scrubber = Scrubber::new(args.server.api_key.as_deref());
-    execute_unscrubbed(args).map_err(|e| anyhow!("{}", scrubber.scrub(&format!("{e:#}"))))
+    execute_unscrubbed(args).map_err(|e| {
+        let message = scrubber.scrub(&format!("{e:#}"));
+        // An argument error stays one, so it still exits 2.
+        match e.downcast_ref::<UsageError>() {
+            Some(_) => anyhow::Error::new(UsageError(message)),
+            None => anyhow!("{message}"),
+        }
+    })
 }
 
 fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
@@ -58,6 +72,11 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
         usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
+    let plan = LoadPlan::from_args(
+        &s.load,
+        s.request_rate.is_some(),
+        s.concurrency.len().max(1),
+    )?;
     let cancel = install_ctrl_c();
     let endpoint = match s.endpoint {
         EndpointArg::Chat => Endpoint::Chat,
@@ -111,7 +130,15 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         apply_workload(&mut args, &mut cfg, w, models.as_ref(), props.as_ref())?;
     }
     let s = &args.server;
-    let (data_path, dataset) = load_dataset(args.data_file.as_deref())?;
+    let (data_path, dataset) = match &plan.replay {
+        Some((path, trace, _)) => {
+            if args.data_file.is_some() {
+                bail!("--replay makes its own requests; do not combine it with --data-file");
+            }
+            (path.clone(), serve_load::trace_dataset(path, trace)?)
+        }
+        None => load_dataset(args.data_file.as_deref())?,
+    };
     if endpoint == Endpoint::Completions && dataset.file.samples.iter().any(|x| x.image.is_some()) {
         bail!(
             "{} has images, which /v1/completions cannot take; use --endpoint chat",
@@ -128,10 +155,18 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if samples.is_empty() {
         bail!("{} holds no samples", data_path.display());
     }
-    let num_prompts = s.num_prompts.unwrap_or(samples.len());
+    let num_prompts = match &plan.replay {
+        Some(_) => samples.len(),
+        None => s.num_prompts.unwrap_or(samples.len()),
+    };
+    // A shard sends only its own part of the schedule.
+    let owned = plan.owned(num_prompts);
     // Every request's inputs (a repeat made unique unless --repeat-inputs), and its body with
     // images base64-encoded, are made before any clock starts.
-    let mut inputs = UniqueInputs::new(s.repeat_inputs, tokenizer.as_ref());
+    // A replayed trace's prompts are sent as the trace made them: its shared blocks are meant
+    // to share the server's prefix cache.
+    let mut inputs =
+        UniqueInputs::new(s.repeat_inputs || plan.replay.is_some(), tokenizer.as_ref());
     let mut images = ImageCache::default();
     let mut requests_for = |count: usize,
                             inputs: &mut UniqueInputs|
@@ -142,7 +177,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             let sample = &samples[i % samples.len()];
             let image = images.get(&dataset, sample)?;
             let input = inputs.next(&sample.prompt, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
-            bodies.push(body_for(&cfg, &input));
+            bodies.push(body_for(&cfg, &input, replay_max_tokens(&dataset, sample)));
             sent.push(crate::dataset::Sample {
                 prompt: input.prompt,
                 ..sample.clone()
@@ -169,6 +204,9 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if levels
         .iter()
         .all(|l| l.concurrency.is_none() && l.request_rate.is_none())
+        && plan.ramp.is_none()
+        && plan.replay.is_none()
+        && plan.search.is_none()
     {
         eprintln!("note: no --concurrency and no --request-rate: all {num_prompts} requests are sent at once");
     }
@@ -218,6 +256,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             input_policy: Some(inputs.policy().clone()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
+        extras: ServingExtras::default(),
         levels: Vec::new(),
     };
     // Each finished request goes to the journal at once (see report::journal).
@@ -229,12 +268,21 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let mut level_reports = Vec::new();
     let mut status = RunStatus::Complete;
     let mut resets = Vec::new();
-    for (k, level) in levels.iter().enumerate() {
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
-            break;
-        }
+    // Runs one level (run `run` of it, `k`-th overall) and adds its report.
+    let mut run_one = |level: &LoadLevel,
+                       k: usize,
+                       run: usize,
+                       reports: &mut Vec<LevelReport>,
+                       resets: &mut Vec<String>|
+     -> Result<()> {
         let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        let (bodies, sent): (Vec<Vec<u8>>, Vec<crate::dataset::Sample>) = bodies
+            .into_iter()
+            .zip(sent)
+            .enumerate()
+            .filter(|(i, _)| plan.shard.is_none_or(|s| s.owns(*i)))
+            .map(|(_, x)| x)
+            .unzip();
         let sent = Arc::new(sent);
         if s.reset_cache {
             match runtime.block_on(reset_cache(&http, &cfg)) {
@@ -246,12 +294,25 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             }
         }
         eprintln!(
-            "level {}/{}: {}, {} requests ...",
-            k + 1,
-            levels.len(),
-            describe_level(level),
+            "level {}: {}{}, {} requests ...",
+            match plan.search {
+                None => format!("{}/{}", k + 1, levels.len()),
+                Some(_) => format!("{} (search)", k + 1),
+            },
+            match plan.replay {
+                Some(_) => "trace replay".to_string(),
+                None => describe_level(level),
+            },
+            if plan.runs > 1 {
+                format!(", run {}/{}", run + 1, plan.runs)
+            } else {
+                String::new()
+            },
             bodies.len()
         );
+        let offsets = plan.offsets(level, num_prompts, &owned, arrival_seed(k));
+        let open_loop = offsets.is_some();
+        let start = plan.start();
         let on_done = {
             let (journal, sent, tokenizer) =
                 (journal.clone(), sent.clone(), journal_tokenizer.clone());
@@ -271,41 +332,146 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
                 }
             })
         };
-        let run = runtime.block_on(run_level_reporting(
+        let run_out = runtime.block_on(run_scheduled(
             http.clone(),
             cfg.clone(),
             bodies,
-            level,
-            arrival_seed(k),
+            plan.concurrency(level.concurrency),
+            offsets,
+            start,
             cancel.clone(),
             on_done,
         ));
-        let records: Vec<RequestRecord> = run
+        let records: Vec<RequestRecord> = run_out
             .outcomes
             .iter()
-            .zip(&run.positions)
-            .map(|(o, &pos)| record(o, &sent[pos], tokenizer.as_ref()))
+            .zip(&run_out.positions)
+            .map(|(o, &pos)| {
+                let core = record(o, &sent[pos], tokenizer.as_ref());
+                let mut detail = detail(o, run_out.start, core.output_tokens, tokenizer.as_ref());
+                detail.shard = plan.shard.map(|s| s.index);
+                RequestRecord { detail, ..core }
+            })
             .collect();
-        let mut level_report = LevelReport::from_requests(
+        let mut lr = LevelReport::from_requests(
             level.concurrency,
             level.request_rate,
-            run.duration.as_secs_f64(),
+            run_out.duration.as_secs_f64(),
             records,
         );
-        level_report.arrival_seed = level
-            .request_rate
-            .is_some_and(|r| r.is_finite())
-            .then(|| arrival_seed(k));
-        level_reports.push(level_report);
-        if cancel.load(Ordering::SeqCst) {
-            status = RunStatus::Interrupted;
+        lr.arrival_seed = (open_loop && plan.replay.is_none()).then(|| arrival_seed(k));
+        lr.extras = LevelExtras::over(&lr.requests, lr.duration, plan.slos.as_ref());
+        lr.extras.run = (plan.runs > 1).then_some(run);
+        if let Some(g) = &lr.extras.goodput {
+            eprintln!(
+                "  goodput: {}/{} requests met the SLOs ({:.1} %), {:.3} req/s",
+                g.good,
+                lr.requests.len(),
+                g.share * 100.0,
+                g.request_goodput
+            );
         }
+        reports.push(lr);
+        Ok(())
+    };
+    let mut search_report = None;
+    if let Some((spec, target)) = &plan.search {
+        let mut steps = Vec::new();
+        let mut failure = None;
+        let outcome = goodput_search::search(spec, |v| {
+            if cancel.load(Ordering::SeqCst) || failure.is_some() {
+                return false;
+            }
+            let level = match spec.over {
+                SearchOver::RequestRate => LoadLevel {
+                    concurrency: s.concurrency.first().copied(),
+                    request_rate: Some(v),
+                    burstiness: s.burstiness,
+                },
+                SearchOver::Concurrency => LoadLevel {
+                    concurrency: Some(v as usize),
+                    request_rate: s.request_rate,
+                    burstiness: s.burstiness,
+                },
+            };
+            let k = level_reports.len();
+            if let Err(e) = run_one(&level, k, 0, &mut level_reports, &mut resets) {
+                failure = Some(e);
+                return false;
+            }
+            let g = level_reports[k]
+                .extras
+                .goodput
+                .clone()
+                .expect("search runs with SLOs");
+            let passed = g.share >= *target;
+            eprintln!(
+                "  search: {} = {v} {}",
+                spec.over.name(),
+                if passed {
+                    "passed"
+                } else {
+                    "missed the target"
+                }
+            );
+            steps.push(SearchStep {
+                value: v,
+                goodput_share: g.share,
+                request_goodput: g.request_goodput,
+                passed,
+                level_index: k,
+            });
+            passed
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        eprintln!(
+            "goodput search: highest {} meeting {:.0} % goodput: {} ({})",
+            spec.over.name(),
+            target * 100.0,
+            outcome
+                .best
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "none".into()),
+            outcome.stopped
+        );
+        search_report = Some(SearchReport {
+            over: spec.over.name().into(),
+            target_share: *target,
+            range: [spec.low, spec.high],
+            best: outcome.best,
+            lowest_failing: outcome.lowest_failing,
+            stopped: outcome.stopped.into(),
+            steps,
+        });
+    } else {
+        'levels: for (k, level) in levels.iter().enumerate() {
+            for run in 0..plan.runs {
+                if cancel.load(Ordering::SeqCst) {
+                    break 'levels;
+                }
+                run_one(level, k, run, &mut level_reports, &mut resets)?;
+            }
+        }
+    }
+    if cancel.load(Ordering::SeqCst) {
+        status = RunStatus::Interrupted;
     }
     if s.reset_cache {
         resets.dedup();
         inputs.set_cache_reset(resets.join("; "));
     }
+
     report.config.input_policy = Some(inputs.policy().clone());
+    report.extras = ServingExtras {
+        goodput_slos: plan.slos.clone(),
+        goodput_search: search_report,
+        repeatability: Repeatability::group(&level_reports),
+        arrival: plan.arrival_info(),
+        shard: plan.shard_info(),
+        merged_from: Vec::new(),
+    };
 
     report.status = status;
     report.status_detail = (status == RunStatus::Interrupted)
@@ -318,6 +484,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         .is_some();
     if !args.quiet {
         print!("{}", serving::render(&report));
+        print!("{}", crate::report::serving::extras::render(&report));
     }
     let mut bytes = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
     bytes.push(b'\n');
@@ -331,6 +498,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         paths.json.display(),
         paths.csv.display()
     );
+    serve_output::write_extras(&report, &s.load)?;
     if args.plots {
         super::plot::beside_serving_report(&report, &paths.json)?;
     }
@@ -423,7 +591,27 @@ impl ImageCache {
     }
 }
 
-fn body_for(cfg: &ClientConfig, input: &SentInput) -> Vec<u8> {
+/// A replayed trace request's own output length (its max_tokens).
+fn replay_max_tokens(dataset: &LoadedDataset, sample: &crate::dataset::Sample) -> Option<usize> {
+    (dataset.file.set == "trace")
+        .then(|| sample.fields.get(serve_load::REPLAY_MAX_TOKENS_FIELD))
+        .flatten()
+        .and_then(|v| v.as_u64())
+        .map(|n| n as usize)
+}
+
+fn body_for(cfg: &ClientConfig, input: &SentInput, max_tokens: Option<usize>) -> Vec<u8> {
+    let own;
+    let cfg = match max_tokens {
+        Some(n) => {
+            own = ClientConfig {
+                max_tokens: n,
+                ..cfg.clone()
+            };
+            &own
+        }
+        None => cfg,
+    };
     build_body(
         cfg,
         &input.prompt,

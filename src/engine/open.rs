@@ -26,7 +26,7 @@ use super::candle_text::CandleTextEngine;
 use super::template::PromptTemplate;
 use super::{Engine, EngineInfo};
 use crate::models::config_check;
-use crate::models::family::Family;
+use crate::models::llama::family::Family;
 use crate::models::llama::{ids_of, safetensor_files, shard_files, LlamaConfig, LlamaModel};
 use crate::models::llava::{self, LlavaConfig, LlavaModel};
 use crate::models::qwen2vl::{self, preprocess::Qwen2VlImageProcessor, vision::VisionKind};

@@ -25,6 +25,8 @@ mod serving_summary;
 pub mod table;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod timeline;
+pub mod vllm_export;
 
 use std::collections::BTreeMap;
 

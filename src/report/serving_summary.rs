@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::serving::{LevelReport, RequestRecord};
+use super::serving::{LevelExtras, LevelReport, RequestRecord};
 use crate::stats::{summarize_each, summarize_pooled, Outcome, Totals};
 
 impl LevelReport {
@@ -75,6 +75,7 @@ impl LevelReport {
             e2el_ms: pick(&|r| r.e2el_ms),
             e2el_from_send_ms: pick(&|r| r.e2el_from_send_ms),
             queue_ms: pick(&|r| r.queue_ms),
+            extras: LevelExtras::over(&requests, duration, None),
             requests,
         }
     }
@@ -118,6 +119,7 @@ mod tests {
             itl_ms: vec![1.0],
             chunk_gaps_ms: vec![1.0],
             text: String::new(),
+            detail: Default::default(),
         }
     }
 

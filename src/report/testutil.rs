@@ -175,6 +175,7 @@ pub fn request(index: i64, ttft: f64, input_tokens: u64, itl: &[f64]) -> Request
         itl_ms: itl.to_vec(),
         chunk_gaps_ms: itl.to_vec(),
         text: "x".into(),
+        detail: Default::default(),
     }
 }
 
@@ -224,6 +225,7 @@ pub fn level(
         ),
         e2el_from_send_ms: None,
         queue_ms: None,
+        extras: Default::default(),
         requests,
     }
 }
@@ -255,5 +257,6 @@ pub fn serving(levels: Vec<LevelReport>) -> ServingReport {
         },
         dataset: dataset("aaaa"),
         levels,
+        extras: Default::default(),
     }
 }

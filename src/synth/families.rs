@@ -1,6 +1,5 @@
-//! `random:` presets of the text families beyond Llama (listed in the registry,
-//! [`super::presets`]), in the real shapes people benchmark,
-//! and seeded random weights for any text config.
+//! `random:` presets of the text families beyond Llama (listed in the preset registry), in the
+//! real shapes people benchmark, and seeded random weights for any text config.
 //!
 //! A preset is the `config.json` transformers writes for that model (shape keys as released,
 //! special token ids those of the preset tokenizer). The weights come from the parsed config
@@ -16,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::weight_rng::WeightRng;
 use super::{torch_dtype_name, BOS, EOS, PAD};
-use crate::models::family::{Family, NormKind};
+use crate::models::llama::family::{Family, NormKind};
 use crate::models::llama::LlamaConfig;
 
 /// Family presets (the Llama ones live in [`super::TEXT_PRESETS`]).

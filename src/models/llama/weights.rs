@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::family::{Activation, Family, NormKind};
-use super::llama::{Layer, Linear, LinearWeight, LlamaConfig, Norm, Parts};
-use super::rope::RopeScaling;
+use super::{Layer, Linear, LinearWeight, LlamaConfig, Norm, Parts};
+use crate::models::rope::RopeScaling;
 
 fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
     vb.get(shape, name)

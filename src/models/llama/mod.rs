@@ -25,7 +25,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-pub use super::family::{Activation, Family, NormKind};
+pub mod family;
+pub mod weights;
+
+pub use self::family::{Activation, Family, NormKind};
 use super::gemv;
 pub use super::rope::RopeScaling;
 use super::rope::RopeSpec;
@@ -105,12 +108,12 @@ pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
 impl LlamaConfig {
     /// Reads a Hugging Face `config.json` of any supported family (or a LLaVA `text_config`).
     pub fn from_hf_json(v: &Value) -> Result<Self> {
-        super::family::parse_hf_config(v)
+        self::family::parse_hf_config(v)
     }
 
-    /// Reads llama.cpp's GGUF metadata (see [`super::weights::config_from_gguf`]).
+    /// Reads llama.cpp's GGUF metadata (see [`self::weights::config_from_gguf`]).
     pub fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
-        super::weights::config_from_gguf(content)
+        self::weights::config_from_gguf(content)
     }
 
     /// Parameter count (embeddings and head included).
@@ -496,7 +499,7 @@ impl LlamaModel {
         model_prefix: &str,
         lm_head_prefix: &str,
     ) -> Result<Self> {
-        let parts = super::weights::load_hf(&config, &vb, model_prefix, lm_head_prefix)?;
+        let parts = self::weights::load_hf(&config, &vb, model_prefix, lm_head_prefix)?;
         let device = vb.device().clone();
         let mut dtype = vb.dtype();
         if device.is_cpu() && matches!(dtype, DType::F16 | DType::BF16) {
@@ -516,7 +519,7 @@ impl LlamaModel {
         device: &Device,
     ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(content)?;
-        let parts = super::weights::load_gguf(&config, content, reader, device)?;
+        let parts = self::weights::load_gguf(&config, content, reader, device)?;
         // llama.cpp's converter permutes q/k rows (interleaved rotation) only for `llama`.
         let interleaved = config.family.gguf_arch() == "llama";
         Self::assemble(config, parts, interleaved, device.clone(), DType::F32)

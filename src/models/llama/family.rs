@@ -1,4 +1,4 @@
-//! The text model families the decoder in [`super::llama`] runs, and how each family's
+//! The text model families the decoder in [`super`] runs, and how each family's
 //! `config.json` maps onto [`LlamaConfig`].
 //!
 //! Both layouts transformers writes are read: 4.x (top-level `rope_theta`, `rope_scaling`,
@@ -9,8 +9,8 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
-use super::llama::{ids_of, LlamaConfig};
-use super::rope::{parse_scaling, RopeScaling};
+use super::{ids_of, LlamaConfig};
+use crate::models::rope::{parse_scaling, RopeScaling};
 
 /// A text decoder family: fixes the weight names and the block's structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ fn activation(v: &Value, keys: &[&str], default: &str) -> Result<Activation> {
 
 /// Parses a Hugging Face config of any supported family (or a LLaVA `text_config`).
 pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
-    super::config_check::check_types(v)?;
+    crate::models::config_check::check_types(v)?;
     let model_type = v.get("model_type").and_then(Value::as_str);
     let family =
         match (Family::detect(v), model_type) {
@@ -213,7 +213,7 @@ pub fn parse_hf_config(v: &Value) -> Result<LlamaConfig> {
     let hidden_size = need(&["hidden_size", "n_embd"])?;
     let num_heads = need(&["num_attention_heads", "n_head"])?;
     let num_layers = need(&["num_hidden_layers", "n_layer"])?;
-    super::config_check::check_shape(hidden_size, num_layers, num_heads)?;
+    crate::models::config_check::check_shape(hidden_size, num_layers, num_heads)?;
     let max_position_embeddings = first_usize(v, &["max_position_embeddings", "n_positions"])
         .unwrap_or(match family {
             Family::Gpt2 => 1024,
@@ -518,12 +518,12 @@ impl LlamaConfig {
     }
 
     /// The rotary parameters of global (`local = false`) or sliding-window layers.
-    pub fn rope_spec(&self, local: bool) -> super::rope::RopeSpec {
+    pub fn rope_spec(&self, local: bool) -> crate::models::rope::RopeSpec {
         let (theta, scaling): (f64, Option<RopeScaling>) = match (&self.local_rope, local) {
             (Some((t, s)), true) => (*t, s.clone()),
             _ => (self.rope_theta, self.rope_scaling.clone()),
         };
-        super::rope::RopeSpec {
+        crate::models::rope::RopeSpec {
             theta,
             scaling,
             rotary_dim: self.rotary_dim,

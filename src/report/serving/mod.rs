@@ -12,9 +12,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod extras;
+
 use super::{preview, DatasetRef, Environment, RunStatus};
 use crate::fsutil::write_atomic;
 use crate::stats::Summary;
+pub use extras::{LevelExtras, RequestDetail, ServingExtras};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServingReport {
@@ -30,6 +33,9 @@ pub struct ServingReport {
     pub config: ServingConfig,
     pub dataset: DatasetRef,
     pub levels: Vec<LevelReport>,
+    /// Goodput SLOs and search, repeated runs, arrival control, shards.
+    #[serde(flatten, default)]
+    pub extras: ServingExtras,
 }
 
 /// What the server says about itself.
@@ -132,6 +138,9 @@ pub struct LevelReport {
     pub e2el_from_send_ms: Option<Summary>,
     /// Scheduled arrival → actual send.
     pub queue_ms: Option<Summary>,
+    /// Goodput, reasoning, steady state, run number.
+    #[serde(flatten, default)]
+    pub extras: LevelExtras,
     /// Statistics use successful requests only.
     pub requests: Vec<RequestRecord>,
 }
@@ -169,6 +178,9 @@ pub struct RequestRecord {
     pub itl_ms: Vec<f64>,
     pub chunk_gaps_ms: Vec<f64>,
     pub text: String,
+    /// Offsets on the level's clock, reasoning counts, shard.
+    #[serde(flatten, default)]
+    pub detail: RequestDetail,
 }
 
 fn per_token() -> String {
