@@ -9,7 +9,8 @@
 //! Q8_0 up to 720 MB in f32) do not fit in the caches, so they stream from memory as in a real
 //! step; a single layer's would stay in the last-level cache and overstate the speed.
 //!
-//! `cargo bench --bench decode_kernels` (threads: `RAYON_NUM_THREADS`, default all cores).
+//! `cargo bench --bench decode_kernels` (threads: `RAYON_NUM_THREADS`, default all cores; kernel
+//! set: `VLMBENCH_CPU_KERNELS=avx2` to compare with the AVX2 kernels on an AVX-512 machine).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -18,6 +19,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
+use vlmbench::models::kernels;
 
 const HIDDEN: usize = 1024;
 const INTERMEDIATE: usize = 2816;
@@ -44,8 +46,15 @@ const GROUPS: [&[(usize, usize)]; 3] = [
 ];
 
 fn kernels(c: &mut Criterion) {
+    eprintln!(
+        "kernel set: {} (features {:?})",
+        kernels::KernelSet::active().name(),
+        kernels::detected_features()
+    );
     let mut group = c.benchmark_group("decode_step_projections");
     for (format, bytes_per_weight) in [
+        ("q4_k", 144.0 / 256.0),
+        ("q6_k", 210.0 / 256.0),
         ("q8_0", 34.0 / 32.0),
         ("f16", 2.0),
         ("bf16", 2.0),
@@ -63,11 +72,18 @@ fn kernels(c: &mut Criterion) {
                     .enumerate()
                     .map(|(i, &(n, k))| weight(n, k, (layer * 16 + g * 4 + i) as u64))
                     .collect();
+                let block_format = match format {
+                    "q4_k" => Some(GgmlDType::Q4K),
+                    "q6_k" => Some(GgmlDType::Q6K),
+                    "q8_0" => Some(GgmlDType::Q8_0),
+                    _ => None,
+                };
                 match format {
-                    "q8_0" => {
+                    _ if block_format.is_some() => {
+                        let dtype = block_format.unwrap_or(GgmlDType::Q8_0);
                         ql.push(
                             ws.iter()
-                                .map(|w| QTensor::quantize(w, GgmlDType::Q8_0).unwrap())
+                                .map(|w| QTensor::quantize(w, dtype).unwrap())
                                 .collect(),
                         );
                         dl.push(Vec::new());
@@ -88,7 +104,7 @@ fn kernels(c: &mut Criterion) {
             .flat_map(|l| {
                 let (dense, quant) = (&dense, &quant);
                 (0..GROUPS.len()).map(move |g| {
-                    if format == "q8_0" {
+                    if !quant[l][g].is_empty() {
                         quant[l][g].iter().map(Weight::Quantized).collect()
                     } else {
                         dense[l][g].iter().map(Weight::Dense).collect()

@@ -26,6 +26,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The CPU kernel set the in-process engines run (`portable`, `avx2` or `avx512`) and the CPU
+/// features it was chosen from, for reports to record without reaching into the model code.
+pub fn cpu_kernels() -> (&'static str, Vec<&'static str>) {
+    use crate::models::kernels;
+    (
+        kernels::KernelSet::active().name(),
+        kernels::detected_features(),
+    )
+}
+
 /// The threads an in-process engine runs its CPU work on: a rayon pool of its own, sized by
 /// `RAYON_NUM_THREADS` (which `--threads` sets) or the core count; none on CUDA.
 ///

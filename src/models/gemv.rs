@@ -11,15 +11,19 @@
 
 use std::borrow::Cow;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
+
+use super::kernels::KernelSet;
+use super::kquants::{self, Q8KRow, QuantFormat};
 
 /// Output rows per rayon task: big enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
 /// A weight the decode kernels can read: a dense `(n, k)` tensor (f32, f16 or bf16) or a
-/// llama.cpp Q8_0 tensor.
+/// llama.cpp tensor in one of the block formats of [`QuantFormat`] (Q8_0, Q4_0, Q4_K, Q5_K,
+/// Q6_K).
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Dense(&'a Tensor),
@@ -27,23 +31,23 @@ pub enum Weight<'a> {
 }
 
 /// A weight's storage, held (read-locked or borrowed) while the kernels read it.
-enum Held<'a> {
+pub(super) enum Held<'a> {
     Dense(StorageRef<'a>, usize),
-    Q8_0(Cow<'a, [u8]>),
+    Quant(QuantFormat, Cow<'a, [u8]>),
 }
 
 /// Rows of one weight as the kernels read them.
 #[derive(Clone, Copy)]
-enum Rows<'a> {
+pub(super) enum Rows<'a> {
     F32(&'a [f32]),
     F16(&'a [half::f16]),
     BF16(&'a [half::bf16]),
-    Q8_0(&'a [u8]),
+    Quant(QuantFormat, &'a [u8]),
 }
 
 impl<'a> Weight<'a> {
     /// `(n, k)` and the held storage, or `None` for a layout the kernels do not read.
-    fn hold(self) -> candle_core::Result<Option<((usize, usize), Held<'a>)>> {
+    pub(super) fn hold(self) -> candle_core::Result<Option<((usize, usize), Held<'a>)>> {
         match self {
             Weight::Dense(w) => {
                 if !matches!(w.device(), Device::Cpu) || !w.is_contiguous() {
@@ -59,24 +63,27 @@ impl<'a> Weight<'a> {
                 Ok(Some((nk, Held::Dense(storage, layout.start_offset()))))
             }
             Weight::Quantized(t) => {
-                if t.dtype() != GgmlDType::Q8_0 || !t.device().is_cpu() {
+                let Some(format) = QuantFormat::from_ggml(t.dtype()) else {
+                    return Ok(None);
+                };
+                if !t.device().is_cpu() {
                     return Ok(None);
                 }
                 let Ok((n, k)) = t.shape().dims2() else {
                     return Ok(None);
                 };
                 let data = t.data()?;
-                if k % Q8_0_BLOCK != 0 || data.len() < n * k / Q8_0_BLOCK * Q8_0_BYTES {
+                if k % format.block_len() != 0 || data.len() < n * row_bytes(format, k) {
                     return Ok(None);
                 }
-                Ok(Some(((n, k), Held::Q8_0(data))))
+                Ok(Some(((n, k), Held::Quant(format, data))))
             }
         }
     }
 }
 
 impl Held<'_> {
-    fn rows(&self, n: usize, k: usize) -> Option<Rows<'_>> {
+    pub(super) fn rows(&self, n: usize, k: usize) -> Option<Rows<'_>> {
         Some(match self {
             Held::Dense(storage, offset) => {
                 let Storage::Cpu(cpu) = &**storage else {
@@ -90,15 +97,22 @@ impl Held<'_> {
                     _ => return None,
                 }
             }
-            Held::Q8_0(data) => Rows::Q8_0(&data[..n * k / Q8_0_BLOCK * Q8_0_BYTES]),
+            Held::Quant(format, data) => Rows::Quant(*format, &data[..n * row_bytes(*format, k)]),
         })
     }
 }
 
-/// The activations of one token, in f32 and (when some weight is Q8_0) quantised to Q8_0.
+/// Bytes of one row of `k` weights in `format`.
+fn row_bytes(format: QuantFormat, k: usize) -> usize {
+    k / format.block_len() * format.block_bytes()
+}
+
+/// The activations of one token, in f32 and quantised as the block formats present need:
+/// Q8_0 for Q8_0 and Q4_0 weights, Q8_K for the K-quants.
 struct Activations {
     f32: Vec<f32>,
     q8_0: Option<QuantizedRow>,
+    q8_k: Option<Q8KRow>,
 }
 
 /// `x · wᵢᵀ` for each weight `wᵢ` of `(nᵢ, k)`, with `x` of one row (`(1, 1, k)` or `(1, k)`):
@@ -132,11 +146,17 @@ pub fn matvec_many(
         }
     }
     let xs: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-    let q8_0 = mats
-        .iter()
-        .any(|(_, r)| matches!(r, Rows::Q8_0(_)))
-        .then(|| QuantizedRow::new(&xs));
-    let act = Activations { f32: xs, q8_0 };
+    let wants = |k_quant: bool| {
+        mats.iter()
+            .any(|(_, r)| matches!(r, Rows::Quant(f, _) if f.wants_q8k() == k_quant))
+    };
+    let q8_0 = wants(false).then(|| QuantizedRow::new(&xs));
+    let q8_k = wants(true).then(|| Q8KRow::new(&xs));
+    let act = Activations {
+        f32: xs,
+        q8_0,
+        q8_k,
+    };
     Ok(Some(products(&act, &mats)))
 }
 
@@ -165,11 +185,20 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
                 Rows::F32(w) => dot_f32(&x.f32, &w[r * k..(r + 1) * k]),
                 Rows::F16(w) => dot_f16(&x.f32, &w[r * k..(r + 1) * k]),
                 Rows::BF16(w) => dot_bf16(&x.f32, &w[r * k..(r + 1) * k]),
-                Rows::Q8_0(w) => {
-                    let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
-                    // Quantised whenever a Q8_0 weight is present (see `matvec_many`).
-                    let xq = x.q8_0.as_ref().expect("activations quantised for Q8_0");
-                    dot_q8_0(xq, &w[r * row_bytes..(r + 1) * row_bytes])
+                Rows::Quant(format, w) => {
+                    let bytes = row_bytes(format, k);
+                    let row = &w[r * bytes..(r + 1) * bytes];
+                    // Quantised whenever a weight of the format is present (`matvec_many`).
+                    if format.wants_q8k() {
+                        let xq = x.q8_k.as_ref().expect("activations quantised to Q8_K");
+                        kquants::dot_k(format, xq, row)
+                    } else {
+                        let xq = x.q8_0.as_ref().expect("activations quantised to Q8_0");
+                        match format {
+                            QuantFormat::Q4_0 => kquants::dot_q4_0(&xq.scales, &xq.quants, row),
+                            _ => dot_q8_0(xq, row),
+                        }
+                    }
                 }
             };
         }
@@ -194,8 +223,8 @@ pub fn matvec(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
     matvec_one(x, Weight::Dense(w))
 }
 
-/// As [`matvec`] for a Q8_0 weight stored as llama.cpp lays it out.
-pub fn matvec_q8_0(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
+/// As [`matvec`] for a weight in one of llama.cpp's block formats ([`QuantFormat`]).
+pub fn matvec_quantized(x: &Tensor, w: &QTensor) -> candle_core::Result<Option<Tensor>> {
     matvec_one(x, Weight::Quantized(w))
 }
 
@@ -218,31 +247,21 @@ pub fn row_tensor(out: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(like.dtype())
 }
 
-/// A Q8_0 weight widened to f32 on the CPU, rows split across the rayon pool; `None` for other
-/// types or devices. Why: a prefill on the CPU multiplies many rows by every weight, which the
-/// dense GEMM does fastest on f32, and candle widens a quantised tensor on one thread.
-pub fn dequantize_q8_0(w: &QTensor) -> candle_core::Result<Option<Tensor>> {
+/// A weight in one of the block formats of [`QuantFormat`] widened to f32 on the CPU, rows
+/// split across the rayon pool; `None` for other types or devices. Why: a prefill on the CPU
+/// multiplies many rows by every weight, which the dense GEMM does fastest on f32, and candle
+/// widens a quantised tensor on one thread.
+pub fn dequantize(w: &QTensor) -> candle_core::Result<Option<Tensor>> {
     let Some(((n, k), held)) = Weight::Quantized(w).hold()? else {
         return Ok(None);
     };
-    let Some(Rows::Q8_0(data)) = held.rows(n, k) else {
+    let Some(Rows::Quant(format, data)) = held.rows(n, k) else {
         return Ok(None);
     };
-    let row_bytes = k / Q8_0_BLOCK * Q8_0_BYTES;
     let mut out = vec![0f32; n * k];
     out.par_chunks_mut(k)
-        .zip(data.par_chunks(row_bytes))
-        .for_each(|(dst, row)| {
-            for (d, block) in dst
-                .chunks_exact_mut(Q8_0_BLOCK)
-                .zip(row.chunks_exact(Q8_0_BYTES))
-            {
-                let scale = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (o, &q) in d.iter_mut().zip(&block[2..]) {
-                    *o = scale * f32::from(q as i8);
-                }
-            }
-        });
+        .zip(data.par_chunks(row_bytes(format, k)))
+        .for_each(|(dst, row)| kquants::dequantize_row(format, row, dst));
     Ok(Some(Tensor::from_vec(out, (n, k), &Device::Cpu)?))
 }
 
@@ -296,7 +315,7 @@ impl QuantizedRow {
             .zip(quants.chunks_exact_mut(Q8_0_BLOCK))
         {
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
+            if KernelSet::active() >= KernelSet::Avx2 {
                 // SAFETY: the CPU supports the features the function is compiled for; the
                 // slices are one block each.
                 *d = unsafe { x86::quantize_block_q8_0(block, q) };
@@ -322,11 +341,21 @@ fn quantize_block_q8_0(block: &[f32], q: &mut [i8]) -> f32 {
 
 fn dot_q8_0(x: &QuantizedRow, row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if KernelSet::active() == KernelSet::Avx512 {
+        // SAFETY: as below, with the AVX-512 set.
+        return unsafe { super::avx512::dot_q8_0(&x.scales, &x.quants, row) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 {
         // SAFETY: the CPU supports the features the function is compiled for, and `row` holds
         // as many blocks as `x` (both are `k / 32` blocks, checked by `matvec_many`).
         return unsafe { x86::dot_q8_0(&x.scales, &x.quants, row) };
     }
+    dot_q8_0_portable(x, row)
+}
+
+/// The portable twin of the Q8_0 kernels.
+fn dot_q8_0_portable(x: &QuantizedRow, row: &[u8]) -> f32 {
     row.chunks_exact(Q8_0_BYTES)
         .enumerate()
         .map(|(b, block)| {
@@ -477,17 +506,6 @@ pub fn decode_attention_window(
     Ok(Some(out))
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static YES: OnceLock<bool> = OnceLock::new();
-    *YES.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
-}
-
 /// Sixteen independent partial sums: lets the compiler keep two vector registers of
 /// accumulators busy instead of one serial chain.
 #[inline(always)]
@@ -512,7 +530,12 @@ fn dot_generic<W: Copy>(x: &[f32], w: &[W], widen: impl Fn(W) -> f32) -> f32 {
 
 fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if KernelSet::active() == KernelSet::Avx512 {
+        // SAFETY: the CPU supports the AVX-512 set the function is compiled for.
+        return unsafe { super::avx512::dot_f32(x, w) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { x86::dot_f32(x, w) };
     }
@@ -521,7 +544,12 @@ fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
 
 fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if KernelSet::active() == KernelSet::Avx512 {
+        // SAFETY: the CPU supports the AVX-512 set the function is compiled for.
+        return unsafe { super::avx512::dot_f16(x, w) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 {
         // SAFETY: as above.
         return unsafe { x86::dot_f16(x, w) };
     }
@@ -530,7 +558,12 @@ fn dot_f16(x: &[f32], w: &[half::f16]) -> f32 {
 
 fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if KernelSet::active() == KernelSet::Avx512 {
+        // SAFETY: the CPU supports the AVX-512 set the function is compiled for.
+        return unsafe { super::avx512::dot_bf16(x, w) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 {
         // SAFETY: as above.
         return unsafe { x86::dot_bf16(x, w) };
     }
@@ -767,7 +800,7 @@ mod tests {
         let w = Tensor::from_vec(wv, (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let x = Tensor::from_vec(xv.clone(), (1, 1, k), &Device::Cpu).unwrap();
-        let got: Vec<f32> = matvec_q8_0(&x, &q)
+        let got: Vec<f32> = matvec_quantized(&x, &q)
             .unwrap()
             .unwrap()
             .flatten_all()
@@ -775,7 +808,7 @@ mod tests {
             .to_vec1()
             .unwrap();
         let short = Tensor::zeros((1, 1, k - 32), DType::F32, &Device::Cpu).unwrap();
-        assert!(matvec_q8_0(&short, &q).unwrap().is_none());
+        assert!(matvec_quantized(&short, &q).unwrap().is_none());
         // Within the activations' quantisation error of the exact product with the dequantised
         // weights: each x moves by at most half a step (amax / 127) plus its f16-rounded scale.
         let deq = q.dequantize(&Device::Cpu).unwrap();
@@ -795,7 +828,7 @@ mod tests {
             );
         }
         // The parallel widening is candle's, value for value.
-        let widened = dequantize_q8_0(&q).unwrap().unwrap();
+        let widened = dequantize(&q).unwrap().unwrap();
         assert_eq!(widened.to_vec2::<f32>().unwrap(), wd);
         // ...and equal, up to summation order, to candle's Q8_0 matmul, which also quantises
         // the activations.
@@ -810,6 +843,44 @@ mod tests {
             .unwrap();
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn block_formats_match_candles_quantised_matmul() {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        use candle_core::Module;
+        let (n, k) = (19usize, 768usize);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 1, k), &Device::Cpu).unwrap();
+        let row = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let formats = [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        let quant: Vec<QTensor> = formats
+            .iter()
+            .map(|&f| QTensor::quantize(&w, f).unwrap())
+            .collect();
+        for (f, q) in formats.iter().zip(&quant) {
+            let got = row(matvec_quantized(&x, q)
+                .unwrap()
+                .expect("a block format the kernels read"));
+            let want = row(QMatMul::from_qtensor(QTensor::quantize(&w, *f).unwrap())
+                .unwrap()
+                .forward(&x)
+                .unwrap());
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "{f:?}: {a} vs {b}");
+            }
+        }
+        // All four in one fused pass (Q8_0 and Q8_K activations both), equal to one at a time.
+        let weights: Vec<Weight<'_>> = quant.iter().map(Weight::Quantized).collect();
+        let fused = matvec_many(&x, &weights).unwrap().unwrap();
+        for (q, f) in quant.iter().zip(&fused) {
+            assert_eq!(f, &row(matvec_quantized(&x, q).unwrap().unwrap()));
         }
     }
 
@@ -915,8 +986,14 @@ mod tests {
         let fused = matvec_many(&x, &weights).unwrap().unwrap();
         assert_eq!(fused.len(), 3);
         assert_eq!(fused[0], row(matvec(&x, &dense[0]).unwrap().unwrap()));
-        assert_eq!(fused[1], row(matvec_q8_0(&x, &quant[1]).unwrap().unwrap()));
-        assert_eq!(fused[2], row(matvec_q8_0(&x, &quant[2]).unwrap().unwrap()));
+        assert_eq!(
+            fused[1],
+            row(matvec_quantized(&x, &quant[1]).unwrap().unwrap())
+        );
+        assert_eq!(
+            fused[2],
+            row(matvec_quantized(&x, &quant[2]).unwrap().unwrap())
+        );
         // A weight of another width declines the whole pass.
         let other = Tensor::zeros((4, k + 32), DType::F32, &Device::Cpu).unwrap();
         assert!(
@@ -966,7 +1043,7 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if !has_avx2_fma() {
+            if !KernelSet::Avx2.available() {
                 use std::io::Write as _;
                 // Straight to the terminal: the harness captures eprintln! of passing tests.
                 let _ = writeln!(std::io::stderr(), "SKIPPED vector_quantisation_equals_scalar: this CPU lacks AVX2/FMA/F16C, so the vector quantiser cannot run");
@@ -983,6 +1060,111 @@ mod tests {
                 assert_eq!(got, want, "block {b}");
                 assert_eq!(row.scales[b], d, "block {b}");
                 assert_eq!(&row.quants[b * 32..(b + 1) * 32], &want, "block {b}");
+            }
+        }
+    }
+
+    /// Mixed values with an all-zero stretch of 40 (a whole Q8_0 block of zeros when `n` is
+    /// large enough).
+    fn awkward(n: usize, seed: f32) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 + seed) * 0.731).sin() * (1.0 + (i % 7) as f32))
+            .collect();
+        if n >= 104 {
+            v[64..104].fill(0.0);
+        }
+        v
+    }
+
+    #[test]
+    fn simd_dense_kernels_equal_the_portable_loop_on_awkward_lengths() {
+        use crate::models::kernels::test_may_run;
+        for n in [1usize, 5, 15, 16, 17, 31, 33, 47, 63, 100, 1000, 1023] {
+            let x = awkward(n, 0.5);
+            let w = awkward(n, 7.0);
+            let w16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let want = [
+                dot_generic(&x, &w, |v| v),
+                dot_generic(&x, &w16, half::f16::to_f32),
+                dot_generic(&x, &wb, half::bf16::to_f32),
+            ];
+            let check = |got: [f32; 3], set: &str| {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{set} n={n}: {g} vs {w}"
+                    );
+                }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if test_may_run(KernelSet::Avx2, "AVX2 dense decode kernels") {
+                // SAFETY: the CPU supports the set (checked just above).
+                check(
+                    unsafe {
+                        [
+                            x86::dot_f32(&x, &w),
+                            x86::dot_f16(&x, &w16),
+                            x86::dot_bf16(&x, &wb),
+                        ]
+                    },
+                    "avx2",
+                );
+            }
+            #[cfg(target_arch = "x86_64")]
+            if test_may_run(KernelSet::Avx512, "AVX-512 dense decode kernels") {
+                use crate::models::avx512;
+                // SAFETY: as above.
+                check(
+                    unsafe {
+                        [
+                            avx512::dot_f32(&x, &w),
+                            avx512::dot_f16(&x, &w16),
+                            avx512::dot_bf16(&x, &wb),
+                        ]
+                    },
+                    "avx512",
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn simd_q8_0_kernels_equal_the_portable_loop() {
+        use crate::models::kernels::test_may_run;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        // 1 block (tail only), 7, 8 (eight at a time, no tail), 9 and 17 (both), with a block of
+        // zero weights and one of zero activations.
+        for blocks in [1usize, 7, 8, 9, 17] {
+            let k = blocks * 32;
+            let w = Tensor::from_vec(awkward(k, 3.0), (1, k), &Device::Cpu).unwrap();
+            let row = QTensor::quantize(&w, GgmlDType::Q8_0)
+                .unwrap()
+                .data()
+                .unwrap()
+                .to_vec();
+            let mut xv = awkward(k, 1.0);
+            xv[..32].fill(0.0);
+            let x = QuantizedRow::new(&xv);
+            let want = dot_q8_0_portable(&x, &row);
+            let check = |got: f32, set: &str| {
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{set} {blocks} blocks: {got} vs {want}"
+                );
+            };
+            #[cfg(target_arch = "x86_64")]
+            if test_may_run(KernelSet::Avx2, "AVX2 Q8_0 kernel") {
+                // SAFETY: the CPU supports the set (checked just above).
+                check(unsafe { x86::dot_q8_0(&x.scales, &x.quants, &row) }, "avx2");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if test_may_run(KernelSet::Avx512, "AVX-512 Q8_0 kernel") {
+                // SAFETY: as above.
+                check(
+                    unsafe { crate::models::avx512::dot_q8_0(&x.scales, &x.quants, &row) },
+                    "avx512",
+                );
             }
         }
     }

@@ -5,11 +5,19 @@
 //! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod bandwidth;
 pub mod clip;
 pub mod config_check;
 pub mod gemv;
 pub mod gguf_tokenizer;
+pub mod kernels;
+pub mod kquants;
 pub mod llama;
 pub mod llava;
+pub mod prefill;
 pub mod qwen2vl;
 pub mod rope;

@@ -441,6 +441,13 @@ fn details(r: &NamedReport) -> Vec<(&'static str, &'static str, String)> {
         "CPU",
         format!("{} ({} threads)", env.cpu_model, env.cpu_threads),
     ));
+    if let Some(k) = &env.cpu_kernels {
+        v.push((
+            "Environment",
+            "CPU kernels",
+            format!("{} ({})", k.set, k.features.join(", ")),
+        ));
+    }
     v.push((
         "Environment",
         "GPU",

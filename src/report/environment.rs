@@ -29,6 +29,10 @@ pub struct Environment {
     pub cpu_model: String,
     /// Logical CPUs available to this process.
     pub cpu_threads: usize,
+    /// The CPU kernel set the in-process engine runs and the features it was chosen from, so
+    /// figures from different CPU generations can be told apart.
+    #[serde(default)]
+    pub cpu_kernels: Option<CpuKernels>,
     /// Threads the model's CPU work actually ran on (the engine's pool, sized by `--threads`,
     /// else `RAYON_NUM_THREADS`, else the core count); `null` on a GPU or against a server.
     #[serde(default)]
@@ -42,6 +46,25 @@ pub struct Environment {
     pub gpu: Option<GpuInfo>,
     /// The command line, with secrets (API keys) removed.
     pub command_line: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CpuKernels {
+    /// `portable`, `avx2` or `avx512` (see `engine::cpu_kernels`).
+    pub set: String,
+    /// The features detected, e.g. `avx2`, `avx512vnni`, `amx-bf16` (AMX only where the OS
+    /// granted its tile state).
+    pub features: Vec<String>,
+}
+
+impl CpuKernels {
+    pub fn detect() -> Self {
+        let (set, features) = crate::engine::cpu_kernels();
+        Self {
+            set: set.to_string(),
+            features: features.into_iter().map(String::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +97,7 @@ impl Environment {
             arch: std::env::consts::ARCH.to_string(),
             cpu_model: cpu_model(),
             cpu_threads: logical_cpus(),
+            cpu_kernels: Some(CpuKernels::detect()),
             model_threads: None,
             rayon_num_threads_env: std::env::var("RAYON_NUM_THREADS").ok(),
             gpu: gpu_ordinal.and_then(gpu_info),

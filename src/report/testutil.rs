@@ -32,6 +32,10 @@ pub fn environment() -> Environment {
         arch: "x86_64".into(),
         cpu_model: "Test CPU <fast> & cheap".into(),
         cpu_threads: 2,
+        cpu_kernels: Some(super::environment::CpuKernels {
+            set: "avx2".into(),
+            features: vec!["avx2".into(), "fma".into(), "f16c".into()],
+        }),
         model_threads: Some(2),
         rayon_num_threads_env: None,
         gpu: None,

@@ -227,6 +227,10 @@ impl Linear {
                 return Ok(y);
             }
         }
+        // Several rows on the CPU: the tiled GEMM that widens the weight a tile at a time.
+        if let Some(y) = super::prefill::matmul(x, self.decode_weight())? {
+            return Ok(y);
+        }
         match &self.weight {
             LinearWeight::Dense(w) => dense_matmul(x, w, (b, s, i)),
             LinearWeight::Quant(q) => {
@@ -234,7 +238,7 @@ impl Linear {
                 // slower than widening the block to f32 and using the dense GEMM.
                 if let QMatMul::QTensor(t) = q {
                     if b * s > 1 && t.device().is_cpu() {
-                        let wide = match gemv::dequantize_q8_0(t)? {
+                        let wide = match gemv::dequantize(t)? {
                             Some(w) => w,
                             None => t.dequantize(&t.device())?,
                         };
