@@ -3,7 +3,7 @@
 //!
 //! Why here: candle multiplies these formats one weight at a time, so a decode step of a
 //! Q4_K_M file (Q4_K and Q6_K tensors) could not use the fused multi-weight passes of
-//! [`super::gemv::matvec_many`]. As in llama.cpp, the activations are quantised once per pass:
+//! `gemv::matvec_many`. As in llama.cpp, the activations are quantised once per pass:
 //! to Q8_0 (blocks of 32) for Q4_0, to Q8_K (blocks of 256 with sums of 16) for the K-quants,
 //! and each block's dot product runs on 8-bit integers.
 //!
@@ -19,6 +19,9 @@
 //!   scales (one per 16 weights), f16 `d`; value `d · sc · (q − 32)`.
 
 use candle_core::quantized::GgmlDType;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use super::kernels::KernelSet;
 
@@ -207,9 +210,9 @@ pub fn dot_k(format: QuantFormat, x: &Q8KRow, row: &[u8]) -> f32 {
         // SAFETY: the CPU supports the AVX-512 set; block counts as below.
         unsafe {
             return match format {
-                QuantFormat::Q4K => super::avx512::dot_q4k(x, row),
-                QuantFormat::Q5K => super::avx512::dot_q5k(x, row),
-                QuantFormat::Q6K => super::avx512::dot_q6k(x, row),
+                QuantFormat::Q4K => avx512::dot_q4k(x, row),
+                QuantFormat::Q5K => avx512::dot_q5k(x, row),
+                QuantFormat::Q6K => avx512::dot_q6k(x, row),
                 _ => dot_k_portable(format, x, row),
             };
         }
@@ -639,9 +642,9 @@ mod tests {
                         // SAFETY: the CPU supports the set (checked just above).
                         let simd = unsafe {
                             match format {
-                                QuantFormat::Q4K => crate::models::avx512::dot_q4k(&x, row),
-                                QuantFormat::Q5K => crate::models::avx512::dot_q5k(&x, row),
-                                _ => crate::models::avx512::dot_q6k(&x, row),
+                                QuantFormat::Q4K => super::avx512::dot_q4k(&x, row),
+                                QuantFormat::Q5K => super::avx512::dot_q5k(&x, row),
+                                _ => super::avx512::dot_q6k(&x, row),
                             }
                         };
                         assert!(
