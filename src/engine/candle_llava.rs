@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
+use super::decode::{fit_prompt, prefill_and_decode, reserve_cache};
 use super::template::{tokenize_around_image, PromptTemplate};
 use super::{
     sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
@@ -128,16 +128,12 @@ impl Engine for CandleLlavaEngine {
             .map_or(0, |i| self.model.config.image_token_count(i.original_size));
         let input_tokens =
             tokens.before.len() + image_tokens + tokens.after.as_ref().map_or(0, Vec::len);
-        let context = self.model.llm.config.max_position_embeddings;
-        if input_tokens >= context {
-            return Err(sample_error(format!(
-                "prompt of {input_tokens} tokens ({image_tokens} for the image) does not fit the model's context of {context} tokens"
-            )));
-        }
-        ensure_cache(
+        fit_prompt(
             &self.model.llm,
             &mut self.cache,
-            input_tokens + req.max_new_tokens,
+            input_tokens,
+            image_tokens,
+            req.max_new_tokens,
         )?;
         drop(preprocess_span);
         let preprocess = start.elapsed();

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{ensure_cache, prefill_and_decode};
+use super::decode::{fit_prompt, prefill_and_decode};
 use super::template::{PromptTemplate, IMAGE_PLACEHOLDER};
 use super::{
     sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
@@ -170,16 +170,12 @@ impl Engine for CandleQwen2VlEngine {
         let prompt = tokenize_with_images(&self.tokenizer, &text, &grids).map_err(sample_error)?;
         let image_tokens: usize = grids.iter().map(|(r, c)| r * c).sum();
         let input_tokens = prompt.ids.len();
-        let context = self.model.llm.config.max_position_embeddings;
-        if input_tokens >= context {
-            return Err(sample_error(format!(
-                "prompt of {input_tokens} tokens ({image_tokens} for the image) does not fit the model's context of {context} tokens"
-            )));
-        }
-        ensure_cache(
+        fit_prompt(
             &self.model.llm,
             &mut self.cache,
-            input_tokens + req.max_new_tokens,
+            input_tokens,
+            image_tokens,
+            req.max_new_tokens,
         )?;
         drop(preprocess_span);
         let preprocess = start.elapsed();

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{ensure_cache, prefill_and_decode, reserve_cache};
+use super::decode::{fit_prompt, prefill_and_decode, reserve_cache};
 use super::template::PromptTemplate;
 use super::{
     Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads, PhasePeaks,
@@ -111,14 +111,13 @@ impl Engine for CandleTextEngine {
             )));
         }
         let ids = self.prompt_ids(req.prompt)?;
-        let context = self.model.config.max_position_embeddings;
-        if ids.len() >= context {
-            return Err(EngineError::Sample(format!(
-                "prompt of {} tokens does not fit the model's context of {context} tokens",
-                ids.len()
-            )));
-        }
-        ensure_cache(&self.model, &mut self.cache, ids.len() + req.max_new_tokens)?;
+        fit_prompt(
+            &self.model,
+            &mut self.cache,
+            ids.len(),
+            0,
+            req.max_new_tokens,
+        )?;
         drop(preprocess_span);
         let preprocess = start.elapsed();
         // The embedding lookup is the first step of the model's forward pass: timed as prefill.

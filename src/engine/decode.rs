@@ -25,6 +25,29 @@ pub(crate) struct Decoded {
     pub decode_peak: Option<u64>,
 }
 
+/// Refuses a prompt of `input_tokens` (`image_tokens` of them for images) that leaves no room in
+/// the model's context, then readies `cache` for the prompt and `max_new_tokens`.
+pub(crate) fn fit_prompt(
+    model: &LlamaModel,
+    cache: &mut KvCache,
+    input_tokens: usize,
+    image_tokens: usize,
+    max_new_tokens: usize,
+) -> Result<(), EngineError> {
+    let context = model.config.max_position_embeddings;
+    if input_tokens >= context {
+        let images = match image_tokens {
+            0 => String::new(),
+            n => format!(" ({n} for the image)"),
+        };
+        return Err(EngineError::Sample(format!(
+            "prompt of {input_tokens} tokens{images} does not fit the model's context of {context} tokens"
+        )));
+    }
+    ensure_cache(model, cache, input_tokens + max_new_tokens)?;
+    Ok(())
+}
+
 /// Makes room in `cache` for `needed` positions and empties it. The runner sizes the cache
 /// for the whole set before the first request ([`super::Engine::reserve`]), so inside a timed
 /// request this only resets it; growing here is the fallback for a caller that did not reserve.
