@@ -91,6 +91,73 @@ pub enum PrepareCommand {
     /// Your own data: a GenAI-Perf style input JSONL ({\"text_input\"|\"text\": ..., \"image\": ...} per line).
     #[command(after_help = "Example:\n  vlmbench prepare jsonl --file inputs.jsonl --name my_set")]
     Jsonl(JsonlArgs),
+    /// Prefix-cache workload (opt-in: it measures the cache on purpose): N prefixes of P
+    /// tokens, each followed by S different suffixes.
+    #[command(after_help = "Example:\n  \
+        vlmbench prepare shared-prefix --prefixes 8 --prefix-tokens 1024 --suffixes 16 \\\n    \
+        --suffix-tokens 64 --output-tokens 64 --tokenizer ./model/tokenizer.json")]
+    SharedPrefix(SharedPrefixArgs),
+    /// Multi-turn workload (opt-in): C conversations of T user turns; a served run sends each
+    /// turn with the whole history, the server's own replies included.
+    #[command(after_help = "Example:\n  \
+        vlmbench prepare conversations --conversations 16 --turns 5 --turn-tokens 128 \\\n    \
+        --output-tokens 128 --tokenizer ./model/tokenizer.json")]
+    Conversations(ConversationArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SharedPrefixArgs {
+    /// Number of distinct shared prefixes.
+    #[arg(long, default_value_t = 8)]
+    pub prefixes: usize,
+    /// Length of each prefix in tokens (exact, against --tokenizer).
+    #[arg(long, default_value_t = 512)]
+    pub prefix_tokens: usize,
+    /// Suffixes per prefix (requests per prefix).
+    #[arg(long, default_value_t = 8)]
+    pub suffixes: usize,
+    /// Length of each suffix in tokens.
+    #[arg(long, default_value_t = 64)]
+    pub suffix_tokens: usize,
+    /// Requested output length per sample (`fields.output_tokens`).
+    #[arg(long)]
+    pub output_tokens: Option<u64>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Set name; the output is shared-prefix_<name>.json.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// tokenizer.json that lengths are made exact against (default: the random presets' one).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ConversationArgs {
+    /// Number of conversations (each is one chat client).
+    #[arg(long, default_value_t = 8)]
+    pub conversations: usize,
+    /// User turns per conversation.
+    #[arg(long, default_value_t = 4)]
+    pub turns: usize,
+    /// Length of each user turn in tokens (exact, against --tokenizer).
+    #[arg(long, default_value_t = 64)]
+    pub turn_tokens: usize,
+    /// Reply length asked for each turn (`fields.output_tokens`).
+    #[arg(long, default_value_t = 64)]
+    pub output_tokens: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Set name; the output is conversations_<name>.json.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// tokenizer.json that lengths are made exact against (default: the random presets' one).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArg,
 }
 
 /// Where a prepared set goes.
@@ -360,6 +427,27 @@ pub struct ServerArgs {
     /// SGLang POST /flush_cache; whichever answers).
     #[arg(long)]
     pub reset_cache: bool,
+    /// How the server was launched (its command line, or your words), kept in the report
+    /// beside what the server says about itself; the API key is scrubbed from it.
+    #[arg(long, value_name = "TEXT")]
+    pub server_args: Option<String>,
+    /// The server's Prometheus metrics page, read before, during and after each level
+    /// (default: BASE/metrics, where vLLM, SGLang, TGI and `llama-server --metrics` serve it).
+    #[arg(long, value_name = "URL")]
+    pub server_metrics_url: Option<String>,
+    /// Do not read the server's metrics page.
+    #[arg(long, conflicts_with = "server_metrics_url")]
+    pub no_server_metrics: bool,
+    /// Milliseconds between reads of the metrics page, and between NVML samples of the
+    /// server's GPUs, during a level.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub server_sample_interval: u64,
+    /// A server process on this machine whose GPU memory to sample (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Vec<u32>,
+    /// Do not sample this machine's GPUs (NVML) during each level.
+    #[arg(long, conflicts_with = "server_pid")]
+    pub no_server_gpus: bool,
     #[command(flatten)]
     pub load: LoadControlArgs,
 }

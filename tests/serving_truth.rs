@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::openai_server::MockServer;
+use common::openai_server::{run_cli, MockServer};
 use serde_json::Value;
 
 /// A frozen set of `n` samples, each with its own prompt and (if `images`) its own JPEG.
@@ -36,30 +36,6 @@ fn data_set(dir: &Path, n: usize, images: bool) -> PathBuf {
     let path = dir.join("set.json");
     std::fs::write(&path, serde_json::to_vec(&set).unwrap()).unwrap();
     path
-}
-
-/// Runs `vlmbench run --backend openai` against `base` with `args`, off the async runtime.
-async fn run_cli(base: &str, data: &Path, report: &Path, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("vlmbench"));
-    cmd.args([
-        "run",
-        "--backend",
-        "openai",
-        "--base-url",
-        base,
-        "--data-file",
-    ])
-    .arg(data)
-    .arg("--report-file")
-    .arg(report)
-    .args(["--max-new-tokens", "4"])
-    .args(args);
-    if !args.contains(&"--warmup") {
-        cmd.args(["--warmup", "0"]);
-    }
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
 }
 
 fn read(p: &Path) -> Value {

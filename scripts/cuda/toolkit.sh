@@ -18,7 +18,7 @@ wheels="$root/wheels"
 
 if [ ! -x "$wheels/nvidia/cu13/bin/nvcc" ]; then
   echo "installing CUDA 13.0 wheels into $wheels ..." >&2
-  "$py" -m pip install --quiet --disable-pip-version-check --target "$wheels" \
+  "$py" -m pip install --quiet --no-cache-dir --disable-pip-version-check --target "$wheels" \
     nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 \
     nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35

@@ -8,10 +8,12 @@
 
 pub mod arrival;
 pub mod cancel;
+pub mod conversations;
 pub mod goodput_search;
 pub mod request_detail;
 pub mod request_record;
 pub mod runner;
+pub mod server_watch;
 pub mod serving;
 pub mod unique_inputs;
 pub mod workload;

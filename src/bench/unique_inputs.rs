@@ -11,14 +11,23 @@
 //!
 //! The first use of every input is sent unchanged. `--repeat-inputs` sends every input exactly
 //! as given, to measure what caches buy.
+//!
+//! The cache workloads measure caches on purpose, so their sharing is kept inside each pass
+//! over the set and only broken between passes:
+//! - a shared-prefix prompt repeated on a later pass gets the tag of that pass, `[rN] `: every
+//!   prompt of one prefix in one pass carries the same tag, so they still share the prefix with
+//!   each other but nothing with an earlier pass;
+//! - a conversation's first turn is made unique like any prompt; its later turns are sent as
+//!   given, since each carries the (now unique) history before it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Cursor;
 
 use anyhow::{Context, Result};
 use tokenizers::Tokenizer;
 
+use crate::dataset::{cache_sets, Sample};
 use crate::report::serving::InputPolicy;
 
 /// One request's inputs as they will be sent.
@@ -35,6 +44,8 @@ pub struct UniqueInputs<'t> {
     tokenizer: Option<&'t Tokenizer>,
     prompts: HashSet<String>,
     images: HashSet<u64>,
+    /// Shared-prefix prompts: how often each was handed out (its pass number).
+    passes: HashMap<String, u64>,
     next_tag: u64,
     policy: InputPolicy,
 }
@@ -48,6 +59,7 @@ impl<'t> UniqueInputs<'t> {
             tokenizer,
             prompts: HashSet::new(),
             images: HashSet::new(),
+            passes: HashMap::new(),
             next_tag: 0,
             policy: InputPolicy {
                 repeats: if exact { "exact-repeats" } else { "unique" }.into(),
@@ -60,6 +72,52 @@ impl<'t> UniqueInputs<'t> {
     /// What the run did so far, for the report.
     pub fn policy(&self) -> &InputPolicy {
         &self.policy
+    }
+
+    /// The inputs of the next request made from `sample` and its (encoded) `image`, keeping
+    /// the sharing a cache workload's set asks for (see the module's notes).
+    pub fn next_for(&mut self, sample: &Sample, image: Option<(&str, &[u8])>) -> Result<SentInput> {
+        if self.exact {
+            return self.next(&sample.prompt, image);
+        }
+        if cache_sets::conversation_turn(sample).is_some_and(|(_, turn)| turn > 0) {
+            return Ok(SentInput {
+                prompt: sample.prompt.clone(),
+                image: image.map(|(m, b)| (m.to_owned(), b.to_vec())),
+            });
+        }
+        if cache_sets::prefix_group(sample).is_some() && image.is_none() {
+            let pass = self.passes.entry(sample.prompt.clone()).or_insert(0);
+            let mut tag = *pass;
+            *pass += 1;
+            let mut sent = sample.prompt.clone();
+            if tag > 0 || !self.prompts.insert(sent.clone()) {
+                loop {
+                    tag = tag.max(1);
+                    sent = format!("[r{tag}] {}", sample.prompt);
+                    if self.prompts.insert(sent.clone()) {
+                        break;
+                    }
+                    tag += 1;
+                }
+                self.count_prefix(&sample.prompt, &sent);
+            }
+            return Ok(SentInput {
+                prompt: sent,
+                image: None,
+            });
+        }
+        self.next(&sample.prompt, image)
+    }
+
+    /// Adds what making `prompt` into `sent` cost to the policy's counts.
+    fn count_prefix(&mut self, prompt: &str, sent: &str) {
+        self.policy.prompts_prefixed += 1;
+        self.policy.prefix_chars_added += sent.len() - prompt.len();
+        if let (Some(t), Some(total)) = (self.tokenizer, self.policy.prefix_tokens_added.as_mut()) {
+            let count = |s: &str| t.encode(s, false).map(|e| e.len() as u64).unwrap_or(0);
+            *total += count(sent).saturating_sub(count(prompt));
+        }
     }
 
     /// The inputs of the next request made from `prompt` and (encoded) `image`.
@@ -76,14 +134,7 @@ impl<'t> UniqueInputs<'t> {
             sent_prompt = format!("[{}] {prompt}", self.next_tag);
         }
         if sent_prompt.len() != prompt.len() {
-            self.policy.prompts_prefixed += 1;
-            self.policy.prefix_chars_added += sent_prompt.len() - prompt.len();
-            if let (Some(t), Some(total)) =
-                (self.tokenizer, self.policy.prefix_tokens_added.as_mut())
-            {
-                let count = |s: &str| t.encode(s, false).map(|e| e.len() as u64).unwrap_or(0);
-                *total += count(&sent_prompt).saturating_sub(count(prompt));
-            }
+            self.count_prefix(prompt, &sent_prompt);
         }
         let sent_image = match image {
             None => None,
@@ -103,6 +154,11 @@ impl<'t> UniqueInputs<'t> {
             prompt: sent_prompt,
             image: sent_image,
         })
+    }
+
+    /// Records which cache workload the set is (see [`cache_sets::describe`]).
+    pub fn set_cache_workload(&mut self, what: Option<String>) {
+        self.policy.cache_workload = what;
     }
 
     /// Records the outcome of `--reset-cache`.
@@ -157,6 +213,78 @@ mod tests {
             .write_to(&mut out, image::ImageFormat::Png)
             .unwrap();
         out.into_inner()
+    }
+
+    fn sample(prompt: &str, fields: &[(&str, u64)]) -> Sample {
+        Sample {
+            index: 0,
+            prompt: prompt.into(),
+            image: None,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn shared_prefixes_stay_shared_within_a_pass_and_apart_between_passes() {
+        let prefix = "the shared prefix";
+        let set: Vec<Sample> = (0..3)
+            .map(|j| {
+                sample(
+                    &format!("{prefix} suffix {j}"),
+                    &[
+                        (cache_sets::PREFIX_GROUP_FIELD, 0),
+                        (cache_sets::PREFIX_CHARS_FIELD, prefix.len() as u64),
+                    ],
+                )
+            })
+            .collect();
+        let mut u = UniqueInputs::new(false, None);
+        let mut all = HashSet::new();
+        let mut pass_starts = Vec::new();
+        for _pass in 0..3 {
+            let sent: Vec<String> = set
+                .iter()
+                .map(|x| u.next_for(x, None).unwrap().prompt)
+                .collect();
+            // Within a pass every prompt of the group starts the same way...
+            let start = sent[0].split(" suffix").next().unwrap().to_string();
+            assert!(sent.iter().all(|p| p.starts_with(&start)), "{sent:?}");
+            pass_starts.push(start);
+            for p in sent {
+                assert!(all.insert(p.clone()), "repeated across passes: {p}");
+            }
+        }
+        // ...and no two passes share their first characters.
+        assert_eq!(pass_starts[0], prefix);
+        assert_eq!(pass_starts[1], format!("[r1] {prefix}"));
+        assert_eq!(pass_starts[2], format!("[r2] {prefix}"));
+        assert_eq!(u.policy().prompts_prefixed, 6);
+    }
+
+    #[test]
+    fn only_a_conversations_first_turn_is_made_unique() {
+        let first = sample(
+            "hello",
+            &[
+                (cache_sets::CONVERSATION_FIELD, 0),
+                (cache_sets::TURN_FIELD, 0),
+            ],
+        );
+        let later = sample(
+            "and then?",
+            &[
+                (cache_sets::CONVERSATION_FIELD, 0),
+                (cache_sets::TURN_FIELD, 1),
+            ],
+        );
+        let mut u = UniqueInputs::new(false, None);
+        assert_eq!(u.next_for(&first, None).unwrap().prompt, "hello");
+        assert_eq!(u.next_for(&later, None).unwrap().prompt, "and then?");
+        assert_ne!(u.next_for(&first, None).unwrap().prompt, "hello");
+        assert_eq!(u.next_for(&later, None).unwrap().prompt, "and then?");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct ImagePayload<'a> {
 
 /// Builds the JSON body of one streaming request (greedy: temperature 0).
 pub fn build_body(cfg: &ClientConfig, prompt: &str, image: Option<ImagePayload<'_>>) -> Vec<u8> {
-    let mut body = match cfg.endpoint {
+    let body = match cfg.endpoint {
         Endpoint::Chat => {
             let content = match image {
                 None => Value::String(prompt.to_owned()),
@@ -66,10 +66,40 @@ pub fn build_body(cfg: &ClientConfig, prompt: &str, image: Option<ImagePayload<'
         }
         Endpoint::Completions => json!({"model": cfg.model, "prompt": prompt}),
     };
+    finish_body(cfg, body, cfg.max_tokens)
+}
+
+/// The body of one turn of a conversation: every earlier (user, assistant) exchange, then the
+/// new user turn, on the chat endpoint; at most `max_tokens` in reply.
+pub fn build_chat_body(
+    cfg: &ClientConfig,
+    history: &[(String, String)],
+    prompt: &str,
+    max_tokens: usize,
+) -> Vec<u8> {
+    let mut messages: Vec<Value> = history
+        .iter()
+        .flat_map(|(user, reply)| {
+            [
+                json!({"role": "user", "content": user}),
+                json!({"role": "assistant", "content": reply}),
+            ]
+        })
+        .collect();
+    messages.push(json!({"role": "user", "content": prompt}));
+    finish_body(
+        cfg,
+        json!({"model": cfg.model, "messages": messages}),
+        max_tokens,
+    )
+}
+
+/// Adds the streaming, greedy-decoding and length settings every request carries.
+fn finish_body(cfg: &ClientConfig, mut body: Value, max_tokens: usize) -> Vec<u8> {
     let obj = body.as_object_mut().expect("built as an object");
     obj.insert("stream".into(), true.into());
     obj.insert("temperature".into(), 0.0.into());
-    obj.insert("max_tokens".into(), cfg.max_tokens.into());
+    obj.insert("max_tokens".into(), max_tokens.into());
     if cfg.stream_usage {
         obj.insert(
             "stream_options".into(),
@@ -373,5 +403,28 @@ mod tests {
             serde_json::from_slice(&build_body(&cfg(Endpoint::Completions), "p", None)).unwrap();
         assert_eq!(text["prompt"], "p");
         assert!(text.get("messages").is_none());
+    }
+
+    #[test]
+    fn a_conversation_turn_carries_its_history_in_order() {
+        let history = vec![
+            ("first question".to_string(), "first answer".to_string()),
+            ("second question".to_string(), "second answer".to_string()),
+        ];
+        let body: Value =
+            serde_json::from_slice(&build_chat_body(&cfg(Endpoint::Chat), &history, "third", 5))
+                .unwrap();
+        let roles: Vec<&str> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["user", "assistant", "user", "assistant", "user"]);
+        assert_eq!(body["messages"][1]["content"], "first answer");
+        assert_eq!(body["messages"][4]["content"], "third");
+        assert_eq!(body["max_tokens"], 5);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["ignore_eos"], true);
     }
 }

@@ -10,5 +10,6 @@ pub mod http;
 pub mod probe;
 pub mod retry;
 pub mod secret;
+pub mod server_metrics;
 pub mod sse;
 pub mod stream;

@@ -1,18 +1,32 @@
 //! What a server says about itself before any timed request: its model list (which must
-//! answer, so an unreachable server fails fast) and llama.cpp's `/props`.
+//! answer, so an unreachable server fails fast), llama.cpp's `/props`, and how each server
+//! kind describes its launch (TGI `/info`, SGLang `/get_server_info`, vLLM `/server_info`
+//! and `/version`), kept as given so a report records what was measured.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
 use super::http::{describe_reqwest, ClientConfig};
 
-/// `GET /v1/models` (must answer: fails fast on an unreachable server) and llama.cpp's
-/// `GET /props` (optional).
-pub async fn probe(
-    http: &reqwest::Client,
-    cfg: &ClientConfig,
-) -> Result<(Option<serde_json::Value>, Option<serde_json::Value>)> {
+/// The server's self-descriptions, each an endpoint's JSON, absent where it has none.
+pub const FACT_PATHS: [&str; 4] = ["/info", "/get_server_info", "/server_info", "/version"];
+
+/// What the server said about itself.
+#[derive(Debug, Default)]
+pub struct ServerSelf {
+    /// `GET /v1/models`.
+    pub models: Option<serde_json::Value>,
+    /// llama.cpp's `GET /props`.
+    pub props: Option<serde_json::Value>,
+    /// Each of [`FACT_PATHS`] that answered with JSON, by path.
+    pub facts: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /v1/models` (must answer: fails fast on an unreachable server), then the optional
+/// descriptions (`/props` and [`FACT_PATHS`]) at once.
+pub async fn probe(http: &reqwest::Client, cfg: &ClientConfig) -> Result<ServerSelf> {
     let get = |url: String| {
         let mut req = http.get(url).timeout(Duration::from_secs(10));
         if let Some(k) = &cfg.api_key {
@@ -53,15 +67,33 @@ pub async fn probe(
         .trim_end_matches('/')
         .trim_end_matches("/v1")
         .to_string();
-    let props = match get(format!("{base}/props")).await {
-        Ok(r) if r.status().is_success() => r
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
-        _ => None,
+    let json_at = |path: &str| {
+        let answer = get(format!("{base}{path}"));
+        async move {
+            match answer.await {
+                Ok(r) if r.status().is_success() => r
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()),
+                _ => None,
+            }
+        }
     };
-    Ok((models, props))
+    let (props, facts) = futures_util::join!(
+        json_at("/props"),
+        futures_util::future::join_all(FACT_PATHS.map(|p| json_at(p)))
+    );
+    let facts = FACT_PATHS
+        .iter()
+        .zip(facts)
+        .filter_map(|(p, v)| Some((p.to_string(), v?)))
+        .collect();
+    Ok(ServerSelf {
+        models,
+        props,
+        facts,
+    })
 }
 
 /// The server's context length: `--context-length`, vLLM's `max_model_len` in /v1/models, or

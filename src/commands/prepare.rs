@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::common::usage_bail;
 use crate::cli::{BuiltinPrompts, ImageFormatArg, PrepareCommand};
-use crate::dataset::{coco, jsonl, mmbench, prompts, synthetic, DatasetFile};
+use crate::dataset::{cache_sets, coco, jsonl, mmbench, prompts, synthetic, DatasetFile};
 
 pub fn execute(cmd: PrepareCommand) -> Result<ExitCode> {
     match cmd {
@@ -21,7 +21,7 @@ pub fn execute(cmd: PrepareCommand) -> Result<ExitCode> {
                     images,
                 },
                 (None, None, Some(tsv)) => coco::CocoInput::Tsv(tsv),
-                _ => anyhow::bail!(
+                _ => usage_bail!(
                     "give either --annotations FILE --images DIR, or --tsv FILE (not both)"
                 ),
             };
@@ -105,6 +105,51 @@ pub fn execute(cmd: PrepareCommand) -> Result<ExitCode> {
             };
             let out = resolve_out(&a.out.out, &jsonl::default_file_name(&name));
             let file = jsonl::prepare(&a.file, &name, &out)?;
+            announce(&out, &file);
+        }
+        PrepareCommand::SharedPrefix(a) => {
+            if a.prefixes == 0 || a.suffixes == 0 || a.prefix_tokens == 0 || a.suffix_tokens == 0 {
+                usage_bail!("--prefixes, --suffixes, --prefix-tokens and --suffix-tokens must each be at least 1");
+            }
+            let out = resolve_out(
+                &a.out.out,
+                &cache_sets::default_file_name("shared-prefix", &a.name),
+            );
+            let file = cache_sets::prepare_shared_prefix(
+                &cache_sets::SharedPrefixOptions {
+                    name: a.name,
+                    prefixes: a.prefixes,
+                    prefix_tokens: a.prefix_tokens,
+                    suffixes: a.suffixes,
+                    suffix_tokens: a.suffix_tokens,
+                    output_tokens: a.output_tokens,
+                    seed: a.seed,
+                    tokenizer: a.tokenizer,
+                },
+                &out,
+            )?;
+            announce(&out, &file);
+        }
+        PrepareCommand::Conversations(a) => {
+            if a.conversations == 0 || a.turns == 0 || a.turn_tokens == 0 || a.output_tokens == 0 {
+                usage_bail!("--conversations, --turns, --turn-tokens and --output-tokens must each be at least 1");
+            }
+            let out = resolve_out(
+                &a.out.out,
+                &cache_sets::default_file_name("conversations", &a.name),
+            );
+            let file = cache_sets::prepare_conversations(
+                &cache_sets::ConversationOptions {
+                    name: a.name,
+                    conversations: a.conversations,
+                    turns: a.turns,
+                    turn_tokens: a.turn_tokens,
+                    output_tokens: a.output_tokens,
+                    seed: a.seed,
+                    tokenizer: a.tokenizer,
+                },
+                &out,
+            )?;
             announce(&out, &file);
         }
     }

@@ -16,19 +16,24 @@ use super::common::{
 use super::destination::{write_or_rescue, ReportPaths};
 use super::serve_load::{self, LoadPlan};
 use super::serve_output;
+use crate::bench::cancel::CancelWatch;
+use crate::bench::conversations::{run_conversations, Turn};
 use crate::bench::goodput_search::{self, SearchOver};
 use crate::bench::request_detail::detail;
 use crate::bench::request_record::record;
-use crate::bench::serving::{run_scheduled, LoadLevel};
+use crate::bench::server_watch::{MetricsSource, ServerWatch};
+use crate::bench::serving::{arrival_offsets, run_scheduled, LoadLevel};
 use crate::bench::unique_inputs::{SentInput, UniqueInputs};
 use crate::bench::workload;
 use crate::cli::{EndpointArg, RunArgs, Workload};
 use crate::client::cache_reset::reset_cache;
-use crate::client::http::{build_body, send, ClientConfig, ImagePayload};
+use crate::client::http::{build_body, send_until, ClientConfig, ImagePayload};
 use crate::client::probe;
 use crate::client::secret::Scrubber;
+use crate::client::server_metrics;
 use crate::client::stream::Endpoint;
-use crate::dataset::LoadedDataset;
+use crate::dataset::{cache_sets, LoadedDataset};
+use crate::memory::server_gpus::ServerGpus;
 use crate::report::journal::{JournalWriter, RequestLine};
 use crate::report::serving::extras::{
     LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
@@ -72,6 +77,10 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
         usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
+    // An explicit report path is checked before the server is asked anything.
+    if let Some(report_file) = &args.report_file {
+        ReportPaths::beside(report_file.clone()).check(&run_inputs(&args))?;
+    }
     let plan = LoadPlan::from_args(
         &s.load,
         s.request_rate.is_some(),
@@ -110,10 +119,19 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         timeout: Duration::from_secs_f64(s.request_timeout),
     };
     let scrubber = Scrubber::new(cfg.api_key.as_deref());
-    let (mut models, mut props) = runtime.block_on(probe::probe(&http, &cfg))?;
-    for v in [models.as_mut(), props.as_mut()].into_iter().flatten() {
+    let probe::ServerSelf {
+        mut models,
+        mut props,
+        mut facts,
+    } = runtime.block_on(probe::probe(&http, &cfg))?;
+    for v in [models.as_mut(), props.as_mut()]
+        .into_iter()
+        .flatten()
+        .chain(facts.values_mut())
+    {
         scrubber.scrub_json(v);
     }
+    let (watch, watch_unavailable) = runtime.block_on(server_watch_for(&args.server, &cfg))?;
     if cfg.model.is_empty() {
         cfg.model = models
             .as_ref()
@@ -133,7 +151,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let (data_path, dataset) = match &plan.replay {
         Some((path, trace, _)) => {
             if args.data_file.is_some() {
-                bail!("--replay makes its own requests; do not combine it with --data-file");
+                usage_bail!("--replay makes its own requests; do not combine it with --data-file");
             }
             (path.clone(), serve_load::trace_dataset(path, trace)?)
         }
@@ -155,6 +173,23 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if samples.is_empty() {
         bail!("{} holds no samples", data_path.display());
     }
+    let conversation_set = samples
+        .iter()
+        .any(|x| cache_sets::conversation_turn(x).is_some());
+    if conversation_set {
+        if endpoint == Endpoint::Completions {
+            usage_bail!(
+                "{} is a conversation set, which needs --endpoint chat",
+                data_path.display()
+            );
+        }
+        if plan.replay.is_some() || plan.ramp.is_some() || plan.shard.is_some() {
+            usage_bail!("a conversation set keeps its own turn order: do not combine it with --replay, --ramp-up or --shard");
+        }
+        if s.num_prompts.is_some() {
+            usage_bail!("--num-prompts does not apply to a conversation set: each level sends every turn of every conversation once");
+        }
+    }
     let num_prompts = match &plan.replay {
         Some(_) => samples.len(),
         None => s.num_prompts.unwrap_or(samples.len()),
@@ -167,6 +202,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     // to share the server's prefix cache.
     let mut inputs =
         UniqueInputs::new(s.repeat_inputs || plan.replay.is_some(), tokenizer.as_ref());
+    inputs.set_cache_workload(cache_sets::describe(&dataset.file));
     let mut images = ImageCache::default();
     let mut requests_for = |count: usize,
                             inputs: &mut UniqueInputs|
@@ -176,7 +212,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         for i in 0..count {
             let sample = &samples[i % samples.len()];
             let image = images.get(&dataset, sample)?;
-            let input = inputs.next(&sample.prompt, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
+            let input = inputs.next_for(sample, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
             bodies.push(body_for(&cfg, &input, replay_max_tokens(&dataset, sample)));
             sent.push(crate::dataset::Sample {
                 prompt: input.prompt,
@@ -217,7 +253,13 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         if cancel.load(Ordering::SeqCst) {
             break;
         }
-        let o = runtime.block_on(send(&http, &cfg, body, std::time::Instant::now()));
+        let o = runtime.block_on(async {
+            let mut watch = CancelWatch::spawn(cancel.clone());
+            send_until(&http, &cfg, body, std::time::Instant::now(), async move {
+                watch.cancelled().await
+            })
+            .await
+        });
         if let Some(e) = o.error {
             eprintln!("warm-up request failed: {e}");
         }
@@ -227,7 +269,9 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     let paths = ReportPaths::beside(args.report_file.clone().unwrap_or_else(|| {
         default_report_path(&format!("openai_{}", cfg.model), &dataset.file.name, &stamp)
     }));
-    paths.check(&[("--data-file", &data_path)])?;
+    let mut read_files = run_inputs(&args);
+    read_files.push(("--data-file", &data_path));
+    paths.check(&read_files)?;
     let mut report = ServingReport {
         schema_version: crate::report::REPORT_SCHEMA_VERSION,
         kind: "serving".into(),
@@ -244,6 +288,8 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             model: cfg.model.clone(),
             models,
             props,
+            facts,
+            launch_args: s.server_args.as_deref().map(|a| scrubber.scrub(a)),
         },
         config: ServingConfig {
             max_tokens: args.max_new_tokens,
@@ -284,6 +330,21 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             .map(|(_, x)| x)
             .unzip();
         let sent = Arc::new(sent);
+        // A conversation turn's input count covers all it sent: filled as each turn goes out.
+        let history_texts = Arc::new(Mutex::new(vec![None::<String>; sent.len()]));
+        let counted = {
+            let (sent, texts) = (sent.clone(), history_texts.clone());
+            move |pos: usize| -> crate::dataset::Sample {
+                let texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+                match texts.get(pos).cloned().flatten() {
+                    Some(all) => crate::dataset::Sample {
+                        prompt: all,
+                        ..sent[pos].clone()
+                    },
+                    None => sent[pos].clone(),
+                }
+            }
+        };
         if s.reset_cache {
             match runtime.block_on(reset_cache(&http, &cfg)) {
                 Ok(path) => resets.push(path),
@@ -310,12 +371,13 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             },
             bodies.len()
         );
+        let watchers = runtime.block_on(watch.start_level());
         let offsets = plan.offsets(level, num_prompts, &owned, arrival_seed(k));
         let open_loop = offsets.is_some();
         let start = plan.start();
         let on_done = {
-            let (journal, sent, tokenizer) =
-                (journal.clone(), sent.clone(), journal_tokenizer.clone());
+            let (journal, counted, tokenizer) =
+                (journal.clone(), counted.clone(), journal_tokenizer.clone());
             let (concurrency, request_rate) = (level.concurrency, level.request_rate);
             Arc::new(move |pos: usize, o: &_, elapsed_s: f64| {
                 let line = RequestLine {
@@ -323,7 +385,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
                     concurrency,
                     request_rate,
                     elapsed_s,
-                    request: record(o, &sent[pos], tokenizer.as_ref().as_ref()),
+                    request: record(o, &counted(pos), tokenizer.as_ref().as_ref()),
                 };
                 let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(Err(e)) = j.as_mut().map(|w| w.append_request(&line)) {
@@ -332,22 +394,46 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
                 }
             })
         };
-        let run_out = runtime.block_on(run_scheduled(
-            http.clone(),
-            cfg.clone(),
-            bodies,
-            plan.concurrency(level.concurrency),
-            offsets,
-            start,
-            cancel.clone(),
-            on_done,
-        ));
+        let run_out = if conversation_set {
+            let conversations = conversation_turns(&sent, cfg.max_tokens);
+            let offsets = level.request_rate.filter(|r| r.is_finite()).map(|_| {
+                arrival_offsets(
+                    conversations.len(),
+                    level.request_rate,
+                    level.burstiness,
+                    arrival_seed(k),
+                )
+            });
+            runtime.block_on(run_conversations(
+                http.clone(),
+                cfg.clone(),
+                conversations,
+                level.concurrency,
+                offsets,
+                start,
+                cancel.clone(),
+                on_done,
+                history_texts.clone(),
+            ))
+        } else {
+            runtime.block_on(run_scheduled(
+                http.clone(),
+                cfg.clone(),
+                bodies,
+                plan.concurrency(level.concurrency),
+                offsets,
+                start,
+                cancel.clone(),
+                on_done,
+            ))
+        };
+        let (server_metrics, server_gpus) = runtime.block_on(watchers.finish());
         let records: Vec<RequestRecord> = run_out
             .outcomes
             .iter()
             .zip(&run_out.positions)
             .map(|(o, &pos)| {
-                let core = record(o, &sent[pos], tokenizer.as_ref());
+                let core = record(o, &counted(pos), tokenizer.as_ref());
                 let mut detail = detail(o, run_out.start, core.output_tokens, tokenizer.as_ref());
                 detail.shard = plan.shard.map(|s| s.index);
                 RequestRecord { detail, ..core }
@@ -362,6 +448,8 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         lr.arrival_seed = (open_loop && plan.replay.is_none()).then(|| arrival_seed(k));
         lr.extras = LevelExtras::over(&lr.requests, lr.duration, plan.slos.as_ref());
         lr.extras.run = (plan.runs > 1).then_some(run);
+        lr.extras.server_metrics = server_metrics;
+        lr.extras.server_gpus = server_gpus;
         if let Some(g) = &lr.extras.goodput {
             eprintln!(
                 "  goodput: {}/{} requests met the SLOs ({:.1} %), {:.3} req/s",
@@ -471,6 +559,8 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         arrival: plan.arrival_info(),
         shard: plan.shard_info(),
         merged_from: Vec::new(),
+        server_metrics_unavailable: watch_unavailable.0,
+        server_gpus_unavailable: watch_unavailable.1,
     };
 
     report.status = status;
@@ -499,14 +589,22 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         paths.csv.display()
     );
     serve_output::write_extras(&report, &s.load)?;
-    if args.plots {
-        super::plot::beside_serving_report(&report, &paths.json)?;
-    }
-    Ok(match report.status {
+    let code = match report.status {
         RunStatus::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
         _ if report.levels.iter().any(|l| l.failed > 0) => ExitCode::from(EXIT_SOME_FAILED),
         _ => ExitCode::SUCCESS,
-    })
+    };
+    if args.plots {
+        if let Err(e) = super::plot::beside_serving_report(&report, &paths.json) {
+            // A run with failed requests (or interrupted) keeps saying so; an otherwise clean
+            // run fails on the charts.
+            if code == ExitCode::SUCCESS {
+                return Err(e.context("the report was written, but the charts were not"));
+            }
+            eprintln!("Error: the charts were not written: {e:#}");
+        }
+    }
+    Ok(code)
 }
 
 /// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
@@ -540,6 +638,100 @@ fn apply_workload(
     cfg.ignore_eos = true;
     args.data_file = Some(plan.data_file);
     Ok(())
+}
+
+/// What to watch on the server during each level, and why a part is not watched.
+async fn server_watch_for(
+    s: &crate::cli::ServerArgs,
+    cfg: &ClientConfig,
+) -> Result<(ServerWatch, (Option<String>, Option<String>))> {
+    let interval = Duration::from_millis(s.server_sample_interval.max(1));
+    let (metrics, metrics_missing) = if s.no_server_metrics {
+        (None, Some("--no-server-metrics".to_string()))
+    } else {
+        let source = MetricsSource {
+            // Its own connections, one per read: a server that closes keep-alive connections
+            // after a stream (llama-server) would otherwise fail the reads that reuse them.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("cannot build the HTTP client")?,
+            url: s
+                .server_metrics_url
+                .clone()
+                .unwrap_or_else(|| server_metrics::default_url(cfg)),
+            api_key: cfg.api_key.clone(),
+            interval,
+        };
+        match source.check().await {
+            Ok(()) => (Some(source), None),
+            // Asked for by name: a page that cannot be read is the user's to fix.
+            Err(why) if s.server_metrics_url.is_some() => {
+                bail!("--server-metrics-url: {why}")
+            }
+            Err(why) => {
+                eprintln!("note: no server metrics ({why}); pass --server-metrics-url if they are elsewhere");
+                (None, Some(why))
+            }
+        }
+    };
+    let (gpus, gpus_missing) = if s.no_server_gpus {
+        (None, Some("--no-server-gpus".to_string()))
+    } else {
+        match ServerGpus::open(s.server_pid.clone(), interval.as_millis() as u64) {
+            Ok(g) => (Some(g), None),
+            Err(why) => {
+                if !s.server_pid.is_empty() {
+                    eprintln!("warning: --server-pid given, but {why}");
+                }
+                (None, Some(why))
+            }
+        }
+    };
+    Ok((
+        ServerWatch { metrics, gpus },
+        (metrics_missing, gpus_missing),
+    ))
+}
+
+/// The files a run reads, which its report must not replace.
+fn run_inputs(args: &RunArgs) -> Vec<(&'static str, &std::path::Path)> {
+    let mut inputs: Vec<(&'static str, &std::path::Path)> = Vec::new();
+    if let Some(d) = &args.data_file {
+        inputs.push(("--data-file", d.as_path()));
+    }
+    if let Some(t) = &args.tokenizer {
+        inputs.push(("--tokenizer", t.as_path()));
+    }
+    inputs
+}
+
+/// A conversation set's turns grouped by conversation, in turn order; each turn's reply is
+/// capped at its sample's `output_tokens` and at --max-new-tokens.
+fn conversation_turns(sent: &[crate::dataset::Sample], max_tokens: usize) -> Vec<Vec<Turn>> {
+    let mut by_conversation: std::collections::BTreeMap<usize, Vec<(usize, Turn)>> =
+        Default::default();
+    for (position, sample) in sent.iter().enumerate() {
+        if let Some((c, t)) = cache_sets::conversation_turn(sample) {
+            by_conversation.entry(c).or_default().push((
+                t,
+                Turn {
+                    position,
+                    prompt: sample.prompt.clone(),
+                    max_tokens: sample
+                        .requested_output_tokens()
+                        .map_or(max_tokens, |n| (n as usize).min(max_tokens)),
+                },
+            ));
+        }
+    }
+    by_conversation
+        .into_values()
+        .map(|mut turns| {
+            turns.sort_by_key(|(t, _)| *t);
+            turns.into_iter().map(|(_, turn)| turn).collect()
+        })
+        .collect()
 }
 
 /// A level's load in words: "concurrency 4, 2 requests/s".

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
+
+use super::common::usage_bail;
 
 use crate::bench::arrival::{self, RampStrategy, Shard, TraceRequest};
 use crate::bench::goodput_search::{SearchOver, SearchSpec};
@@ -39,10 +41,12 @@ impl LoadPlan {
             None => None,
             Some(over) => {
                 if slos.is_none() {
-                    bail!("--goodput-search needs SLOs: add --goodput ttft:MS tpot:MS e2el:MS");
+                    usage_bail!(
+                        "--goodput-search needs SLOs: add --goodput ttft:MS tpot:MS e2el:MS"
+                    );
                 }
                 if !(a.goodput_target > 0.0 && a.goodput_target <= 1.0) {
-                    bail!("--goodput-target must be in (0, 1], e.g. 0.9");
+                    usage_bail!("--goodput-target must be in (0, 1], e.g. 0.9");
                 }
                 let range = a.search_range.as_deref().ok_or_else(|| {
                     anyhow!("--goodput-search needs --search-range LO:HI, e.g. 1:64")
@@ -75,23 +79,23 @@ impl LoadPlan {
             }
         };
         if a.runs == 0 {
-            bail!("--runs must be at least 1");
+            usage_bail!("--runs must be at least 1");
         }
         let ramp = match a.ramp_up_strategy {
             None => {
                 if a.ramp_up_start_rate.is_some() || a.ramp_up_end_rate.is_some() {
-                    bail!("--ramp-up-start-rate/--ramp-up-end-rate need --ramp-up-strategy linear|exponential");
+                    usage_bail!("--ramp-up-start-rate/--ramp-up-end-rate need --ramp-up-strategy linear|exponential");
                 }
                 None
             }
             Some(s) => {
                 let (Some(r0), Some(r1)) = (a.ramp_up_start_rate, a.ramp_up_end_rate) else {
-                    bail!(
+                    usage_bail!(
                         "--ramp-up-strategy needs --ramp-up-start-rate R and --ramp-up-end-rate R"
                     );
                 };
                 if has_rate {
-                    bail!("--ramp-up-strategy sets the rate itself; drop --request-rate");
+                    usage_bail!("--ramp-up-strategy sets the rate itself; drop --request-rate");
                 }
                 let strategy = match s {
                     RampArg::Linear => RampStrategy::Linear,
@@ -99,7 +103,7 @@ impl LoadPlan {
                 };
                 let ok = |r: f64| r.is_finite() && r > 0.0;
                 if !(ok(r0) && ok(r1)) {
-                    bail!("--ramp-up-start-rate and --ramp-up-end-rate must be positive req/s (an exponential ramp cannot start at 0)");
+                    usage_bail!("--ramp-up-start-rate and --ramp-up-end-rate must be positive req/s (an exponential ramp cannot start at 0)");
                 }
                 Some((strategy, r0, r1))
             }
@@ -108,13 +112,13 @@ impl LoadPlan {
             None => None,
             Some(p) => {
                 if !(a.replay_speed.is_finite() && a.replay_speed > 0.0) {
-                    bail!("--replay-speed must be positive");
+                    usage_bail!("--replay-speed must be positive");
                 }
                 if has_rate || ramp.is_some() {
-                    bail!("--replay takes its times from the trace; drop --request-rate and --ramp-up-*");
+                    usage_bail!("--replay takes its times from the trace; drop --request-rate and --ramp-up-*");
                 }
                 if a.replay_block_size == 0 {
-                    bail!("--replay-block-size must be at least 1");
+                    usage_bail!("--replay-block-size must be at least 1");
                 }
                 let trace = arrival::read_trace(p, a.replay_block_size)?;
                 Some((p.clone(), trace, a.replay_speed))
@@ -125,10 +129,10 @@ impl LoadPlan {
             Some(s) => {
                 let shard = Shard::parse(s).map_err(|e| anyhow!(e))?;
                 if levels > 1 || search.is_some() || a.runs > 1 {
-                    bail!("--shard runs one level once: give one --concurrency value (or none), no --goodput-search, no --runs");
+                    usage_bail!("--shard runs one level once: give one --concurrency value (or none), no --goodput-search, no --runs");
                 }
                 if a.start_at.is_none() && shard.count > 1 {
-                    bail!("--shard needs --start-at TIME so the shards share one time zero");
+                    usage_bail!("--shard needs --start-at TIME so the shards share one time zero");
                 }
                 Some(shard)
             }

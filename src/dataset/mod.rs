@@ -8,6 +8,7 @@
 //! Uses rng, fsutil and synth's built-in tokenizer (the default for synthetic prompt lengths).
 //! Must not depend on engine, bench, report or commands.
 
+pub mod cache_sets;
 pub mod coco;
 pub mod jsonl;
 pub mod mmbench;
@@ -32,7 +33,8 @@ pub const DATASET_SCHEMA_VERSION: u32 = 1;
 pub struct DatasetFile {
     /// Version of this schema ([`DATASET_SCHEMA_VERSION`]).
     pub schema_version: u32,
-    /// Which kind of set: `coco`, `mmbench`, `prompts`, `synthetic` or `jsonl`.
+    /// Which kind of set: `coco`, `mmbench`, `prompts`, `synthetic`, `jsonl`, `shared-prefix`
+    /// or `conversations`.
     pub set: String,
     /// Human name of the set, e.g. `coco_val_500` or `prompts_short`.
     pub name: String,

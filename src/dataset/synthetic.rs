@@ -74,28 +74,7 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
     if !(opts.input_tokens_mean >= 1.0) || opts.input_tokens_stddev < 0.0 {
         bail!("--input-tokens-mean must be at least 1 and --input-tokens-stddev not negative");
     }
-    let (tokenizer, tokenizer_source) = match &opts.tokenizer {
-        Some(path) => (
-            Tokenizer::from_file(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot load tokenizer {}: {e} (expected a Hugging Face tokenizer.json)",
-                    path.display()
-                )
-            })?,
-            describe_source(path)?,
-        ),
-        None => {
-            let json = crate::synth::builtin_tokenizer_json();
-            let tok = Tokenizer::from_bytes(json.as_bytes())
-                .map_err(|e| anyhow::anyhow!("built-in tokenizer: {e}"))?;
-            let sf = SourceFile {
-                name: "built-in:tokenizer".into(),
-                sha256: sha256_hex(json.as_bytes()),
-                bytes: json.len() as u64,
-            };
-            (tok, sf)
-        }
-    };
+    let (tokenizer, tokenizer_source) = load_tokenizer(opts.tokenizer.as_deref())?;
     let words = vocabulary();
     let mut fitter = PromptFitter::new(&tokenizer, &words)?;
     let mut rng = SeededRng::new(opts.seed);
@@ -183,13 +162,40 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
     Ok(file)
 }
 
+/// The tokenizer prompt lengths are counted with (`--tokenizer`, else the random presets'
+/// built-in one) and how the set names it among its sources.
+pub(super) fn load_tokenizer(path: Option<&Path>) -> Result<(Tokenizer, SourceFile)> {
+    Ok(match path {
+        Some(path) => (
+            Tokenizer::from_file(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot load tokenizer {}: {e} (expected a Hugging Face tokenizer.json)",
+                    path.display()
+                )
+            })?,
+            describe_source(path)?,
+        ),
+        None => {
+            let json = crate::synth::builtin_tokenizer_json();
+            let tok = Tokenizer::from_bytes(json.as_bytes())
+                .map_err(|e| anyhow::anyhow!("built-in tokenizer: {e}"))?;
+            let sf = SourceFile {
+                name: "built-in:tokenizer".into(),
+                sha256: sha256_hex(json.as_bytes()),
+                bytes: json.len() as u64,
+            };
+            (tok, sf)
+        }
+    })
+}
+
 fn draw_side(rng: &mut SeededRng, mean: f64, stddev: f64) -> u32 {
     (rng.normal(mean, stddev).round() as i64).clamp(MIN_IMAGE_SIDE as i64, MAX_IMAGE_SIDE as i64)
         as u32
 }
 
 /// Distinct lowercase words of the built-in prompt sets, sorted (a fixed vocabulary).
-fn vocabulary() -> Vec<String> {
+pub(super) fn vocabulary() -> Vec<String> {
     let mut words: Vec<String> = Builtin::ALL
         .iter()
         .flat_map(|b| b.text().split_whitespace())
@@ -208,7 +214,7 @@ fn vocabulary() -> Vec<String> {
 
 /// Builds prompts of an exact token count. Word costs are cached; a full encode verifies the
 /// result, and a few fill/trim steps repair tokenizer merges across word boundaries.
-struct PromptFitter<'a> {
+pub(super) struct PromptFitter<'a> {
     tokenizer: &'a Tokenizer,
     words: Vec<(String, usize)>,
     /// Words (with their leading space) that cost exactly one token.
@@ -216,7 +222,7 @@ struct PromptFitter<'a> {
 }
 
 impl<'a> PromptFitter<'a> {
-    fn new(tokenizer: &'a Tokenizer, vocab: &[String]) -> Result<Self> {
+    pub(super) fn new(tokenizer: &'a Tokenizer, vocab: &[String]) -> Result<Self> {
         let mut words = Vec::with_capacity(vocab.len());
         let mut fillers = Vec::new();
         for w in vocab {
@@ -242,7 +248,7 @@ impl<'a> PromptFitter<'a> {
         })
     }
 
-    fn fit(&mut self, rng: &mut SeededRng, target: usize) -> Result<String> {
+    pub(super) fn fit(&mut self, rng: &mut SeededRng, target: usize) -> Result<String> {
         let mut parts: Vec<String> = Vec::new();
         let mut estimate = 0usize;
         while estimate < target {
@@ -293,7 +299,7 @@ fn capitalise(w: &str) -> String {
     }
 }
 
-fn count(tokenizer: &Tokenizer, text: &str) -> Result<usize> {
+pub(super) fn count(tokenizer: &Tokenizer, text: &str) -> Result<usize> {
     Ok(tokenizer
         .encode(text, false)
         .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?

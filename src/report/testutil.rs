@@ -244,6 +244,8 @@ pub fn serving(levels: Vec<LevelReport>) -> ServingReport {
             model: "served-model".into(),
             models: None,
             props: None,
+            facts: Default::default(),
+            launch_args: None,
         },
         config: ServingConfig {
             max_tokens: 16,

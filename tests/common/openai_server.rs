@@ -10,8 +10,14 @@
 //! - `echo-key`: HTTP 401 whose body echoes the `Authorization` header;
 //! - `json200`: HTTP 200 with a JSON body instead of an event stream;
 //! - `stall`: the head and the role chunk, then nothing for 60 s.
+//!
+//! Whatever the mode, `GET /metrics` serves a vLLM-style Prometheus page whose counters follow
+//! the chat requests answered so far (7 prompt and 4 generated tokens, 10 ms of queueing
+//! each), and `GET /info` a TGI-style description.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +133,27 @@ async fn chunk(sock: &mut TcpStream, data: &str) -> bool {
     sock.write_all(frame.as_bytes()).await.is_ok()
 }
 
+/// The metrics page after `answered` chat requests.
+pub fn metrics_page(answered: usize) -> String {
+    let n = answered as f64;
+    format!(
+        "# HELP vllm:prompt_tokens_total Prefill tokens processed.\n\
+         # TYPE vllm:prompt_tokens_total counter\n\
+         vllm:prompt_tokens_total{{model_name=\"ok\"}} {}\n\
+         # TYPE vllm:generation_tokens_total counter\n\
+         vllm:generation_tokens_total{{model_name=\"ok\"}} {}\n\
+         # TYPE vllm:request_queue_time_seconds histogram\n\
+         vllm:request_queue_time_seconds_sum{{model_name=\"ok\"}} {}\n\
+         vllm:request_queue_time_seconds_bucket{{le=\"+Inf\",model_name=\"ok\"}} {n}\n\
+         vllm:request_queue_time_seconds_count{{model_name=\"ok\"}} {n}\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\n\
+         vllm:kv_cache_usage_perc{{model_name=\"ok\"}} 0.25\n",
+        7.0 * n,
+        4.0 * n,
+        0.01 * n
+    )
+}
+
 async fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, models_status: u16) {
     sock.set_nodelay(true).ok();
     let mut streamed = 0usize;
@@ -140,7 +167,29 @@ async fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, models_status: 
             answered: !drop_it,
         });
         if line.starts_with("get ") {
-            let ok = if line.contains("/v1/models") && models_status == 200 {
+            let ok = if line.contains("/metrics") {
+                let answered = seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.answered && s.line.contains("/chat/completions"))
+                    .count();
+                plain(
+                    &mut sock,
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    &metrics_page(answered),
+                )
+                .await
+            } else if line.starts_with("get /info ") {
+                plain(
+                    &mut sock,
+                    "200 OK",
+                    "application/json",
+                    r#"{"model_id":"ok","max_batch_total_tokens":1234,"router":"text-generation-router"}"#,
+                )
+                .await
+            } else if line.contains("/v1/models") && models_status == 200 {
                 plain(
                     &mut sock,
                     "200 OK",
@@ -237,4 +286,28 @@ async fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, models_status: 
         }
         streamed += 1;
     }
+}
+
+/// Runs `vlmbench run --backend openai` against `base` with `args`, off the async runtime.
+pub async fn run_cli(base: &str, data: &Path, report: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("vlmbench"));
+    cmd.args([
+        "run",
+        "--backend",
+        "openai",
+        "--base-url",
+        base,
+        "--data-file",
+    ])
+    .arg(data)
+    .arg("--report-file")
+    .arg(report)
+    .args(["--max-new-tokens", "4"])
+    .args(args);
+    if !args.contains(&"--warmup") {
+        cmd.args(["--warmup", "0"]);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
 }

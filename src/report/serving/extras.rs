@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::server_side::{self, ServerMetrics};
 use super::{LevelReport, RequestRecord};
+use crate::memory::server_gpus::GpuLevelUse;
 use crate::stats::{summarize_each, summarize_pooled, Summary};
 
 fn is_false(b: &bool) -> bool {
@@ -232,6 +234,12 @@ pub struct LevelExtras {
     /// Shards merged into this level (`vlmbench merge`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_shards: Option<usize>,
+    /// The server's own metrics page over the level (see [`super::server_side`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_metrics: Option<ServerMetrics>,
+    /// The server's GPUs over the level, where they are on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_gpus: Option<GpuLevelUse>,
 }
 
 impl LevelExtras {
@@ -257,6 +265,8 @@ impl LevelExtras {
             reasoning_only_requests: ok.iter().filter(|r| r.detail.reasoning_only).count(),
             steady_state: SteadyState::over(requests),
             merged_shards: None,
+            server_metrics: None,
+            server_gpus: None,
         }
     }
 }
@@ -446,6 +456,12 @@ pub struct ServingExtras {
     /// Reports merged into this one (`vlmbench merge`), as given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
+    /// Why no level has server metrics (no `/metrics` page, `--no-server-metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_metrics_unavailable: Option<String>,
+    /// Why no level has the server's GPUs (no NVML here, `--no-server-gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_gpus_unavailable: Option<String>,
 }
 
 /// The terminal lines for what the extras hold (empty when there is nothing).
@@ -499,6 +515,12 @@ pub fn render(report: &super::ServingReport) -> String {
                 s.ttft_ms.as_ref().map(|x| format!("{:.2} ms", x.median)).unwrap_or_else(|| "-".into()),
                 s.itl_ms.as_ref().map(|x| format!("{:.2} ms", x.median)).unwrap_or_else(|| "-".into()),
             ));
+        }
+        if let Some(m) = &e.server_metrics {
+            lines.extend(server_side::render_level(m));
+        }
+        if let Some(g) = &e.server_gpus {
+            lines.extend(server_side::render_gpus(g));
         }
         if !lines.is_empty() {
             let _ = writeln!(out, "\n{}", load(l));

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub mod extras;
+pub mod server_side;
 
 use super::{preview, DatasetRef, Environment, RunStatus};
 use crate::fsutil::write_atomic;
@@ -49,6 +50,13 @@ pub struct ServerInfo {
     pub models: Option<serde_json::Value>,
     /// llama.cpp's `GET /props` response, where the server has one.
     pub props: Option<serde_json::Value>,
+    /// How the server describes its launch, by endpoint (TGI `/info`, SGLang
+    /// `/get_server_info`, vLLM `/server_info` and `/version`), where it answered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, serde_json::Value>,
+    /// `--server-args`, as given (API key scrubbed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_args: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +91,10 @@ pub struct InputPolicy {
     /// `--reset-cache`: the endpoint that answered between levels, or why none did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_reset: Option<String>,
+    /// A cache workload that ran (its sharing is on purpose): `shared-prefix ...` or
+    /// `conversations ...`, with its shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_workload: Option<String>,
 }
 
 /// One load level.

@@ -2,7 +2,11 @@
 //!
 //! A missing measurement is `None` with a reason, never a made-up zero.
 //!
+//! [`server_gpus`] samples a served model's GPUs per serving level.
+//!
 //! A leaf: depends on no other vlmbench module.
+
+pub mod server_gpus;
 
 use serde::{Deserialize, Serialize};
 
