@@ -6,8 +6,9 @@
 //! enough to miss both:
 //! - a repeated prompt gets a short unique prefix, `[n] `, at its START (a prefix cache then
 //!   matches nothing past the chat template's own opening);
-//! - a repeated image gets a few pixels of its top row set from `n` and is re-encoded in its
-//!   own format (PNG stays lossless; a JPEG is re-compressed), so its content hash differs.
+//! - a repeated image (the same decoded pixels, whatever the file's format or bytes) gets a few
+//!   pixels of its top row set from `n` and is re-encoded in its own format (PNG stays
+//!   lossless; a JPEG is re-compressed), so its content hash differs.
 //!
 //! The first use of every input is sent unchanged. `--repeat-inputs` sends every input exactly
 //! as given, to measure what caches buy.
@@ -44,6 +45,8 @@ pub struct UniqueInputs<'t> {
     tokenizer: Option<&'t Tokenizer>,
     prompts: HashSet<String>,
     images: HashSet<u64>,
+    /// Decoded-pixel key of each distinct image file (by its bytes' hash).
+    pixel_keys: HashMap<u64, u64>,
     /// Shared-prefix prompts: how often each was handed out (its pass number).
     passes: HashMap<String, u64>,
     next_tag: u64,
@@ -59,6 +62,7 @@ impl<'t> UniqueInputs<'t> {
             tokenizer,
             prompts: HashSet::new(),
             images: HashSet::new(),
+            pixel_keys: HashMap::new(),
             passes: HashMap::new(),
             next_tag: 0,
             policy: InputPolicy {
@@ -141,7 +145,11 @@ impl<'t> UniqueInputs<'t> {
             Some((mime, bytes)) => {
                 let mut out = (mime.to_owned(), bytes.to_vec());
                 let mut altered = false;
-                while !self.images.insert(content_hash(&out.1)) {
+                loop {
+                    let key = self.pixel_key(&out.1);
+                    if self.images.insert(key) {
+                        break;
+                    }
                     self.next_tag += 1;
                     out = alter_pixels(bytes, self.next_tag)?;
                     altered = true;
@@ -153,6 +161,25 @@ impl<'t> UniqueInputs<'t> {
         Ok(SentInput {
             prompt: sent_prompt,
             image: sent_image,
+        })
+    }
+
+    /// What an encoder cache would see of an image: its decoded pixels (two files of one
+    /// picture in other formats are one image to it). Each distinct file is decoded once; a
+    /// file that does not decode is keyed by its bytes.
+    fn pixel_key(&mut self, bytes: &[u8]) -> u64 {
+        let file = content_hash(bytes);
+        *self.pixel_keys.entry(file).or_insert_with(|| {
+            match image::load_from_memory(bytes) {
+                Ok(img) => {
+                    let rgb = img.into_rgb8();
+                    let mut h = DefaultHasher::new();
+                    rgb.dimensions().hash(&mut h);
+                    rgb.as_raw().hash(&mut h);
+                    h.finish()
+                }
+                Err(_) => file,
+            }
         })
     }
 
@@ -205,6 +232,12 @@ pub fn alter_pixels(bytes: &[u8], tag: u64) -> Result<(String, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn png_of(img: &image::DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
@@ -349,5 +382,27 @@ mod tests {
         assert_eq!(a.0, "image/jpeg");
         assert_ne!(a.1, b.1);
         assert_ne!(a.1, jpg);
+        let mut u = UniqueInputs::new(false, None);
+        let keys = [u.pixel_key(&jpg), u.pixel_key(&a.1), u.pixel_key(&b.1)];
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+    }
+
+    #[test]
+    fn one_picture_in_two_formats_is_one_image() {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(12, 9, |x, y| {
+            image::Rgb([x as u8 * 20, y as u8 * 25, 3])
+        }));
+        let mut bmp = Cursor::new(Vec::new());
+        img.write_to(&mut bmp, image::ImageFormat::Bmp).unwrap();
+        let (png, bmp) = (png_of(&img), bmp.into_inner());
+        assert_ne!(png, bmp);
+        let mut u = UniqueInputs::new(false, None);
+        let first = u.next("a", Some(("image/png", &png))).unwrap();
+        assert_eq!(first.image.unwrap().1, png, "first use unchanged");
+        let second = u.next("b", Some(("image/bmp", &bmp))).unwrap();
+        let (mime, bytes) = second.image.unwrap();
+        assert_eq!(mime, "image/bmp");
+        assert_ne!(bytes, bmp, "the same pixels in another file are a repeat");
+        assert_eq!(u.policy().images_altered, 1);
     }
 }
