@@ -226,7 +226,10 @@ async fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, models_status: 
             continue;
         }
         if drop_it {
-            return; // the reused connection closes without a response byte
+            // The reused connection closes without a response byte, a while after the request
+            // (so a retry that kept the lost attempt's clock would show it).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
         }
         match mode.as_str() {
             "echo-key" => {
