@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tokenizers::Tokenizer;
 
-use super::decode::{fit_prompt, prefill_and_decode};
+use super::decode::{fit_prompt, prefill_and_decode, reserve_cache};
 use super::template::{PromptTemplate, IMAGE_PLACEHOLDER};
 use super::{
     sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
@@ -18,7 +18,7 @@ use super::{
 };
 use crate::memory::DevicePool;
 use crate::models::llama::KvCache;
-use crate::models::qwen2vl::preprocess::Qwen2VlImageProcessor;
+use crate::models::qwen2vl::preprocess::{smart_resize, Qwen2VlImageProcessor};
 use crate::models::qwen2vl::{
     mrope_positions, Qwen2VlModel, Segment, IMAGE_PAD, VISION_END, VISION_START,
 };
@@ -142,6 +142,29 @@ impl CandleQwen2VlEngine {
             threads: ModelThreads::for_device(&device)?,
         })
     }
+
+    /// The merged-token grid `(rows, columns)` the image at `path` will have, from its header
+    /// alone: the size the processor resizes it to, cut as [`Qwen2VlModel::image_grid`] cuts
+    /// it. `None` where the image cannot be read or processed (the request fails when run).
+    fn planned_grid(&self, path: &std::path::Path) -> Option<(usize, usize)> {
+        // Opened as `prepare_file` opens it, so both see the same size.
+        let (width, height) = image::ImageReader::open(path)
+            .ok()?
+            .with_guessed_format()
+            .ok()?
+            .into_dimensions()
+            .ok()?;
+        let p = &self.processor;
+        let (h, w) = if p.do_resize {
+            let factor = p.patch_size * p.merge_size;
+            smart_resize(height, width, factor, p.min_pixels, p.max_pixels).ok()?
+        } else {
+            (height, width)
+        };
+        let patch = p.patch_size as usize;
+        let merge = self.model.config.vision.spatial_merge_size;
+        Some((h as usize / patch / merge, w as usize / patch / merge))
+    }
 }
 
 impl Engine for CandleQwen2VlEngine {
@@ -151,6 +174,31 @@ impl Engine for CandleQwen2VlEngine {
 
     fn device(&self) -> Option<candle_core::Device> {
         Some(self.model.device().clone())
+    }
+
+    fn cpu_threads(&self) -> Option<usize> {
+        self.threads.count()
+    }
+
+    /// Sizes the cache for what each request needs: its image's token count follows from the
+    /// image's size (read from its header) as the processor resizes it.
+    fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
+        let mut needed = 0;
+        for r in requests {
+            let grids: Vec<(usize, usize)> = match r.image {
+                Some(path) => match self.planned_grid(path) {
+                    Some(grid) => vec![grid],
+                    None => continue,
+                },
+                None => Vec::new(),
+            };
+            let text = self.template.render(r.prompt, r.image.is_some());
+            if let Ok(prompt) = tokenize_with_images(&self.tokenizer, &text, &grids) {
+                needed = needed.max(prompt.ids.len() + r.max_new_tokens);
+            }
+        }
+        reserve_cache(&self.model.llm, &mut self.cache, needed)?;
+        Ok(())
     }
 
     fn generate(&mut self, req: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
@@ -261,7 +309,84 @@ impl Engine for CandleQwen2VlEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::qwen2vl::{Layout, Qwen2VlConfig};
     use crate::synth::qwen2vl::{qwen_vl_preset, tokenizer};
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
+    use std::sync::atomic::AtomicBool;
+
+    /// The tiny random Qwen2.5-VL (a 4096-token context; the cache starts at 2048).
+    fn tiny_engine() -> CandleQwen2VlEngine {
+        let shape = qwen_vl_preset("tiny-qwen2.5-vl").unwrap();
+        let (dtype, device) = (DType::F32, Device::Cpu);
+        let cfg = Qwen2VlConfig::from_json(&shape.hf_config(dtype), shape.kind).unwrap();
+        let processor = Qwen2VlImageProcessor::from_json(&shape.preprocessor_config()).unwrap();
+        let weights = shape.random_weights(1, dtype, &device).unwrap();
+        let vb = VarBuilder::from_tensors(weights, dtype, &device);
+        let model = Qwen2VlModel::load(cfg, vb, Layout::Published).unwrap();
+        let tok = Tokenizer::from_bytes(tokenizer(&shape).unwrap().as_bytes()).unwrap();
+        let info = EngineInfo {
+            backend: "candle".into(),
+            model: "test".into(),
+            architecture: "qwen2.5-vl".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            parameters: None,
+            context_length: 4096,
+            vision: true,
+        };
+        let eos = vec![crate::synth::EOS];
+        CandleQwen2VlEngine::new(model, processor, tok, eos, qwen_template(None), info).unwrap()
+    }
+
+    /// The image's token count is planned from its header (the size the processor resizes
+    /// it to), so the cache is sized exactly for the longest request before any is timed.
+    #[test]
+    fn a_reserved_cache_is_not_grown_inside_a_timed_request() {
+        let mut e = tiny_engine();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("photo.png");
+        image::RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 40])
+        })
+        .save(&image)
+        .unwrap();
+        let unreadable = dir.path().join("broken.png");
+        std::fs::write(&unreadable, b"not an image").unwrap();
+        let cancel = AtomicBool::new(false);
+        let long = "word ".repeat(700);
+        let request = |prompt, image| GenerationRequest {
+            prompt,
+            image,
+            max_new_tokens: 3,
+            ignore_eos: true,
+            cancel: &cancel,
+        };
+        let initial = e.cache.capacity();
+        e.reserve(&[
+            request("short", Some(&image)),
+            request(&long, Some(&image)),
+            request(&long, Some(&unreadable)),
+            request("text only", None),
+        ])
+        .unwrap();
+        let reserved = e.cache.capacity();
+        let g = e.generate(&request(&long, Some(&image))).unwrap();
+        // 640x480 within 28*28*64 pixels: resized to 252x168, 9x6 merged tokens.
+        assert_eq!(g.image_tokens, 54);
+        assert!(
+            g.input_tokens + 3 > initial,
+            "the request must outgrow the first cache"
+        );
+        assert_eq!(reserved, g.input_tokens + 3, "sized exactly");
+        assert_eq!(g.output_token_ids.len(), 3);
+        assert_eq!(
+            e.cache.capacity(),
+            reserved,
+            "the timed request did not reallocate the cache"
+        );
+        assert_eq!(e.cpu_threads(), Some(rayon::current_num_threads()));
+    }
 
     #[test]
     fn template_follows_the_checkpoint() {

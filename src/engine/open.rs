@@ -271,7 +271,7 @@ fn open_hf_dir(
     let eos = eos_ids(dir, &config);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")
         .with_context(|| format!("loading the weights in {}", dir.display()))?;
-    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
+    let info = candle_info(opts, &model.config, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -430,21 +430,23 @@ fn open_llava_dir(
     )?))
 }
 
-/// What a loaded Llama-family text model reports; `dtype` is a dtype or GGUF quantisation name.
-fn llama_info(
+/// What a candle engine reports, as a text model whose decoder is `llm` reports it (`dtype`:
+/// a dtype or GGUF quantisation name); the vision engines replace the architecture, the
+/// parameter count and `vision`.
+fn candle_info(
     opts: &EngineOptions,
-    model: &LlamaModel,
+    llm: &LlamaConfig,
     dtype: String,
     device: &Device,
 ) -> EngineInfo {
     EngineInfo {
         backend: "candle".into(),
         model: opts.model.clone(),
-        architecture: model.config.family.name().into(),
+        architecture: llm.family.name().into(),
         dtype,
         device: device_name(device),
-        parameters: Some(model.config.parameters()),
-        context_length: model.config.max_position_embeddings,
+        parameters: Some(llm.parameters()),
+        context_length: llm.max_position_embeddings,
         vision: false,
     }
 }
@@ -456,17 +458,13 @@ fn llava_info(
     device: &Device,
 ) -> EngineInfo {
     EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
         architecture: match model.config.variant {
             llava::Variant::V15 => "llava-1.5".into(),
             llava::Variant::Next => "llava-1.6".into(),
         },
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
         parameters: Some(model.parameters()),
-        context_length: model.llm.config.max_position_embeddings,
         vision: true,
+        ..candle_info(opts, &model.llm.config, dtype_name(dtype).into(), device)
     }
 }
 
@@ -571,7 +569,7 @@ fn open_gguf(path: &Path, opts: &EngineOptions, device: &Device) -> Result<Box<d
         })
         .with_context(|| format!("{}", path.display()))?;
     let eos = model.config.eos_token_ids.clone();
-    let info = llama_info(opts, &model, quant, device);
+    let info = candle_info(opts, &model.config, quant, device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, eos, info)?.with_template(text_template(opts)?),
     ))
@@ -605,7 +603,7 @@ fn open_random(
     let weights = shape.random_weights(opts.seed, dtype, device, "")?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
+    let info = candle_info(opts, &model.config, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
@@ -629,7 +627,7 @@ fn open_random_family(
     let weights = synth::families::random_weights(&cfg, std, opts.seed, dtype, device)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = LlamaModel::from_hf(cfg, vb, "model", "lm_head")?;
-    let info = llama_info(opts, &model, dtype_name(dtype).into(), device);
+    let info = candle_info(opts, &model.config, dtype_name(dtype).into(), device);
     Ok(Box::new(
         CandleTextEngine::new(model, tokenizer, vec![synth::EOS], info)?
             .with_template(text_template(opts)?),
@@ -684,13 +682,22 @@ fn open_qwen_vl_dir(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn Engine>> {
-    let cfg = qwen2vl::Qwen2VlConfig::from_json(config, kind)
-        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    // The language model's keys name its shape: at the top of config.json as Qwen publishes
+    // it, in `text_config` as transformers 5 saves it (every key written out).
+    let text_config = config.get("text_config").filter(|t| t.is_object());
+    let cfg = match text_config {
+        Some(t) => config_check::check_required(t).context("in `text_config`"),
+        None => config_check::check_required(config),
+    }
+    .and_then(|()| qwen2vl::Qwen2VlConfig::from_json(config, kind))
+    .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
     let tokenizer = folder_tokenizer(
         dir,
         opts,
         "pass --tokenizer FILE for a tokenizer.json elsewhere",
     )?;
+    config_check::check_vocab(cfg.text.vocab_size, &tokenizer)?;
+    check_checkpoint_layers(dir, cfg.text.num_layers)?;
     let processor = match image_processor_json(dir)? {
         Some(p) => Qwen2VlImageProcessor::from_json(&p).with_context(|| {
             format!("reading the image processor settings in {}", dir.display())
@@ -719,17 +726,13 @@ fn qwen_vl_info(
     device: &Device,
 ) -> EngineInfo {
     EngineInfo {
-        backend: "candle".into(),
-        model: opts.model.clone(),
         architecture: match model.config.kind() {
             VisionKind::Qwen2 => "qwen2-vl".into(),
             VisionKind::Qwen25 => "qwen2.5-vl".into(),
         },
-        dtype: dtype_name(dtype).into(),
-        device: device_name(device),
         parameters: Some(model.parameters()),
-        context_length: model.llm.config.max_position_embeddings,
         vision: true,
+        ..candle_info(opts, &model.llm.config, dtype_name(dtype).into(), device)
     }
 }
 
@@ -957,6 +960,78 @@ mod tests {
             assert_eq!(a.output_token_ids, b.output_token_ids, "{preset}");
             assert_eq!(a.output_token_ids.len(), 5, "{preset}");
         }
+    }
+
+    /// A Qwen2-VL folder gets the checks every other loader makes: the keys that fix the
+    /// language model's shape (at the top, or in `text_config`), the vision tower's width, a
+    /// vocabulary as large as the tokenizer's and weights the config accounts for; each error
+    /// names the file and the key.
+    #[test]
+    fn a_qwen_vl_config_missing_a_shape_key_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        synth::presets::write_model("tiny-qwen2.5-vl", dir.path(), DType::F32, 2).unwrap();
+        let path = dir.path().join("config.json");
+        let original: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let opts = EngineOptions {
+            model: dir.path().display().to_string(),
+            dtype: Some(DType::F32),
+            device: "cpu".into(),
+            tokenizer: None,
+            seed: 0,
+            prompt_template: None,
+        };
+        let open_with = |config: &Value| {
+            std::fs::write(&path, config.to_string()).unwrap();
+            open_engine(&opts).map(|e| e.info().clone())
+        };
+        let refused = |config: &Value| format!("{:#}", open_with(config).err().unwrap());
+        let info = open_with(&original).unwrap();
+        assert_eq!(info.architecture, "qwen2.5-vl");
+
+        let mut c = original.clone();
+        c.as_object_mut().unwrap().remove("num_hidden_layers");
+        let e = refused(&c);
+        assert!(
+            e.contains("config.json") && e.contains("missing `num_hidden_layers`"),
+            "{e}"
+        );
+
+        let mut c = original.clone();
+        c["vision_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("hidden_size");
+        let e = refused(&c);
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains("missing `vision_config.hidden_size`"),
+            "{e}"
+        );
+
+        // transformers 5's layout: the language model's keys in `text_config`.
+        let mut c = original.clone();
+        let mut text = original.clone();
+        text.as_object_mut().unwrap().remove("vision_config");
+        text.as_object_mut().unwrap().remove("intermediate_size");
+        c["text_config"] = text;
+        let e = refused(&c);
+        assert!(
+            e.contains("`text_config`") && e.contains("missing `intermediate_size`"),
+            "{e}"
+        );
+
+        let mut c = original.clone();
+        c["vocab_size"] = 100.into();
+        let e = refused(&c);
+        assert!(e.contains("(`vocab_size`) is 100"), "{e}");
+
+        let mut c = original.clone();
+        c["num_hidden_layers"] = 1.into();
+        let e = refused(&c);
+        assert!(
+            e.contains("weights for layer 1") && e.contains("`num_hidden_layers` is 1"),
+            "{e}"
+        );
     }
 
     /// The original LLaVA release's layout (`model.*`, `model.mm_projector.{0,2}`, the CLIP

@@ -31,7 +31,11 @@ pub enum VisionKind {
     Qwen25,
 }
 
-/// `vision_config` of a Qwen2-VL / Qwen2.5-VL checkpoint (transformers' defaults for absent keys).
+/// `vision_config` of a Qwen2-VL / Qwen2.5-VL checkpoint. An absent key takes transformers'
+/// default (`Qwen2VLVisionConfig`, `Qwen2_5_VLVisionConfig`), so a checkpoint means here what
+/// it means there, except Qwen2.5-VL's `hidden_size`: the tower's width, whose transformers
+/// default (3584) is the language model's width and no released tower's, so it must be given.
+/// A key given with the wrong type, or a zero shape, is refused, naming the key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QwenVisionConfig {
     pub kind: VisionKind,
@@ -55,32 +59,64 @@ pub struct QwenVisionConfig {
 
 impl QwenVisionConfig {
     pub fn from_json(v: &Value, kind: VisionKind) -> Result<Self> {
-        let u = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as usize);
-        let act = |d: &str| {
-            Activation::from_name(v.get("hidden_act").and_then(Value::as_str).unwrap_or(d))
+        // Absent and null keys take transformers' defaults; a present one must be a count.
+        let u = |k: &str| -> Result<Option<usize>> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => match x.as_u64() {
+                    Some(n) => Ok(Some(n as usize)),
+                    // 1280.0 is a count written as a float by some exporters.
+                    None => match x.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0) {
+                        Some(f) => Ok(Some(f as usize)),
+                        None => bail!(
+                            "config.json: `vision_config.{k}` must be a non-negative integer, not {x}"
+                        ),
+                    },
+                },
+            }
         };
-        let in_channels = u("in_channels").or_else(|| u("in_chans")).unwrap_or(3);
+        let number = |k: &str| -> Result<Option<f64>> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x.as_f64().map(Some).with_context(|| {
+                    format!("config.json: `vision_config.{k}` must be a number, not {x}")
+                }),
+            }
+        };
+        let act = |d: &str| -> Result<Activation> {
+            match v.get("hidden_act") {
+                None | Some(Value::Null) => Activation::from_name(d),
+                Some(Value::String(name)) => Activation::from_name(name),
+                Some(x) => bail!("config.json: `vision_config.hidden_act` must be a name, not {x}"),
+            }
+        };
+        let in_channels = u("in_channels")?.or(u("in_chans")?).unwrap_or(3);
         let rope_theta = v
             .get("rope_parameters")
             .and_then(|p| p.get("rope_theta"))
             .and_then(Value::as_f64)
             .unwrap_or(10_000.0);
+        // Both generations' defaults.
+        let depth = u("depth")?.unwrap_or(32);
+        let num_heads = u("num_heads")?.unwrap_or(16);
+        let patch_size = u("patch_size")?.unwrap_or(14);
+        let temporal_patch_size = u("temporal_patch_size")?.unwrap_or(2);
+        let spatial_merge_size = u("spatial_merge_size")?.unwrap_or(2);
         let cfg = match kind {
             VisionKind::Qwen2 => {
                 // Qwen2VLVisionConfig: `embed_dim` is the tower's width, `hidden_size` the output.
-                let embed = u("embed_dim").unwrap_or(1280);
-                let ratio = v.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
-                let depth = u("depth").unwrap_or(32);
+                let embed = u("embed_dim")?.unwrap_or(1280);
+                let ratio = number("mlp_ratio")?.unwrap_or(4.0);
                 Self {
                     kind,
                     hidden_size: embed,
                     intermediate_size: (embed as f64 * ratio) as usize,
                     depth,
-                    num_heads: u("num_heads").unwrap_or(16),
-                    out_hidden_size: u("hidden_size").unwrap_or(3584),
-                    patch_size: u("patch_size").unwrap_or(14),
-                    temporal_patch_size: u("temporal_patch_size").unwrap_or(2),
-                    spatial_merge_size: u("spatial_merge_size").unwrap_or(2),
+                    num_heads,
+                    out_hidden_size: u("hidden_size")?.unwrap_or(3584),
+                    patch_size,
+                    temporal_patch_size,
+                    spatial_merge_size,
                     in_channels,
                     window_size: 0,
                     fullatt_block_indexes: (0..depth).collect(),
@@ -95,32 +131,55 @@ impl QwenVisionConfig {
                         .iter()
                         .map(|x| {
                             x.as_u64().map(|x| x as usize).context(
-                                "vision_config: fullatt_block_indexes must hold layer numbers",
+                                "config.json: `vision_config.fullatt_block_indexes` must hold layer numbers",
                             )
                         })
                         .collect::<Result<_>>()?,
                     Some(other) => {
-                        bail!("vision_config: fullatt_block_indexes {other} is not a list")
+                        bail!("config.json: `vision_config.fullatt_block_indexes` must be a list, not {other}")
                     }
                 };
+                // transformers' default `hidden_size` is 3584, the language model's width (no
+                // Qwen2.5-VL tower is that wide): the tower's width is not guessed.
+                let hidden_size = u("hidden_size")?.context(
+                    "config.json: missing `vision_config.hidden_size`, the vision tower's width; add it (it is in the checkpoint's original config.json)",
+                )?;
                 Self {
                     kind,
-                    hidden_size: u("hidden_size").unwrap_or(1280),
-                    intermediate_size: u("intermediate_size").unwrap_or(3420),
-                    depth: u("depth").unwrap_or(32),
-                    num_heads: u("num_heads").unwrap_or(16),
-                    out_hidden_size: u("out_hidden_size").unwrap_or(3584),
-                    patch_size: u("patch_size").unwrap_or(14),
-                    temporal_patch_size: u("temporal_patch_size").unwrap_or(2),
-                    spatial_merge_size: u("spatial_merge_size").unwrap_or(2),
+                    hidden_size,
+                    intermediate_size: u("intermediate_size")?.unwrap_or(3420),
+                    depth,
+                    num_heads,
+                    out_hidden_size: u("out_hidden_size")?.unwrap_or(3584),
+                    patch_size,
+                    temporal_patch_size,
+                    spatial_merge_size,
                     in_channels,
-                    window_size: u("window_size").unwrap_or(112),
+                    window_size: u("window_size")?.unwrap_or(112),
                     fullatt_block_indexes: full,
                     activation: act("silu")?,
                     rope_theta,
                 }
             }
         };
+        // Qwen2-VL names the tower's width `embed_dim` and the merger's output `hidden_size`.
+        let (width_key, out_key) = match kind {
+            VisionKind::Qwen2 => ("embed_dim", "hidden_size"),
+            VisionKind::Qwen25 => ("hidden_size", "out_hidden_size"),
+        };
+        for (key, value) in [
+            ("depth", cfg.depth),
+            (width_key, cfg.hidden_size),
+            (out_key, cfg.out_hidden_size),
+            ("patch_size", cfg.patch_size),
+            ("temporal_patch_size", cfg.temporal_patch_size),
+            ("spatial_merge_size", cfg.spatial_merge_size),
+            ("in_channels", cfg.in_channels),
+        ] {
+            if value == 0 {
+                bail!("config.json: `vision_config.{key}` is 0; a vision tower needs at least one");
+            }
+        }
         if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
             bail!(
                 "vision_config: hidden size {} is not a multiple of num_heads {}",
@@ -572,6 +631,64 @@ mod tests {
             VisionKind::Qwen25
         )
         .is_err());
+    }
+
+    /// A key transformers has no tower default for is an error naming it, as is a key of the
+    /// wrong type or a zero shape; keys left to transformers' defaults still load.
+    #[test]
+    fn missing_or_malformed_keys_are_named() {
+        use serde_json::json;
+        use VisionKind::{Qwen2, Qwen25};
+        for (config, kind, named) in [
+            (
+                json!({"depth": 32, "out_hidden_size": 3584}),
+                Qwen25,
+                "config.json: missing `vision_config.hidden_size`",
+            ),
+            (
+                json!({"hidden_size": 1280, "depth": "32"}),
+                Qwen25,
+                "config.json: `vision_config.depth` must be a non-negative integer",
+            ),
+            (
+                json!({"embed_dim": 1280, "mlp_ratio": "4"}),
+                Qwen2,
+                "`vision_config.mlp_ratio` must be a number",
+            ),
+            (
+                json!({"embed_dim": 1280, "hidden_act": 3}),
+                Qwen2,
+                "`vision_config.hidden_act` must be a name",
+            ),
+            (
+                json!({"embed_dim": 0}),
+                Qwen2,
+                "`vision_config.embed_dim` is 0",
+            ),
+            (
+                json!({"hidden_size": 1280, "depth": 0}),
+                Qwen25,
+                "`vision_config.depth` is 0",
+            ),
+            (
+                json!({"hidden_size": 1280, "window_size": 100}),
+                Qwen25,
+                "window_size 100",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                QwenVisionConfig::from_json(&config, kind).unwrap_err()
+            );
+            assert!(e.contains(named), "{config}: {e}");
+        }
+        // A whole float and a null are read as transformers reads them.
+        let c = QwenVisionConfig::from_json(
+            &json!({"hidden_size": 1280.0, "depth": null}),
+            VisionKind::Qwen25,
+        )
+        .unwrap();
+        assert_eq!((c.hidden_size, c.depth), (1280, 32));
     }
 
     #[test]
