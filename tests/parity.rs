@@ -163,6 +163,7 @@ text_parity! {
     qwen2_sliding_window_layers_equal_transformers => "qwen2_window",
     qwen3_equal_transformers => "qwen3",
     gemma2_equal_transformers => "gemma2",
+    gemma2_head_dim_scale_equal_transformers => "gemma2_gguf",
     gemma3_equal_transformers => "gemma3",
     phi3_longrope_equal_transformers => "phi3_longrope",
     gpt2_equal_transformers => "gpt2",
@@ -202,7 +203,11 @@ macro_rules! gguf_parity {
 gguf_parity! {
     qwen2_gguf_equals_safetensors => "qwen2",
     qwen3_gguf_equals_safetensors => "qwen3",
+    // llama.cpp scales Gemma 2's scores by 1/sqrt(head_dim), so its GGUF fixture has
+    // query_pre_attn_scalar = head_dim (as the released 2B and 9B do).
+    gemma2_gguf_equals_safetensors => "gemma2_gguf",
     gemma3_gguf_equals_safetensors => "gemma3",
+    phi3_longrope_gguf_equals_safetensors => "phi3_longrope",
     gpt2_gguf_equals_safetensors => "gpt2",
     pythia_gguf_equals_safetensors => "pythia",
 }

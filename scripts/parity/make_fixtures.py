@@ -360,6 +360,11 @@ def text_fixtures():
         "gemma2": (Gemma2Config, small(head_dim=16, sliding_window=6, query_pre_attn_scalar=24,
                    max_position_embeddings=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                    initializer_range=0.2), None),
+        # For the GGUF: llama.cpp scales Gemma 2's scores by 1/sqrt(head_dim) (its converter
+        # does not store query_pre_attn_scalar; the released 2B and 9B have the two equal).
+        "gemma2_gguf": (Gemma2Config, small(head_dim=16, sliding_window=6, query_pre_attn_scalar=16,
+                        max_position_embeddings=256, attn_logit_softcapping=50.0,
+                        final_logit_softcapping=30.0, initializer_range=0.2), None),
         # Six layers: the released pattern (five sliding, one global), which llama.cpp assumes.
         "gemma3": (Gemma3TextConfig, small(num_hidden_layers=6, head_dim=16, sliding_window=6,
                    query_pre_attn_scalar=16, max_position_embeddings=256, initializer_range=0.2,

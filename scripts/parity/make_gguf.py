@@ -7,7 +7,7 @@ Each fixture is converted to f32 (so its tokens can equal the safetensors ones) 
 tokenizer stored in the GGUF metadata. The converter identifies a BPE pre-tokenizer by the hash
 of its output on a test text, which a tiny rule-made vocabulary never matches; the name is
 given here instead: `qwen2` for the Qwen fixtures (whose tokenizer.json carries Qwen2's split),
-`gpt-2` for the others. The converter reads the config through transformers, whose 5.x drops
+`gpt-2` for the others. Fixture names here: qwen2 qwen3 gemma2 gemma3 phi3_longrope gpt2 pythia. The converter reads the config through transformers, whose 5.x drops
 4.x keys it still reads (GPT-NeoX's `rotary_pct`); config.json's own keys fill those in.
 """
 import importlib.util
@@ -36,6 +36,13 @@ def main():
         return config
 
     base.ModelBase.load_hparams = staticmethod(hparams_with_raw_keys)
+    # The fixtures' tokenizer.json is a rule-made byte-level BPE with no SentencePiece
+    # tokenizer.model beside it, which the Gemma 2 and Phi-3 converters ask for; their vocabulary
+    # goes in as the GPT-2-style BPE it is (Gemma 3's converter does so by itself).
+    import conversion.gemma as gemma
+    import conversion.phi as phi
+    for cls in (gemma.Gemma2Model, phi.Phi3MiniModel):
+        cls.set_vocab = lambda self: self._set_vocab_gpt2()
     os.makedirs(out, exist_ok=True)
     for name in sys.argv[4:]:
         pre = "qwen2" if name.startswith("qwen") else "gpt-2"

@@ -518,7 +518,11 @@ impl LlamaModel {
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(content)?;
+        let mut config = LlamaConfig::from_gguf(content)?;
+        if let Some(longrope) = self::weights::gguf_longrope(&config, content, reader)? {
+            config.rope_scaling = Some(longrope);
+            config.validate()?;
+        }
         let parts = self::weights::load_gguf(&config, content, reader, device)?;
         // llama.cpp's converter permutes q/k rows (interleaved rotation) only for `llama`.
         let interleaved = config.family.gguf_arch() == "llama";

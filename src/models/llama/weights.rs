@@ -403,8 +403,13 @@ pub fn config_from_gguf(content: &gguf_file::Content) -> Result<LlamaConfig> {
         sandwich_norms: gemma,
         embed_scale: gemma.then(|| (hidden_size as f64).sqrt()),
         // llama.cpp scales Gemma's scores by 1/√head_dim (`query_pre_attn_scalar` is not
-        // stored; the released models have it equal to head_dim).
-        attn_scale: 1.0 / (head_dim as f64).sqrt(),
+        // stored; the released models have it equal to head_dim), except Gemma 2 27B (46
+        // layers), whose scalar is hidden/heads, as llama.cpp knows it.
+        attn_scale: if family == Family::Gemma2 && num_layers == 46 {
+            1.0 / ((hidden_size / num_heads) as f64).sqrt()
+        } else {
+            1.0 / (head_dim as f64).sqrt()
+        },
         attn_softcap: if family == Family::Gemma2 {
             attn_softcap
         } else {
@@ -420,11 +425,69 @@ pub fn config_from_gguf(content: &gguf_file::Content) -> Result<LlamaConfig> {
                 .unwrap_or(true),
         learned_positions: family == Family::Gpt2,
     };
-    if family == Family::Phi3 && has("rope_factors_long.weight") {
-        bail!("GGUF: Phi-3 long-context rope factors (rope_factors_long) are not supported from GGUF; use the safetensors checkpoint");
-    }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Phi-3's long-context rotary factors, which llama.cpp's converter stores as the tensors
+/// `rope_factors_long` / `rope_factors_short` beside `phi3.rope.scaling.original_context_length`
+/// and `.attn_factor`. They are applied as transformers applies longrope: the short factors
+/// while the sequence fits the original context, the long ones past it (llama.cpp instead
+/// picks by the context size it was started with). `None` where the file has no factors.
+pub(crate) fn gguf_longrope<R: Read + Seek>(
+    c: &LlamaConfig,
+    content: &gguf_file::Content,
+    reader: &mut R,
+) -> Result<Option<RopeScaling>> {
+    if c.family != Family::Phi3 || !content.tensor_infos.contains_key("rope_factors_long.weight")
+    {
+        return Ok(None);
+    }
+    let mut factors = |name: &str| -> Result<Vec<f64>> {
+        let t = content
+            .tensor(reader, name, &Device::Cpu)
+            .with_context(|| format!("GGUF tensor `{name}`"))?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_dtype(DType::F64)?;
+        Ok(t.to_vec1::<f64>()?)
+    };
+    let long_factor = factors("rope_factors_long.weight")?;
+    let short_factor = if content
+        .tensor_infos
+        .contains_key("rope_factors_short.weight")
+    {
+        factors("rope_factors_short.weight")?
+    } else {
+        long_factor.clone()
+    };
+    let md = &content.metadata;
+    let original = md
+        .get("phi3.rope.scaling.original_context_length")
+        .and_then(|v| v.to_u32().ok())
+        .ok_or_else(|| {
+            anyhow!("GGUF: Phi-3 rope factors without `phi3.rope.scaling.original_context_length`")
+        })? as f64;
+    let attention_factor = match md
+        .get("phi3.rope.scaling.attn_factor")
+        .and_then(|v| v.to_f32().ok())
+    {
+        Some(a) => a as f64,
+        None => {
+            let factor = c.max_position_embeddings as f64 / original;
+            if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / original.ln()).sqrt()
+            }
+        }
+    };
+    Ok(Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+    }))
 }
 
 /// GGUF weights of `c`'s family.
