@@ -114,6 +114,34 @@ impl<'t> UniqueInputs<'t> {
         self.next(&sample.prompt, image)
     }
 
+    /// A warm-up request's inputs: as [`Self::next_for`], except that a shared-prefix prompt
+    /// gets a warm-up tag, `[w] `, so the warm-up never fills the cache with a prefix that a
+    /// measured request will use (the first pass stays cold).
+    pub fn next_warm_up(
+        &mut self,
+        sample: &Sample,
+        image: Option<(&str, &[u8])>,
+    ) -> Result<SentInput> {
+        if self.exact || cache_sets::prefix_group(sample).is_none() || image.is_some() {
+            return self.next_for(sample, image);
+        }
+        let mut n = 0u64;
+        loop {
+            let sent = match n {
+                0 => format!("[w] {}", sample.prompt),
+                _ => format!("[w{n}] {}", sample.prompt),
+            };
+            if self.prompts.insert(sent.clone()) {
+                self.count_prefix(&sample.prompt, &sent);
+                return Ok(SentInput {
+                    prompt: sent,
+                    image: None,
+                });
+            }
+            n += 1;
+        }
+    }
+
     /// Adds what making `prompt` into `sent` cost to the policy's counts.
     fn count_prefix(&mut self, prompt: &str, sent: &str) {
         self.policy.prompts_prefixed += 1;
@@ -169,8 +197,10 @@ impl<'t> UniqueInputs<'t> {
     /// file that does not decode is keyed by its bytes.
     fn pixel_key(&mut self, bytes: &[u8]) -> u64 {
         let file = content_hash(bytes);
-        *self.pixel_keys.entry(file).or_insert_with(|| {
-            match image::load_from_memory(bytes) {
+        *self
+            .pixel_keys
+            .entry(file)
+            .or_insert_with(|| match image::load_from_memory(bytes) {
                 Ok(img) => {
                     let rgb = img.into_rgb8();
                     let mut h = DefaultHasher::new();
@@ -179,8 +209,7 @@ impl<'t> UniqueInputs<'t> {
                     h.finish()
                 }
                 Err(_) => file,
-            }
-        })
+            })
     }
 
     /// Records which cache workload the set is (see [`cache_sets::describe`]).
@@ -277,7 +306,12 @@ mod tests {
         let mut u = UniqueInputs::new(false, None);
         let mut all = HashSet::new();
         let mut pass_starts = Vec::new();
-        for _pass in 0..3 {
+        for pass in 0..3 {
+            if pass == 0 {
+                let warm = u.next_warm_up(&set[0], None).unwrap().prompt;
+                assert_eq!(warm, format!("[w] {}", set[0].prompt));
+                assert!(all.insert(warm));
+            }
             let sent: Vec<String> = set
                 .iter()
                 .map(|x| u.next_for(x, None).unwrap().prompt)
@@ -290,11 +324,12 @@ mod tests {
                 assert!(all.insert(p.clone()), "repeated across passes: {p}");
             }
         }
-        // ...and no two passes share their first characters.
+        // ...and no two passes share their first characters; the warm-up request touched no
+        // pass (the first pass went out unchanged, so its prefixes were cold).
         assert_eq!(pass_starts[0], prefix);
         assert_eq!(pass_starts[1], format!("[r1] {prefix}"));
         assert_eq!(pass_starts[2], format!("[r2] {prefix}"));
-        assert_eq!(u.policy().prompts_prefixed, 6);
+        assert_eq!(u.policy().prompts_prefixed, 7);
     }
 
     #[test]

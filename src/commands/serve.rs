@@ -205,14 +205,20 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     inputs.set_cache_workload(cache_sets::describe(&dataset.file));
     let mut images = ImageCache::default();
     let mut requests_for = |count: usize,
-                            inputs: &mut UniqueInputs|
+                            inputs: &mut UniqueInputs,
+                            warm_up: bool|
      -> Result<(Vec<Vec<u8>>, Vec<crate::dataset::Sample>)> {
         let mut bodies = Vec::with_capacity(count);
         let mut sent = Vec::with_capacity(count);
         for i in 0..count {
             let sample = &samples[i % samples.len()];
             let image = images.get(&dataset, sample)?;
-            let input = inputs.next_for(sample, image.as_ref().map(|(m, b)| (*m, &b[..])))?;
+            let image = image.as_ref().map(|(m, b)| (*m, &b[..]));
+            let input = if warm_up {
+                inputs.next_warm_up(sample, image)?
+            } else {
+                inputs.next_for(sample, image)?
+            };
             bodies.push(body_for(&cfg, &input, replay_max_tokens(&dataset, sample)));
             sent.push(crate::dataset::Sample {
                 prompt: input.prompt,
@@ -248,7 +254,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     }
 
     // Warm-up requests, untimed, one at a time.
-    let (warm_bodies, _) = requests_for(args.warmup.min(num_prompts), &mut inputs)?;
+    let (warm_bodies, _) = requests_for(args.warmup.min(num_prompts), &mut inputs, true)?;
     for body in warm_bodies {
         if cancel.load(Ordering::SeqCst) {
             break;
@@ -321,7 +327,7 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
                        reports: &mut Vec<LevelReport>,
                        resets: &mut Vec<String>|
      -> Result<()> {
-        let (bodies, sent) = requests_for(num_prompts, &mut inputs)?;
+        let (bodies, sent) = requests_for(num_prompts, &mut inputs, false)?;
         let (bodies, sent): (Vec<Vec<u8>>, Vec<crate::dataset::Sample>) = bodies
             .into_iter()
             .zip(sent)

@@ -439,7 +439,10 @@ pub(crate) fn gguf_longrope<R: Read + Seek>(
     content: &gguf_file::Content,
     reader: &mut R,
 ) -> Result<Option<RopeScaling>> {
-    if c.family != Family::Phi3 || !content.tensor_infos.contains_key("rope_factors_long.weight")
+    if c.family != Family::Phi3
+        || !content
+            .tensor_infos
+            .contains_key("rope_factors_long.weight")
     {
         return Ok(None);
     }
