@@ -78,8 +78,37 @@ fn run_model(model: &Path, expected: &Value) -> Value {
     read_json(&report)["samples"][0].clone()
 }
 
+/// The fixture's further prompts (`expected.json` `more`: a very short one, one with accents,
+/// digits, tabs and a newline) run through `model` give transformers' tokens too.
+fn assert_more_prompts(name: &str, model: &Path, expected: &Value) {
+    for (k, case) in expected["more"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let sample = run_model(model, case);
+        assert_eq!(sample["ok"], true, "{name} prompt {k}: {sample}");
+        assert_eq!(
+            sample["input_tokens"].as_u64().unwrap() as usize,
+            case["input_ids"].as_array().unwrap().len(),
+            "{name} ({}) prompt {:?}: prompt length differs",
+            model.display(),
+            case["prompt"]
+        );
+        assert_eq!(
+            ids(&sample["output_token_ids"]),
+            ids(&case["output_ids"]),
+            "{name} ({}) prompt {:?}: greedy tokens differ from transformers'",
+            model.display(),
+            case["prompt"]
+        );
+    }
+}
+
 fn assert_same_tokens(name: &str) {
     let (sample, expected) = run_fixture(name);
+    assert_more_prompts(name, &fixture(name), &expected);
     assert_eq!(sample["ok"], true, "{name}: {sample}");
     assert_eq!(
         ids(&sample["output_token_ids"]),
@@ -178,6 +207,7 @@ fn assert_gguf_same_tokens(name: &str) {
     let expected = read_json(&fixture(name).join("expected.json"));
     let gguf = fixture("gguf").join(format!("{name}.gguf"));
     let sample = run_model(&gguf, &expected);
+    assert_more_prompts(name, &gguf, &expected);
     assert_eq!(sample["ok"], true, "{name}: {sample}");
     assert_eq!(
         sample["input_tokens"].as_u64().unwrap() as usize,

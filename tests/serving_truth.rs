@@ -210,7 +210,10 @@ async fn requests_on_stale_keep_alive_connections_are_retried_once() {
     for r in l["requests"].as_array().unwrap() {
         if r["retried"].is_string() {
             let ttft = r["ttft_ms"].as_f64().unwrap();
-            assert!(ttft < 250.0, "a retried request kept the lost attempt's clock: {ttft} ms");
+            assert!(
+                ttft < 250.0,
+                "a retried request kept the lost attempt's clock: {ttft} ms"
+            );
         }
     }
 }

@@ -259,6 +259,10 @@ def run_qwen(tok, out, v25):
 
 
 TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank at 10:45, in 2026."
+# More prompts per text fixture (`expected.json` `more`): one shorter than every window and
+# original context (longrope then switches factors while decoding), one with accents, digits,
+# tabs, doubled spaces and a newline.
+TEXT_PROMPTS_MORE = ["Hi", "Ünïcode, ça va? 12 + 34 = 46.\n\tTabs\tand  two  spaces."]
 # Qwen2's tokenizer.json: NFC, and a split that keeps digits apart (llama.cpp's `qwen2`).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -424,11 +428,20 @@ def run_text(tok, out, name, cls, kwargs, edit):
     # The reference comes from the checkpoint as written (config.json / tokenizer.json edits
     # included).
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    ids = PreTrainedTokenizerFast.from_pretrained(out)(TEXT_PROMPT, return_tensors="pt").input_ids
+    tok_out = PreTrainedTokenizerFast.from_pretrained(out)
+    ids = tok_out(TEXT_PROMPT, return_tensors="pt").input_ids
+    output_ids = argmax_loop(model, ids, MAX_NEW_TOKENS)
+    more = []
+    for prompt in TEXT_PROMPTS_MORE:
+        # A fresh model per prompt: dynamic rope keeps the longest sequence it has seen in the
+        # model object, so an earlier prompt would change a later one's frequencies.
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        more_ids = tok_out(prompt, return_tensors="pt").input_ids
+        more.append({"prompt": prompt, "input_ids": more_ids[0].tolist(),
+                     "output_ids": argmax_loop(model, more_ids, MAX_NEW_TOKENS)})
     import transformers
-    save_expected(out, {"prompt": TEXT_PROMPT, "input_ids": ids[0].tolist(),
-                        "output_ids": argmax_loop(model, ids, MAX_NEW_TOKENS),
-                        "transformers": transformers.__version__})
+    save_expected(out, {"prompt": TEXT_PROMPT, "input_ids": ids[0].tolist(), "output_ids": output_ids,
+                        "more": more, "transformers": transformers.__version__})
 
 
 def main():
