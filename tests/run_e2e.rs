@@ -68,7 +68,8 @@ fn text_model_report_csv_and_invariants() {
         .success()
         .stdout(contains("TTFT (ms)"))
         .stdout(contains("TPS per sample (tok/s)"))
-        .stdout(contains("pooled decode throughput"));
+        .stdout(contains("pooled decode throughput"))
+        .stdout(contains("of this machine's"));
     let v = read_json(&report);
     assert_eq!(v["schema_version"], 1);
     assert_eq!(v["status"], "complete");
@@ -96,6 +97,19 @@ fn text_model_report_csv_and_invariants() {
     assert!(v["memory"]["host_peak_rss"]["bytes"].as_u64().unwrap() > 0);
     assert!(v["memory"]["gpu_peak_process"]["bytes"].is_null());
     assert!(v["memory"]["gpu_peak_process"]["unavailable_reason"].is_string());
+    // Decode's memory traffic: every step reads the weights once and its cached context;
+    // over all steps that is (weights + mean KV) at the pooled decode rate.
+    let bw = &v["decode_bandwidth"];
+    let weights = bw["weight_bytes_per_token"].as_f64().unwrap();
+    let params = v["engine"]["parameters"].as_f64().unwrap();
+    assert!(weights > 0.0 && weights <= 4.0 * params, "{bw}");
+    let kv = bw["kv_bytes_per_token_mean"].as_f64().unwrap();
+    assert!(kv > 0.0, "{bw}");
+    let rate = bw["read_bytes_per_s"].as_f64().unwrap();
+    let pooled = sum["decode_tps_pooled"].as_f64().unwrap();
+    assert!(((weights + kv) * pooled / rate - 1.0).abs() < 1e-9, "{bw}");
+    let machine = bw["machine_read_bytes_per_s"].as_f64().unwrap();
+    assert!((bw["utilisation"].as_f64().unwrap() - rate / machine).abs() < 1e-12);
     let csv = std::fs::read_to_string(dir.path().join("r/report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 6, "header + one row per sample");
     assert!(csv.starts_with("index,repeat,ok,"));

@@ -19,6 +19,7 @@ use super::destination::{write_or_rescue, ReportPaths};
 use crate::bench::runner::{self, RunOptions};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::memory::GpuSampler;
+use crate::report::bandwidth::DecodeBandwidth;
 use crate::report::environment::logical_cpus;
 use crate::report::journal::{Journal, JournalWriter, RunHeader};
 use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus};
@@ -177,6 +178,12 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
             journal = None;
         }
     };
+    // The machine's read bandwidth, by the engine's own threads, before anything is timed
+    // (a buffer the size of the weights, within 64 MiB..1 GiB; CPU runs only).
+    let bandwidth_probe = engine.decode_read_bytes(1).and_then(|b| {
+        let probe = b.weights.clamp(64 << 20, 1 << 30);
+        engine.read_bandwidth(probe).map(|bw| (bw, probe))
+    });
     let outcome = runner::run(
         engine.as_mut(),
         &dataset,
@@ -201,7 +208,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         Some(Ok(j)) if j.samples.len() == outcome.samples.len() => j.records(),
         _ => outcome.samples,
     };
-    let report = Report::from_parts(
+    let mut report = Report::from_parts(
         header,
         outcome.status,
         outcome.status_detail,
@@ -209,6 +216,14 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         outcome.duration_s,
         memory,
     );
+    report.decode_bandwidth = bandwidth_probe.and_then(|(machine, probe)| {
+        DecodeBandwidth::over(
+            &report.samples,
+            |context| engine.decode_read_bytes(context).unwrap_or_default(),
+            machine,
+            probe,
+        )
+    });
     if !args.quiet {
         print!("{}", report::table::render(&report));
     }

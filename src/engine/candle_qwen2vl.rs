@@ -180,6 +180,14 @@ impl Engine for CandleQwen2VlEngine {
         self.threads.count()
     }
 
+    fn decode_read_bytes(&self, context: usize) -> Option<super::DecodeBytes> {
+        Some(self.model.llm.decode_read_bytes(context))
+    }
+
+    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
+        super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
+    }
+
     /// Sizes the cache for what each request needs: its image's token count follows from the
     /// image's size (read from its header) as the processor resizes it.
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {

@@ -89,6 +89,14 @@ impl Engine for CandleTextEngine {
         self.threads.count()
     }
 
+    fn decode_read_bytes(&self, context: usize) -> Option<super::DecodeBytes> {
+        Some(self.model.decode_read_bytes(context))
+    }
+
+    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
+        super::decode::cpu_read_bandwidth(&self.model, &self.threads, bytes)
+    }
+
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         let mut needed = 0;
         for r in requests.iter().filter(|r| r.image.is_none()) {

@@ -175,6 +175,8 @@ pub struct EngineInfo {
     pub vision: bool,
 }
 
+pub use crate::models::llama::DecodeBytes;
+
 /// A model that generates greedily and times itself.
 pub trait Engine {
     fn info(&self) -> &EngineInfo;
@@ -193,6 +195,15 @@ pub trait Engine {
     }
     /// Threads the engine's CPU work runs on (`None` where it runs on a GPU or a server).
     fn cpu_threads(&self) -> Option<usize> {
+        None
+    }
+    /// What one decode step reads from memory with `context` positions cached (`None`: not
+    /// known).
+    fn decode_read_bytes(&self, _context: usize) -> Option<DecodeBytes> {
+        None
+    }
+    /// The read bandwidth the engine's CPU threads reach streaming `bytes` (`None` off the CPU).
+    fn read_bandwidth(&self, _bytes: u64) -> Option<f64> {
         None
     }
 }

@@ -4,7 +4,7 @@
 //! Why the working set's size and not a fixed one: a decode step reads every weight once, and
 //! whether those bytes come from DRAM or partly from a large last-level cache depends on their
 //! total size; a buffer of the same size read by the same threads is the fair ceiling for
-//! "how close to the machine's limit" (see README "Decode bandwidth utilisation").
+//! "how close to the machine's limit" (see README "Metrics", decode read bandwidth).
 
 use std::time::Instant;
 

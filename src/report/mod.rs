@@ -14,6 +14,7 @@
 //! depend on plot (charts and HTML read reports, not the other way round), bench, client or
 //! commands.
 
+pub mod bandwidth;
 pub mod compare;
 pub mod csv;
 pub mod environment;
@@ -70,6 +71,10 @@ pub struct Report {
     pub dataset: DatasetRef,
     pub summary: RunSummary,
     pub memory: MemoryReport,
+    /// Decode's memory traffic beside the machine's read bandwidth (CPU runs of the candle
+    /// engines; absent elsewhere and in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_bandwidth: Option<bandwidth::DecodeBandwidth>,
     /// Every measured sample, in run order (warm-up samples excluded).
     pub samples: Vec<SampleRecord>,
 }
@@ -258,6 +263,7 @@ impl Report {
             dataset: header.dataset,
             summary: RunSummary::from_samples(&samples, duration_s),
             memory,
+            decode_bandwidth: None,
             samples,
         }
     }

@@ -72,6 +72,17 @@ pub fn render(report: &Report) -> String {
             num(pooled)
         );
     }
+    if let Some(b) = &report.decode_bandwidth {
+        let _ = writeln!(
+            out,
+            "decode read {:.2} GB/s (weights {:.1} MB + KV {:.2} MB a token) = {:.0} % of this machine's {:.2} GB/s",
+            b.read_bytes_per_s / 1e9,
+            b.weight_bytes_per_token as f64 / 1e6,
+            b.kv_bytes_per_token_mean / 1e6,
+            b.utilisation * 100.0,
+            b.machine_read_bytes_per_s / 1e9
+        );
+    }
     for (reason, count) in &s.failure_reasons {
         let _ = writeln!(out, "  failed x{count}: {reason}");
     }

@@ -131,6 +131,7 @@ pub fn report(samples: Vec<SampleRecord>, duration_s: f64) -> Report {
             gpu_pool_peak_prefill: MaybeBytes::unknown("no GPU"),
             gpu_pool_peak_decode: MaybeBytes::unknown("no GPU"),
         },
+        decode_bandwidth: None,
         samples,
     }
 }
