@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod recover;
 pub mod run;
 pub mod serve;
+pub mod serve_inputs;
 pub mod serve_load;
 pub mod serve_output;
 pub mod synth_model;

@@ -14,26 +14,25 @@ use super::common::{
     EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
 use super::destination::{write_or_rescue, ReportPaths};
-use super::serve_load::{self, LoadPlan};
+use super::serve_inputs::{
+    body_for, conversation_turns, replay_max_tokens, run_inputs, ImageCache,
+};
+use super::serve_load::{self, apply_workload, server_watch_for, LoadPlan};
 use super::serve_output;
 use crate::bench::cancel::CancelWatch;
-use crate::bench::conversations::{run_conversations, Turn};
+use crate::bench::conversations::run_conversations;
 use crate::bench::goodput_search::{self, SearchOver};
 use crate::bench::request_detail::detail;
 use crate::bench::request_record::record;
-use crate::bench::server_watch::{MetricsSource, ServerWatch};
 use crate::bench::serving::{arrival_offsets, run_scheduled, LoadLevel};
-use crate::bench::unique_inputs::{SentInput, UniqueInputs};
-use crate::bench::workload;
-use crate::cli::{EndpointArg, RunArgs, Workload};
+use crate::bench::unique_inputs::UniqueInputs;
+use crate::cli::{EndpointArg, RunArgs};
 use crate::client::cache_reset::reset_cache;
-use crate::client::http::{build_body, send_until, ClientConfig, ImagePayload};
+use crate::client::http::{send_until, ClientConfig};
 use crate::client::probe;
 use crate::client::secret::Scrubber;
-use crate::client::server_metrics;
 use crate::client::stream::Endpoint;
-use crate::dataset::{cache_sets, LoadedDataset};
-use crate::memory::server_gpus::ServerGpus;
+use crate::dataset::cache_sets;
 use crate::report::journal::{JournalWriter, RequestLine};
 use crate::report::serving::extras::{
     LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
@@ -366,9 +365,13 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
                 None => format!("{}/{}", k + 1, levels.len()),
                 Some(_) => format!("{} (search)", k + 1),
             },
-            match plan.replay {
-                Some(_) => "trace replay".to_string(),
-                None => describe_level(level),
+            match (&plan.replay, plan.ramp) {
+                (Some(_), _) => "trace replay".to_string(),
+                (None, Some((_, r0, r1))) => format!(
+                    "{}, ramp-up {r0} -> {r1} requests/s",
+                    describe_level(level).split(',').next().unwrap_or_default()
+                ),
+                (None, None) => describe_level(level),
             },
             if plan.runs > 1 {
                 format!(", run {}/{}", run + 1, plan.runs)
@@ -613,133 +616,6 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
-/// user set them explicitly).
-fn apply_workload(
-    args: &mut RunArgs,
-    cfg: &mut ClientConfig,
-    w: Workload,
-    models: Option<&serde_json::Value>,
-    props: Option<&serde_json::Value>,
-) -> Result<()> {
-    if args.data_file.is_some() {
-        usage_bail!("--workload makes its own data set; do not combine it with --data-file");
-    }
-    let needs_context = workload::workload_spec(w).input_tokens.is_none();
-    let context = needs_context
-        .then(|| probe::context_length(args.server.context_length, models, props))
-        .flatten();
-    let plan = workload::prepare(
-        w,
-        &args.server.concurrency,
-        args.server.num_prompts,
-        context,
-        args.tokenizer.clone(),
-    )?;
-    args.server.concurrency = plan.concurrency;
-    args.server.num_prompts = Some(plan.num_prompts);
-    args.max_new_tokens = plan.output_tokens;
-    args.ignore_eos = true;
-    cfg.max_tokens = plan.output_tokens;
-    cfg.ignore_eos = true;
-    args.data_file = Some(plan.data_file);
-    Ok(())
-}
-
-/// What to watch on the server during each level, and why a part is not watched.
-async fn server_watch_for(
-    s: &crate::cli::ServerArgs,
-    cfg: &ClientConfig,
-) -> Result<(ServerWatch, (Option<String>, Option<String>))> {
-    let interval = Duration::from_millis(s.server_sample_interval.max(1));
-    let (metrics, metrics_missing) = if s.no_server_metrics {
-        (None, Some("--no-server-metrics".to_string()))
-    } else {
-        let source = MetricsSource {
-            // Its own connections, one per read: a server that closes keep-alive connections
-            // after a stream (llama-server) would otherwise fail the reads that reuse them.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .context("cannot build the HTTP client")?,
-            url: s
-                .server_metrics_url
-                .clone()
-                .unwrap_or_else(|| server_metrics::default_url(cfg)),
-            api_key: cfg.api_key.clone(),
-            interval,
-        };
-        match source.check().await {
-            Ok(()) => (Some(source), None),
-            // Asked for by name: a page that cannot be read is the user's to fix.
-            Err(why) if s.server_metrics_url.is_some() => {
-                bail!("--server-metrics-url: {why}")
-            }
-            Err(why) => {
-                eprintln!("note: no server metrics ({why}); pass --server-metrics-url if they are elsewhere");
-                (None, Some(why))
-            }
-        }
-    };
-    let (gpus, gpus_missing) = if s.no_server_gpus {
-        (None, Some("--no-server-gpus".to_string()))
-    } else {
-        match ServerGpus::open(s.server_pid.clone(), interval.as_millis() as u64) {
-            Ok(g) => (Some(g), None),
-            Err(why) => {
-                if !s.server_pid.is_empty() {
-                    eprintln!("warning: --server-pid given, but {why}");
-                }
-                (None, Some(why))
-            }
-        }
-    };
-    Ok((
-        ServerWatch { metrics, gpus },
-        (metrics_missing, gpus_missing),
-    ))
-}
-
-/// The files a run reads, which its report must not replace.
-fn run_inputs(args: &RunArgs) -> Vec<(&'static str, &std::path::Path)> {
-    let mut inputs: Vec<(&'static str, &std::path::Path)> = Vec::new();
-    if let Some(d) = &args.data_file {
-        inputs.push(("--data-file", d.as_path()));
-    }
-    if let Some(t) = &args.tokenizer {
-        inputs.push(("--tokenizer", t.as_path()));
-    }
-    inputs
-}
-
-/// A conversation set's turns grouped by conversation, in turn order; each turn's reply is
-/// capped at its sample's `output_tokens` and at --max-new-tokens.
-fn conversation_turns(sent: &[crate::dataset::Sample], max_tokens: usize) -> Vec<Vec<Turn>> {
-    let mut by_conversation: std::collections::BTreeMap<usize, Vec<(usize, Turn)>> =
-        Default::default();
-    for (position, sample) in sent.iter().enumerate() {
-        if let Some((c, t)) = cache_sets::conversation_turn(sample) {
-            by_conversation.entry(c).or_default().push((
-                t,
-                Turn {
-                    position,
-                    prompt: sample.prompt.clone(),
-                    max_tokens: sample
-                        .requested_output_tokens()
-                        .map_or(max_tokens, |n| (n as usize).min(max_tokens)),
-                },
-            ));
-        }
-    }
-    by_conversation
-        .into_values()
-        .map(|mut turns| {
-            turns.sort_by_key(|(t, _)| *t);
-            turns.into_iter().map(|(_, turn)| turn).collect()
-        })
-        .collect()
-}
-
 /// A level's load in words: "concurrency 4, 2 requests/s".
 fn describe_level(level: &LoadLevel) -> String {
     let c = match level.concurrency {
@@ -750,72 +626,4 @@ fn describe_level(level: &LoadLevel) -> String {
         Some(r) => format!("{c}, {r} requests/s"),
         None => format!("{c}, all requests due at once"),
     }
-}
-
-/// Image files read once each, with their MIME type.
-#[derive(Default)]
-struct ImageCache {
-    by_path: std::collections::HashMap<std::path::PathBuf, (&'static str, Vec<u8>)>,
-}
-
-impl ImageCache {
-    fn get(
-        &mut self,
-        dataset: &LoadedDataset,
-        sample: &crate::dataset::Sample,
-    ) -> Result<Option<(&'static str, Vec<u8>)>> {
-        let Some(path) = dataset.image_path(sample) else {
-            return Ok(None);
-        };
-        if let Some(hit) = self.by_path.get(&path) {
-            return Ok(Some(hit.clone()));
-        }
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "sample {}: cannot read image {}",
-                sample.index,
-                path.display()
-            )
-        })?;
-        let mime = match image::guess_format(&bytes) {
-            Ok(image::ImageFormat::Png) => "image/png",
-            Ok(image::ImageFormat::Gif) => "image/gif",
-            Ok(image::ImageFormat::WebP) => "image/webp",
-            Ok(image::ImageFormat::Bmp) => "image/bmp",
-            _ => "image/jpeg",
-        };
-        self.by_path.insert(path, (mime, bytes.clone()));
-        Ok(Some((mime, bytes)))
-    }
-}
-
-/// A replayed trace request's own output length (its max_tokens).
-fn replay_max_tokens(dataset: &LoadedDataset, sample: &crate::dataset::Sample) -> Option<usize> {
-    (dataset.file.set == "trace")
-        .then(|| sample.fields.get(serve_load::REPLAY_MAX_TOKENS_FIELD))
-        .flatten()
-        .and_then(|v| v.as_u64())
-        .map(|n| n as usize)
-}
-
-fn body_for(cfg: &ClientConfig, input: &SentInput, max_tokens: Option<usize>) -> Vec<u8> {
-    let own;
-    let cfg = match max_tokens {
-        Some(n) => {
-            own = ClientConfig {
-                max_tokens: n,
-                ..cfg.clone()
-            };
-            &own
-        }
-        None => cfg,
-    };
-    build_body(
-        cfg,
-        &input.prompt,
-        input
-            .image
-            .as_ref()
-            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
-    )
 }

@@ -4,15 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::common::usage_bail;
 
 use crate::bench::arrival::{self, RampStrategy, Shard, TraceRequest};
 use crate::bench::goodput_search::{SearchOver, SearchSpec};
+use crate::bench::server_watch::{MetricsSource, ServerWatch};
 use crate::bench::serving::{arrival_offsets, LoadLevel};
-use crate::cli::{LoadControlArgs, RampArg, SearchOverArg};
+use crate::bench::workload;
+use crate::cli::{LoadControlArgs, RampArg, RunArgs, SearchOverArg, ServerArgs, Workload};
+use crate::client::http::ClientConfig;
+use crate::client::{probe, server_metrics};
 use crate::dataset::{DatasetFile, LoadedDataset, Sample, DATASET_SCHEMA_VERSION};
+use crate::memory::server_gpus::ServerGpus;
 use crate::report::serving::extras::{ArrivalInfo, ShardInfo, Slos};
 
 /// Field of a replayed sample that carries the trace's output length (sent as max_tokens).
@@ -355,4 +360,91 @@ mod tests {
             .to_string()
             .contains("--start-at"));
     }
+}
+
+/// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
+/// user set them explicitly).
+pub fn apply_workload(
+    args: &mut RunArgs,
+    cfg: &mut ClientConfig,
+    w: Workload,
+    models: Option<&serde_json::Value>,
+    props: Option<&serde_json::Value>,
+) -> Result<()> {
+    if args.data_file.is_some() {
+        usage_bail!("--workload makes its own data set; do not combine it with --data-file");
+    }
+    let needs_context = workload::workload_spec(w).input_tokens.is_none();
+    let context = needs_context
+        .then(|| probe::context_length(args.server.context_length, models, props))
+        .flatten();
+    let plan = workload::prepare(
+        w,
+        &args.server.concurrency,
+        args.server.num_prompts,
+        context,
+        args.tokenizer.clone(),
+    )?;
+    args.server.concurrency = plan.concurrency;
+    args.server.num_prompts = Some(plan.num_prompts);
+    args.max_new_tokens = plan.output_tokens;
+    args.ignore_eos = true;
+    cfg.max_tokens = plan.output_tokens;
+    cfg.ignore_eos = true;
+    args.data_file = Some(plan.data_file);
+    Ok(())
+}
+
+/// What to watch on the server during each level, and why a part is not watched.
+pub async fn server_watch_for(
+    s: &ServerArgs,
+    cfg: &ClientConfig,
+) -> Result<(ServerWatch, (Option<String>, Option<String>))> {
+    let interval = Duration::from_millis(s.server_sample_interval.max(1));
+    let (metrics, metrics_missing) = if s.no_server_metrics {
+        (None, Some("--no-server-metrics".to_string()))
+    } else {
+        let source = MetricsSource {
+            // Its own connections, one per read: a server that closes keep-alive connections
+            // after a stream (llama-server) would otherwise fail the reads that reuse them.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("cannot build the HTTP client")?,
+            url: s
+                .server_metrics_url
+                .clone()
+                .unwrap_or_else(|| server_metrics::default_url(cfg)),
+            api_key: cfg.api_key.clone(),
+            interval,
+        };
+        match source.check().await {
+            Ok(()) => (Some(source), None),
+            // Asked for by name: a page that cannot be read is the user's to fix.
+            Err(why) if s.server_metrics_url.is_some() => {
+                bail!("--server-metrics-url: {why}")
+            }
+            Err(why) => {
+                eprintln!("note: no server metrics ({why}); pass --server-metrics-url if they are elsewhere");
+                (None, Some(why))
+            }
+        }
+    };
+    let (gpus, gpus_missing) = if s.no_server_gpus {
+        (None, Some("--no-server-gpus".to_string()))
+    } else {
+        match ServerGpus::open(s.server_pid.clone(), interval.as_millis() as u64) {
+            Ok(g) => (Some(g), None),
+            Err(why) => {
+                if !s.server_pid.is_empty() {
+                    eprintln!("warning: --server-pid given, but {why}");
+                }
+                (None, Some(why))
+            }
+        }
+    };
+    Ok((
+        ServerWatch { metrics, gpus },
+        (metrics_missing, gpus_missing),
+    ))
 }

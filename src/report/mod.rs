@@ -10,9 +10,12 @@
 //! Both kinds aggregate through [`crate::stats::Totals`] and its summaries
 //! ([`RunSummary::from_samples`], [`serving::LevelReport::from_requests`]).
 //!
-//! Uses engine (the facts an engine reports), metrics, stats, memory and fsutil. Must not
-//! depend on plot (charts and HTML read reports, not the other way round), bench, client or
-//! commands.
+//! - [`bandwidth`]: decode's memory traffic beside the machine's read bandwidth.
+//!
+//! Uses engine (the facts an engine reports), metrics, dataset (which set a report ran on),
+//! client (a server's metrics page, read into a serving level), models (what a decode step
+//! reads), stats, memory and fsutil. Must not depend on plot (charts and HTML read reports, not
+//! the other way round), bench or commands.
 
 pub mod bandwidth;
 pub mod compare;

@@ -303,6 +303,21 @@ impl LevelReport {
 }
 
 /// One table per level.
+/// A level's arrival rate in words: its rate, or how a ramp-up or a trace made its arrivals.
+fn rate_label(report: &ServingReport, l: &LevelReport) -> String {
+    match (&report.extras.arrival, l.request_rate) {
+        (Some(a), _) if a.kind == "trace" => "trace replay".into(),
+        (Some(a), _) => format!(
+            "{} {}/s -> {}/s",
+            a.kind,
+            a.ramp_start_rate.unwrap_or(0.0),
+            a.ramp_end_rate.unwrap_or(0.0)
+        ),
+        (None, Some(r)) => format!("{r}/s"),
+        (None, None) => "inf".into(),
+    }
+}
+
 pub fn render(report: &ServingReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -315,7 +330,7 @@ pub fn render(report: &ServingReport) -> String {
             out,
             "\nconcurrency {} | rate {} | {} ok, {} failed | {:.2} s | {:.3} req/s | {:.1} output tok/s | tokens: {}",
             l.concurrency.map(|c| c.to_string()).unwrap_or_else(|| "unlimited".into()),
-            l.request_rate.map(|r| format!("{r}/s")).unwrap_or_else(|| "inf".into()),
+            rate_label(report, l),
             l.completed,
             l.failed,
             l.duration,

@@ -1,0 +1,121 @@
+//! What each served request sends, made before any clock starts: images read once per file,
+//! request bodies, a conversation set's turns in order, and the files a run reads (which its
+//! report must not replace).
+
+use anyhow::{Context, Result};
+
+use crate::bench::conversations::Turn;
+use crate::bench::unique_inputs::SentInput;
+use crate::cli::RunArgs;
+use crate::client::http::{build_body, ClientConfig, ImagePayload};
+use crate::dataset::{cache_sets, LoadedDataset, Sample};
+
+use super::serve_load;
+
+/// The files a run reads, which its report must not replace.
+pub fn run_inputs(args: &RunArgs) -> Vec<(&'static str, &std::path::Path)> {
+    let mut inputs: Vec<(&'static str, &std::path::Path)> = Vec::new();
+    if let Some(d) = &args.data_file {
+        inputs.push(("--data-file", d.as_path()));
+    }
+    if let Some(t) = &args.tokenizer {
+        inputs.push(("--tokenizer", t.as_path()));
+    }
+    inputs
+}
+
+/// A conversation set's turns grouped by conversation, in turn order; each turn's reply is
+/// capped at its sample's `output_tokens` and at --max-new-tokens.
+pub fn conversation_turns(sent: &[Sample], max_tokens: usize) -> Vec<Vec<Turn>> {
+    let mut by_conversation: std::collections::BTreeMap<usize, Vec<(usize, Turn)>> =
+        Default::default();
+    for (position, sample) in sent.iter().enumerate() {
+        if let Some((c, t)) = cache_sets::conversation_turn(sample) {
+            by_conversation.entry(c).or_default().push((
+                t,
+                Turn {
+                    position,
+                    prompt: sample.prompt.clone(),
+                    max_tokens: sample
+                        .requested_output_tokens()
+                        .map_or(max_tokens, |n| (n as usize).min(max_tokens)),
+                },
+            ));
+        }
+    }
+    by_conversation
+        .into_values()
+        .map(|mut turns| {
+            turns.sort_by_key(|(t, _)| *t);
+            turns.into_iter().map(|(_, turn)| turn).collect()
+        })
+        .collect()
+}
+
+/// Image files read once each, with their MIME type.
+#[derive(Default)]
+pub struct ImageCache {
+    by_path: std::collections::HashMap<std::path::PathBuf, (&'static str, Vec<u8>)>,
+}
+
+impl ImageCache {
+    pub fn get(
+        &mut self,
+        dataset: &LoadedDataset,
+        sample: &Sample,
+    ) -> Result<Option<(&'static str, Vec<u8>)>> {
+        let Some(path) = dataset.image_path(sample) else {
+            return Ok(None);
+        };
+        if let Some(hit) = self.by_path.get(&path) {
+            return Ok(Some(hit.clone()));
+        }
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "sample {}: cannot read image {}",
+                sample.index,
+                path.display()
+            )
+        })?;
+        let mime = match image::guess_format(&bytes) {
+            Ok(image::ImageFormat::Png) => "image/png",
+            Ok(image::ImageFormat::Gif) => "image/gif",
+            Ok(image::ImageFormat::WebP) => "image/webp",
+            Ok(image::ImageFormat::Bmp) => "image/bmp",
+            _ => "image/jpeg",
+        };
+        self.by_path.insert(path, (mime, bytes.clone()));
+        Ok(Some((mime, bytes)))
+    }
+}
+
+/// A replayed trace request's own output length (its max_tokens).
+pub fn replay_max_tokens(dataset: &LoadedDataset, sample: &Sample) -> Option<usize> {
+    (dataset.file.set == "trace")
+        .then(|| sample.fields.get(serve_load::REPLAY_MAX_TOKENS_FIELD))
+        .flatten()
+        .and_then(|v| v.as_u64())
+        .map(|n| n as usize)
+}
+
+pub fn body_for(cfg: &ClientConfig, input: &SentInput, max_tokens: Option<usize>) -> Vec<u8> {
+    let own;
+    let cfg = match max_tokens {
+        Some(n) => {
+            own = ClientConfig {
+                max_tokens: n,
+                ..cfg.clone()
+            };
+            &own
+        }
+        None => cfg,
+    };
+    build_body(
+        cfg,
+        &input.prompt,
+        input
+            .image
+            .as_ref()
+            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
+    )
+}
