@@ -7,6 +7,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod bandwidth;

@@ -944,6 +944,26 @@ impl LlamaModel {
         let q = q.reshape((nkv, groups * seq, hd))?;
         let keys = keys.squeeze(0)?;
         let values = values.squeeze(0)?;
+        let causal = mask.is_some().then_some(super::attention::Causal {
+            seq,
+            offset,
+            window,
+        });
+        if let Some(out) = super::attention::prefill_attention_cpu(
+            &q,
+            &cache.k[l],
+            &cache.v[l],
+            start..total,
+            scale as f32,
+            c.attn_softcap.map(|x| x as f32),
+            causal,
+        )? {
+            let out = out
+                .reshape((1, nh, seq, hd))?
+                .transpose(1, 2)?
+                .reshape((1, seq, nh * hd))?;
+            return Ok(layer.o.forward(&out)?);
+        }
         let mut scores = (q.matmul(&keys.t()?)? * scale)?;
         if let Some(cap) = c.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
