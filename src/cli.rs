@@ -295,7 +295,10 @@ pub struct JsonlArgs {
     vlmbench run --model random:tiny-llama --data-file perf_data/prompts_short.json\n  \
     vlmbench run --model-path ./llava-1.5-7b-hf --data-file perf_data/coco_val_500.json --device cuda\n  \
     vlmbench run --model-path ./Llama-2-7b-hf --data-file perf_data/prompts_long.json --device cuda --dtype f16\n  \
-    vlmbench run --model-path ./model-q8_0.gguf --data-file perf_data/prompts_short.json --max-new-tokens 64 --ignore-eos")]
+    vlmbench run --model-path ./model-q8_0.gguf --data-file perf_data/prompts_short.json --max-new-tokens 64 --ignore-eos\n  \
+    vlmbench run --backend openai --base-url http://127.0.0.1:8000 --data-file perf_data/prompts_short.json --concurrency 1,8,32\n  \
+    vlmbench run --backend openai --base-url http://127.0.0.1:8000 --data-file perf_data/shared-prefix_default.json \\\n      \
+    --concurrency 8 --server-args \"vllm serve MODEL --enable-prefix-caching\" --server-pid 4242")]
 pub struct RunArgs {
     /// Where the model runs: in this process (candle) or behind an OpenAI-compatible server.
     #[arg(long, value_enum, default_value_t = Backend::Candle)]
