@@ -43,14 +43,18 @@ pub struct ServerWatch {
     pub gpus: Option<ServerGpus>,
 }
 
+/// The metrics side of one level: its source, the scrape before the level, and the sampler
+/// task with its stop signal.
+struct MetricsLevel {
+    source: MetricsSource,
+    first: Option<Snapshot>,
+    stop: Arc<Notify>,
+    task: JoinHandle<Vec<Snapshot>>,
+}
+
 /// Watching one level.
 pub struct LevelWatchers {
-    metrics: Option<(
-        MetricsSource,
-        Option<Snapshot>,
-        Arc<Notify>,
-        JoinHandle<Vec<Snapshot>>,
-    )>,
+    metrics: Option<MetricsLevel>,
     gpus: Option<LevelWatch>,
 }
 
@@ -78,7 +82,12 @@ impl ServerWatch {
                         taken
                     })
                 };
-                Some((source.clone(), first, stop, task))
+                Some(MetricsLevel {
+                    source: source.clone(),
+                    first,
+                    stop,
+                    task,
+                })
             }
             None => None,
         };
@@ -95,7 +104,12 @@ impl LevelWatchers {
     pub async fn finish(self) -> (Option<ServerMetrics>, Option<GpuLevelUse>) {
         let gpus = self.gpus.map(LevelWatch::finish);
         let metrics = match self.metrics {
-            Some((source, first, stop, task)) => {
+            Some(MetricsLevel {
+                source,
+                first,
+                stop,
+                task,
+            }) => {
                 stop.notify_one();
                 let during = task.await.unwrap_or_default();
                 let last = source.scrape().await;

@@ -82,7 +82,7 @@ pub async fn probe(http: &reqwest::Client, cfg: &ClientConfig) -> Result<ServerS
     };
     let (props, facts) = futures_util::join!(
         json_at("/props"),
-        futures_util::future::join_all(FACT_PATHS.map(|p| json_at(p)))
+        futures_util::future::join_all(FACT_PATHS.map(json_at))
     );
     let facts = FACT_PATHS
         .iter()

@@ -101,8 +101,11 @@ pub fn parse(text: &str) -> Snapshot {
     snapshot
 }
 
+/// A series line taken apart: name, labels, and what follows them (value, timestamp).
+type Series<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+
 /// `name{a="x",b="y"} rest` → (name, labels, rest).
-fn split_series(line: &str) -> Option<(&str, Vec<(&str, String)>, &str)> {
+fn split_series(line: &str) -> Option<Series<'_>> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
         .unwrap_or(line.len());

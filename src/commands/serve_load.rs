@@ -342,26 +342,6 @@ pub fn parse_time(t: &str) -> Result<f64> {
     Ok(days as f64 * 86_400.0 + (h * 3600 + mi * 60) as f64 + sec)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_times() {
-        assert_eq!(parse_time("1700000000.5").unwrap(), 1_700_000_000.5);
-        assert_eq!(parse_time("1970-01-02T00:00:01Z").unwrap(), 86_401.0);
-        assert_eq!(
-            parse_time("2024-02-29T12:30:00.25Z").unwrap(),
-            1_709_209_800.25
-        );
-        assert!(parse_time("2024-13-01T00:00:00Z").is_err());
-        assert!(parse_time("tomorrow")
-            .unwrap_err()
-            .to_string()
-            .contains("--start-at"));
-    }
-}
-
 /// Turns `--workload` into a frozen synthetic set plus the matching run settings (unless the
 /// user set them explicitly).
 pub fn apply_workload(
@@ -447,4 +427,24 @@ pub async fn server_watch_for(
         ServerWatch { metrics, gpus },
         (metrics_missing, gpus_missing),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_times() {
+        assert_eq!(parse_time("1700000000.5").unwrap(), 1_700_000_000.5);
+        assert_eq!(parse_time("1970-01-02T00:00:01Z").unwrap(), 86_401.0);
+        assert_eq!(
+            parse_time("2024-02-29T12:30:00.25Z").unwrap(),
+            1_709_209_800.25
+        );
+        assert!(parse_time("2024-13-01T00:00:00Z").is_err());
+        assert!(parse_time("tomorrow")
+            .unwrap_err()
+            .to_string()
+            .contains("--start-at"));
+    }
 }

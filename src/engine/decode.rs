@@ -170,6 +170,18 @@ fn decode_loop(
     })
 }
 
+/// The read bandwidth `threads` reach streaming `bytes`, on the CPU only (a GPU's memory is not
+/// what this measures).
+pub(crate) fn cpu_read_bandwidth(
+    llm: &LlamaModel,
+    threads: &ModelThreads,
+    bytes: u64,
+) -> Option<f64> {
+    llm.device()
+        .is_cpu()
+        .then(|| threads.run(|| crate::models::bandwidth::read_bandwidth(bytes, 3)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,16 +247,4 @@ mod tests {
         .unwrap();
         assert_eq!(d.tokens.len(), 4);
     }
-}
-
-/// The read bandwidth `threads` reach streaming `bytes`, on the CPU only (a GPU's memory is not
-/// what this measures).
-pub(crate) fn cpu_read_bandwidth(
-    llm: &LlamaModel,
-    threads: &ModelThreads,
-    bytes: u64,
-) -> Option<f64> {
-    llm.device()
-        .is_cpu()
-        .then(|| threads.run(|| crate::models::bandwidth::read_bandwidth(bytes, 3)))
 }
