@@ -471,37 +471,50 @@ pub fn decode_attention_window(
     };
     let kd = &kd[k_layout.start_offset()..];
     let vd = &vd[v_layout.start_offset()..];
+    // One task per key/value head: its query heads share each key and value row, read once
+    // for all of them (read once per query head, a long context's rows fall out of cache
+    // between heads). Each head's sums run in the order they always did.
     let mut out = vec![0f32; heads * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(h, o)| {
-        let kv = h / groups;
-        let qh = &qs[h * hd..(h + 1) * hd];
-        let base = kv * capacity * hd;
-        let mut scores: Vec<f32> = keys
-            .clone()
-            .map(|p| {
-                let s = dot_f32(qh, &kd[base + p * hd..base + (p + 1) * hd]) * scale;
-                match softcap {
-                    Some(cap) => (s / cap).tanh() * cap,
-                    None => s,
+    out.par_chunks_mut(groups * hd)
+        .enumerate()
+        .for_each(|(kv, o)| {
+            let base = kv * capacity * hd;
+            let qg = &qs[kv * groups * hd..(kv + 1) * groups * hd];
+            let n = keys.len();
+            let mut scores = vec![0f32; groups * n];
+            for (i, p) in keys.clone().enumerate() {
+                let krow = &kd[base + p * hd..base + (p + 1) * hd];
+                for g in 0..groups {
+                    let s = dot_f32(&qg[g * hd..(g + 1) * hd], krow) * scale;
+                    scores[g * n + i] = match softcap {
+                        Some(cap) => (s / cap).tanh() * cap,
+                        None => s,
+                    };
                 }
-            })
-            .collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (p, &w) in keys.clone().zip(scores.iter()) {
-            let row = &vd[base + p * hd..base + (p + 1) * hd];
-            for (acc, v) in o.iter_mut().zip(row) {
-                *acc += w * v;
             }
-        }
-        for acc in o.iter_mut() {
-            *acc /= sum;
-        }
-    });
+            let mut sums = vec![0f32; groups];
+            for (g, row) in scores.chunks_exact_mut(n).enumerate() {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sums[g] += *s;
+                }
+            }
+            for (i, p) in keys.clone().enumerate() {
+                let vrow = &vd[base + p * hd..base + (p + 1) * hd];
+                for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[g * n + i];
+                    for (acc, v) in og.iter_mut().zip(vrow) {
+                        *acc += w * v;
+                    }
+                }
+            }
+            for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
+                for acc in og.iter_mut() {
+                    *acc /= sum;
+                }
+            }
+        });
     drop((k_store, v_store));
     Ok(Some(out))
 }
