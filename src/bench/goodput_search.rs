@@ -2,7 +2,11 @@
 //! requests meeting every SLO still reaches a target: bisection between a lowest and a highest
 //! value, bounded in time, each probe a full level run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use super::serving::LoadLevel;
+use crate::report::serving::extras::{GoodputReport, SearchReport, SearchStep};
 
 /// What the search moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,82 @@ pub fn search(spec: &SearchSpec, mut probe: impl FnMut(f64) -> bool) -> SearchOu
         }
     }
     out(Some(hi), None, "max passed", tried)
+}
+
+/// The search run over whole levels: `run_level` measures one level and returns its index in
+/// the run and its goodput. `base` gives the settings the search does not move. Stops early
+/// (the search counts it as a miss) once `cancel` is set; an error from a level ends it.
+pub fn search_levels(
+    spec: &SearchSpec,
+    target: f64,
+    base: &LoadLevel,
+    cancel: &AtomicBool,
+    mut run_level: impl FnMut(&LoadLevel) -> anyhow::Result<(usize, GoodputReport)>,
+) -> anyhow::Result<SearchReport> {
+    let mut steps = Vec::new();
+    let mut failure = None;
+    let outcome = search(spec, |v| {
+        if cancel.load(Ordering::SeqCst) || failure.is_some() {
+            return false;
+        }
+        let level = match spec.over {
+            SearchOver::RequestRate => LoadLevel {
+                request_rate: Some(v),
+                ..base.clone()
+            },
+            SearchOver::Concurrency => LoadLevel {
+                concurrency: Some(v as usize),
+                ..base.clone()
+            },
+        };
+        let (k, g) = match run_level(&level) {
+            Ok(x) => x,
+            Err(e) => {
+                failure = Some(e);
+                return false;
+            }
+        };
+        let passed = g.share >= target;
+        eprintln!(
+            "  search: {} = {v} {}",
+            spec.over.name(),
+            if passed {
+                "passed"
+            } else {
+                "missed the target"
+            }
+        );
+        steps.push(SearchStep {
+            value: v,
+            goodput_share: g.share,
+            request_goodput: g.request_goodput,
+            passed,
+            level_index: k,
+        });
+        passed
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    eprintln!(
+        "goodput search: highest {} meeting {:.0} % goodput: {} ({})",
+        spec.over.name(),
+        target * 100.0,
+        outcome
+            .best
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "none".into()),
+        outcome.stopped
+    );
+    Ok(SearchReport {
+        over: spec.over.name().into(),
+        target_share: target,
+        range: [spec.low, spec.high],
+        best: outcome.best,
+        lowest_failing: outcome.lowest_failing,
+        stopped: outcome.stopped.into(),
+        steps,
+    })
 }
 
 #[cfg(test)]

@@ -14,17 +14,13 @@ use super::common::{
     EXIT_INTERRUPTED, EXIT_SOME_FAILED,
 };
 use super::destination::{write_or_rescue, ReportPaths};
-use super::serve_inputs::{
-    body_for, conversation_turns, replay_max_tokens, run_inputs, ImageCache,
-};
+use super::serve_inputs::{body_for, replay_max_tokens, run_inputs, ImageCache};
 use super::serve_load::{self, apply_workload, server_watch_for, LoadPlan};
 use super::serve_output;
 use crate::bench::cancel::CancelWatch;
-use crate::bench::conversations::run_conversations;
-use crate::bench::goodput_search::{self, SearchOver};
-use crate::bench::request_detail::detail;
-use crate::bench::request_record::record;
-use crate::bench::serving::{arrival_offsets, run_scheduled, LoadLevel};
+use crate::bench::goodput_search;
+use crate::bench::serving::LoadLevel;
+use crate::bench::serving_session::{LevelPlan, Session};
 use crate::bench::unique_inputs::UniqueInputs;
 use crate::cli::{EndpointArg, RunArgs};
 use crate::client::cache_reset::reset_cache;
@@ -33,13 +29,9 @@ use crate::client::probe;
 use crate::client::secret::Scrubber;
 use crate::client::stream::Endpoint;
 use crate::dataset::cache_sets;
-use crate::report::journal::{JournalWriter, RequestLine};
-use crate::report::serving::extras::{
-    LevelExtras, Repeatability, SearchReport, SearchStep, ServingExtras,
-};
-use crate::report::serving::{
-    self, LevelReport, RequestRecord, ServerInfo, ServingConfig, ServingReport,
-};
+use crate::report::journal::JournalWriter;
+use crate::report::serving::extras::{Repeatability, ServingExtras};
+use crate::report::serving::{self, LevelReport, ServerInfo, ServingConfig, ServingReport};
 use crate::report::{DatasetRef, Environment, RunStatus};
 use std::sync::Mutex;
 
@@ -315,7 +307,18 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         &paths.journal,
         &report,
     )?)));
-    let journal_tokenizer = Arc::new(tokenizer.clone());
+    let session = Session {
+        runtime: &runtime,
+        http: http.clone(),
+        cfg: cfg.clone(),
+        cancel: cancel.clone(),
+        watch: &watch,
+        journal: journal.clone(),
+        tokenizer: tokenizer.clone().map(Arc::new),
+        conversations: conversation_set,
+        slos: plan.slos.clone(),
+        shard: plan.shard.map(|s| s.index),
+    };
     let mut level_reports = Vec::new();
     let mut status = RunStatus::Complete;
     let mut resets = Vec::new();
@@ -334,22 +337,6 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             .filter(|(i, _)| plan.shard.is_none_or(|s| s.owns(*i)))
             .map(|(_, x)| x)
             .unzip();
-        let sent = Arc::new(sent);
-        // A conversation turn's input count covers all it sent: filled as each turn goes out.
-        let history_texts = Arc::new(Mutex::new(vec![None::<String>; sent.len()]));
-        let counted = {
-            let (sent, texts) = (sent.clone(), history_texts.clone());
-            move |pos: usize| -> crate::dataset::Sample {
-                let texts = texts.lock().unwrap_or_else(|p| p.into_inner());
-                match texts.get(pos).cloned().flatten() {
-                    Some(all) => crate::dataset::Sample {
-                        prompt: all,
-                        ..sent[pos].clone()
-                    },
-                    None => sent[pos].clone(),
-                }
-            }
-        };
         if s.reset_cache {
             match runtime.block_on(reset_cache(&http, &cfg)) {
                 Ok(path) => resets.push(path),
@@ -380,85 +367,18 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
             },
             bodies.len()
         );
-        let watchers = runtime.block_on(watch.start_level());
         let offsets = plan.offsets(level, num_prompts, &owned, arrival_seed(k));
-        let open_loop = offsets.is_some();
-        let start = plan.start();
-        let on_done = {
-            let (journal, counted, tokenizer) =
-                (journal.clone(), counted.clone(), journal_tokenizer.clone());
-            let (concurrency, request_rate) = (level.concurrency, level.request_rate);
-            Arc::new(move |pos: usize, o: &_, elapsed_s: f64| {
-                let line = RequestLine {
-                    level: k,
-                    concurrency,
-                    request_rate,
-                    elapsed_s,
-                    request: record(o, &counted(pos), tokenizer.as_ref().as_ref()),
-                };
-                let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(Err(e)) = j.as_mut().map(|w| w.append_request(&line)) {
-                    eprintln!("warning: {e:#}; the journal is no longer kept");
-                    *j = None;
-                }
-            })
-        };
-        let run_out = if conversation_set {
-            let conversations = conversation_turns(&sent, cfg.max_tokens);
-            let offsets = level.request_rate.filter(|r| r.is_finite()).map(|_| {
-                arrival_offsets(
-                    conversations.len(),
-                    level.request_rate,
-                    level.burstiness,
-                    arrival_seed(k),
-                )
-            });
-            runtime.block_on(run_conversations(
-                http.clone(),
-                cfg.clone(),
-                conversations,
-                level.concurrency,
-                offsets,
-                start,
-                cancel.clone(),
-                on_done,
-                history_texts.clone(),
-            ))
-        } else {
-            runtime.block_on(run_scheduled(
-                http.clone(),
-                cfg.clone(),
-                bodies,
-                plan.concurrency(level.concurrency),
-                offsets,
-                start,
-                cancel.clone(),
-                on_done,
-            ))
-        };
-        let (server_metrics, server_gpus) = runtime.block_on(watchers.finish());
-        let records: Vec<RequestRecord> = run_out
-            .outcomes
-            .iter()
-            .zip(&run_out.positions)
-            .map(|(o, &pos)| {
-                let core = record(o, &counted(pos), tokenizer.as_ref());
-                let mut detail = detail(o, run_out.start, core.output_tokens, tokenizer.as_ref());
-                detail.shard = plan.shard.map(|s| s.index);
-                RequestRecord { detail, ..core }
-            })
-            .collect();
-        let mut lr = LevelReport::from_requests(
-            level.concurrency,
-            level.request_rate,
-            run_out.duration.as_secs_f64(),
-            records,
-        );
-        lr.arrival_seed = (open_loop && plan.replay.is_none()).then(|| arrival_seed(k));
-        lr.extras = LevelExtras::over(&lr.requests, lr.duration, plan.slos.as_ref());
-        lr.extras.run = (plan.runs > 1).then_some(run);
-        lr.extras.server_metrics = server_metrics;
-        lr.extras.server_gpus = server_gpus;
+        let lr = session.measure(LevelPlan {
+            level: level.clone(),
+            index: k,
+            run: (plan.runs > 1).then_some(run),
+            bodies,
+            sent,
+            concurrency: plan.concurrency(level.concurrency),
+            arrival_seed: (offsets.is_some() && plan.replay.is_none()).then(|| arrival_seed(k)),
+            offsets,
+            start: plan.start(),
+        });
         if let Some(g) = &lr.extras.goodput {
             eprintln!(
                 "  goodput: {}/{} requests met the SLOs ({:.1} %), {:.3} req/s",
@@ -473,75 +393,28 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     };
     let mut search_report = None;
     if let Some((spec, target)) = &plan.search {
-        let mut steps = Vec::new();
-        let mut failure = None;
-        let outcome = goodput_search::search(spec, |v| {
-            if cancel.load(Ordering::SeqCst) || failure.is_some() {
-                return false;
-            }
-            let level = match spec.over {
-                SearchOver::RequestRate => LoadLevel {
-                    concurrency: s.concurrency.first().copied(),
-                    request_rate: Some(v),
-                    burstiness: s.burstiness,
-                },
-                SearchOver::Concurrency => LoadLevel {
-                    concurrency: Some(v as usize),
-                    request_rate: s.request_rate,
-                    burstiness: s.burstiness,
-                },
-            };
-            let k = level_reports.len();
-            if let Err(e) = run_one(&level, k, 0, &mut level_reports, &mut resets) {
-                failure = Some(e);
-                return false;
-            }
-            let g = level_reports[k]
-                .extras
-                .goodput
-                .clone()
-                .expect("search runs with SLOs");
-            let passed = g.share >= *target;
-            eprintln!(
-                "  search: {} = {v} {}",
-                spec.over.name(),
-                if passed {
-                    "passed"
-                } else {
-                    "missed the target"
-                }
-            );
-            steps.push(SearchStep {
-                value: v,
-                goodput_share: g.share,
-                request_goodput: g.request_goodput,
-                passed,
-                level_index: k,
-            });
-            passed
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        eprintln!(
-            "goodput search: highest {} meeting {:.0} % goodput: {} ({})",
-            spec.over.name(),
-            target * 100.0,
-            outcome
-                .best
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "none".into()),
-            outcome.stopped
-        );
-        search_report = Some(SearchReport {
-            over: spec.over.name().into(),
-            target_share: *target,
-            range: [spec.low, spec.high],
-            best: outcome.best,
-            lowest_failing: outcome.lowest_failing,
-            stopped: outcome.stopped.into(),
-            steps,
-        });
+        // The level a probe runs: the searched value, the other settings as given.
+        let base = LoadLevel {
+            concurrency: s.concurrency.first().copied(),
+            request_rate: s.request_rate,
+            burstiness: s.burstiness,
+        };
+        search_report = Some(goodput_search::search_levels(
+            spec,
+            *target,
+            &base,
+            &cancel,
+            |level| {
+                let k = level_reports.len();
+                run_one(level, k, 0, &mut level_reports, &mut resets)?;
+                let goodput = level_reports[k]
+                    .extras
+                    .goodput
+                    .clone()
+                    .expect("search runs with SLOs");
+                Ok((k, goodput))
+            },
+        )?);
     } else {
         'levels: for (k, level) in levels.iter().enumerate() {
             for run in 0..plan.runs {

@@ -1,14 +1,12 @@
 //! What each served request sends, made before any clock starts: images read once per file,
-//! request bodies, a conversation set's turns in order, and the files a run reads (which its
-//! report must not replace).
+//! request bodies, and the files a run reads (which its report must not replace).
 
 use anyhow::{Context, Result};
 
-use crate::bench::conversations::Turn;
 use crate::bench::unique_inputs::SentInput;
 use crate::cli::RunArgs;
 use crate::client::http::{build_body, ClientConfig, ImagePayload};
-use crate::dataset::{cache_sets, LoadedDataset, Sample};
+use crate::dataset::{LoadedDataset, Sample};
 
 use super::serve_load;
 
@@ -22,34 +20,6 @@ pub fn run_inputs(args: &RunArgs) -> Vec<(&'static str, &std::path::Path)> {
         inputs.push(("--tokenizer", t.as_path()));
     }
     inputs
-}
-
-/// A conversation set's turns grouped by conversation, in turn order; each turn's reply is
-/// capped at its sample's `output_tokens` and at --max-new-tokens.
-pub fn conversation_turns(sent: &[Sample], max_tokens: usize) -> Vec<Vec<Turn>> {
-    let mut by_conversation: std::collections::BTreeMap<usize, Vec<(usize, Turn)>> =
-        Default::default();
-    for (position, sample) in sent.iter().enumerate() {
-        if let Some((c, t)) = cache_sets::conversation_turn(sample) {
-            by_conversation.entry(c).or_default().push((
-                t,
-                Turn {
-                    position,
-                    prompt: sample.prompt.clone(),
-                    max_tokens: sample
-                        .requested_output_tokens()
-                        .map_or(max_tokens, |n| (n as usize).min(max_tokens)),
-                },
-            ));
-        }
-    }
-    by_conversation
-        .into_values()
-        .map(|mut turns| {
-            turns.sort_by_key(|(t, _)| *t);
-            turns.into_iter().map(|(_, turn)| turn).collect()
-        })
-        .collect()
 }
 
 /// Image files read once each, with their MIME type.
