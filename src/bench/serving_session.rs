@@ -126,7 +126,7 @@ impl Session<'_> {
                 self.http.clone(),
                 self.cfg.clone(),
                 conversations,
-                level.concurrency,
+                concurrency,
                 offsets,
                 start,
                 self.cancel.clone(),

@@ -26,7 +26,7 @@ pub struct Causal {
 /// probabilities in place: the arithmetic, in its order, of `scores * scale`,
 /// `(s / cap).tanh() * cap`, `+ mask` and candle's `softmax_last_dim`. `first_row` is the
 /// block's first row within its key/value head; `start` the first key's position.
-pub fn masked_softmax_rows(
+fn masked_softmax_rows(
     rows: &mut [f32],
     len: usize,
     first_row: usize,
