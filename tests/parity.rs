@@ -343,6 +343,33 @@ fn qwen2_vl_greedy_tokens_equal_transformers() {
     assert_cases_equal("qwen2_vl");
 }
 
+/// LLaVA-OneVision's pixel values are bit-identical to transformers' Pillow-backed processor:
+/// the whole image, the grid's tiles (a 5 × 6 grid for 640 × 480) and their padding.
+#[test]
+fn llava_onevision_pixels_equal_transformers_bit_for_bit() {
+    let dir = fixture("llava_onevision");
+    let expected = read_json(&dir.join("expected.json"));
+    let settings = read_json(&dir.join("processor_config.json"))["image_processor"].clone();
+    let processor = ImageProcessor::from_json(&settings, 60).unwrap();
+    let mut checked = 0;
+    for case in expected["cases"].as_array().unwrap() {
+        let Some(image_name) = case["image"].as_str() else {
+            continue;
+        };
+        let image = processor.prepare_file(&dir.join(image_name)).unwrap();
+        let shape = ids(&case["pixel_values"]["shape"]);
+        assert_eq!(image.tiles as u64, shape[1], "{image_name}");
+        let bytes: Vec<u8> = image.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            case["pixel_values"]["sha256"].as_str().unwrap(),
+            "{image_name}: pixel values differ from transformers'"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
 /// Qwen2-VL's patches are bit-identical to transformers' Pillow-backed processor for images
 /// resized down, up and only rounded: smart_resize, resampling, normalisation, the temporal
 /// repeat and the patch order.

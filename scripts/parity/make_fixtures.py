@@ -23,6 +23,13 @@ full forward passes (no cache, no `generate`). They need the Qwen2-VL preset tok
 (`vlmbench synth-model --preset tiny-qwen2.5-vl --out DIR`, `<|im_start|>` ... `<|video_pad|>` as
 its last ids), named by the environment variable QWEN_TOKENIZER_JSON.
 
+LLaVA-OneVision (`llava_onevision`) gets the same kind of cases: a tiny SigLIP tower (60-pixel
+input, so the 14-pixel patches leave a remainder, as 384 does), a Qwen2 language model, a grid
+of up to 6 x 6 tiles so `anyres_max_9` shrinks the features of a large image, images resized up
+and down, and one case with two images (each then a single untiled view). It needs the
+OneVision preset tokenizer (`vlmbench synth-model --preset tiny-llava-onevision --out DIR`),
+named by ONEVISION_TOKENIZER_JSON, and uses llava-hf's OneVision chat template.
+
 Needs torch, transformers (5.x), torchvision (transformers' Qwen2-VL image processor module
 imports it), pillow, numpy; CPU only. Re-running gives the same files.
 """
@@ -258,6 +265,99 @@ def run_qwen(tok, out, v25):
     save_expected(out, {"transformers": transformers.__version__, "torch": torch.__version__, "cases": cases})
 
 
+# llava-hf's chat template for its OneVision checkpoints (chat_template.json).
+ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>' }}{% endfor %}"
+    "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def run_onevision(tok, out):
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionProcessor)
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil)
+    from transformers.models.llava_onevision.video_processing_llava_onevision import (
+        LlavaOnevisionVideoProcessor)
+    image_id, video_id = tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<video>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    grid = [[60 * i, 60 * j] for i in range(1, 7) for j in range(1, 7)]
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=60, patch_size=14, vision_use_head=False,
+                  initializer_range=0.1)
+    text = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+                       rms_norm_eps=1e-6, initializer_range=0.5, bos_token_id=1, eos_token_id=im_end,
+                       pad_token_id=3, tie_word_embeddings=False)
+    torch.manual_seed(13)
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                                  video_token_index=video_id, vision_feature_layer=-1,
+                                  vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                                  image_grid_pinpoints=grid, tie_word_embeddings=False)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    # Random biases (SigLIP's patch convolution, the projector, Qwen2's q/k/v) and norms, as
+    # for Qwen2-VL; the newline embedding is random already.
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if pname.endswith(".bias"):
+                param.normal_(0.0, 0.2)
+            elif "norm" in pname:
+                param.copy_(1.0 + 0.2 * torch.randn_like(param))
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size={"height": 60, "width": 60}, image_grid_pinpoints=grid,
+                                                        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                                                        resample=3),
+        tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(), num_image_tokens=16,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        chat_template=ONEVISION_CHAT_TEMPLATE)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    # (images as (width, height, seed), question): one large enough for the grid to shrink,
+    # one resized up, a tall one, and two images in one prompt.
+    shapes = [([(640, 480, 31)], "Describe the scene in detail."), ([(50, 36, 32)], "What is this?"),
+              ([(130, 460, 33)], "Which colours are there?"),
+              ([(213, 130, 34), (50, 36, 32)], "What differs between the pictures?")]
+    cases = []
+    for images, question in shapes:
+        names = []
+        for width, height, seed in images:
+            name = f"image_{width}x{height}.png"
+            test_image(width, height, seed).save(os.path.join(out, name))
+            names.append(name)
+        messages = [{"role": "user", "content": [{"type": "image"} for _ in names] + [
+            {"type": "text", "text": question}]}]
+        prompt_text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        opened = [Image.open(os.path.join(out, n)) for n in names]
+        inputs = processor(images=[opened], text=prompt_text, return_tensors="pt")
+        prompt = inputs["input_ids"]
+        generated = []
+        with torch.no_grad():
+            for _ in range(QWEN_MAX_NEW_TOKENS):
+                full = torch.cat([prompt, torch.tensor([generated], dtype=prompt.dtype)], dim=1)
+                logits = model(input_ids=full, attention_mask=torch.ones_like(full),
+                               pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                               batch_num_images=inputs["batch_num_images"], use_cache=False).logits
+                generated.append(int(logits[0, -1].argmax()))
+        case = {"prompt": question, "text": prompt_text, "input_ids": prompt[0].tolist(),
+                "image_tokens": int((prompt[0] == image_id).sum()),
+                "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated}
+        if len(names) == 1:
+            case["image"] = names[0]
+        else:
+            case["images"] = names
+        cases.append(case)
+    import transformers
+    save_expected(out, {"transformers": transformers.__version__, "torch": torch.__version__, "cases": cases})
+
+
 TEXT_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank at 10:45, in 2026."
 # More prompts per text fixture (`expected.json` `more`): one shorter than every window and
 # original context (longrope then switches factors while decoding), one with accents, digits,
@@ -452,7 +552,7 @@ def main():
     torch.set_num_threads(2)
     tok = tokenizer(tok_path)
     texts = text_fixtures()
-    names = ["llama", "llava", "llava_next"] + list(texts) + ["qwen2_5_vl", "qwen2_vl"]
+    names = ["llama", "llava", "llava_next"] + list(texts) + ["qwen2_5_vl", "qwen2_vl", "llava_onevision"]
     for name in names:
         if only and name not in only:
             continue
@@ -469,6 +569,14 @@ def main():
             if not qwen_tok:
                 sys.exit("set QWEN_TOKENIZER_JSON to the tiny-qwen2.5-vl preset's tokenizer.json")
             run_qwen(qwen_tokenizer(qwen_tok), out, v25=name == "qwen2_5_vl")
+        elif name == "llava_onevision":
+            ov_tok = os.environ.get("ONEVISION_TOKENIZER_JSON")
+            if not ov_tok:
+                sys.exit("set ONEVISION_TOKENIZER_JSON to the tiny-llava-onevision preset's tokenizer.json")
+            run_onevision(PreTrainedTokenizerFast(tokenizer_file=ov_tok, bos_token="<s>", eos_token="<|im_end|>",
+                                                  unk_token="<unk>", pad_token="<pad>",
+                                                  extra_special_tokens={"image_token": "<image>",
+                                                                        "video_token": "<video>"}), out)
         else:
             sys.exit(f"unknown fixture {name!r}")
         print(f"wrote {out}")

@@ -39,8 +39,9 @@ pub const SUPPORTED: &str =
 (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, \
 Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM) from safetensors or GGUF; \
 llava (LlavaForConditionalGeneration, original LlavaLlamaForCausalLM), llava_next \
-(LlavaNextForConditionalGeneration), qwen2_vl (Qwen2VLForConditionalGeneration) and qwen2_5_vl \
-(Qwen2_5_VLForConditionalGeneration) from safetensors";
+(LlavaNextForConditionalGeneration), llava_onevision (LlavaOnevisionForConditionalGeneration), \
+qwen2_vl (Qwen2VLForConditionalGeneration) and qwen2_5_vl (Qwen2_5_VLForConditionalGeneration) \
+from safetensors";
 
 /// How to open an engine.
 #[derive(Debug, Clone)]
@@ -212,6 +213,9 @@ pub fn detect_architecture(config: &Value) -> Result<&'static str> {
     if named("LlavaNextForConditionalGeneration") || model_type == "llava_next" {
         return Ok("llava_next");
     }
+    if named("LlavaOnevisionForConditionalGeneration") || model_type == "llava_onevision" {
+        return Ok("llava_onevision");
+    }
     if named("Qwen2_5_VLForConditionalGeneration") || model_type == "qwen2_5_vl" {
         return Ok("qwen2_5_vl");
     }
@@ -252,7 +256,7 @@ fn open_hf_dir(
     if let Some(kind) = qwen_kind(arch) {
         return open_qwen_vl_dir(dir, &config, kind, opts, device, dtype);
     }
-    if arch == "llava" || arch == "llava_next" {
+    if matches!(arch, "llava" | "llava_next" | "llava_onevision") {
         return open_llava_dir(dir, &config, arch, opts, device, dtype);
     }
     // A text model's own config names its shape (only a LLaVA `text_config` may leave keys
@@ -461,6 +465,7 @@ fn llava_info(
         architecture: match model.config.variant {
             llava::Variant::V15 => "llava-1.5".into(),
             llava::Variant::Next => "llava-1.6".into(),
+            llava::Variant::OneVision { .. } => "llava-onevision".into(),
         },
         parameters: Some(model.parameters()),
         vision: true,
@@ -793,7 +798,7 @@ fn open_random_llava(
         model,
         processor,
         tokenizer,
-        vec![synth::EOS],
+        vec![shape.eos_id()],
         template,
         info,
     )?))

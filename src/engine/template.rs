@@ -20,7 +20,11 @@ impl PromptTemplate {
     /// the original release's `vicuna_v1` / `llava_v1` system prompt).
     pub fn for_llava(config: &LlavaConfig) -> Self {
         const VICUNA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
-        let text = if config.text_model_type == "mistral" {
+        let text = if matches!(config.variant, Variant::OneVision { .. }) {
+            // llava-hf's OneVision chat template: ChatML with a space after the role, no
+            // newline between turns, no system turn.
+            "<|im_start|>user <image>\n{prompt}<|im_end|><|im_start|>assistant\n".to_string()
+        } else if config.text_model_type == "mistral" {
             "[INST] <image>\n{prompt} [/INST]".to_string()
         } else if config.variant == Variant::Next || config.image_token_id.is_none() {
             format!("{VICUNA_SYSTEM} USER: <image>\n{{prompt}} ASSISTANT:")

@@ -1,5 +1,7 @@
 //! CLIP's vision transformer, as LLaVA uses it: the hidden states of one (or several) inner
-//! layers, not the pooled output.
+//! layers, not the pooled output. SigLIP's (LLaVA-OneVision's tower) is the same encoder with
+//! other embeddings: no class token, a bias on the patch convolution, no norm before the
+//! first layer; [`TowerKind`] says which.
 //!
 //! Why not `candle_transformers::models::clip`: LLaVA selects `hidden_states[-2]` in
 //! transformers' numbering, where `hidden_states[0]` is the embedding output; candle's list
@@ -25,6 +27,16 @@ pub struct ClipVisionConfig {
     pub num_channels: usize,
     pub layer_norm_eps: f64,
     pub activation: Activation,
+    pub kind: TowerKind,
+}
+
+/// Which vision transformer: they share the encoder layers and differ in the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TowerKind {
+    /// CLIP: a class token first, a bias-free patch convolution, `pre_layrnorm`.
+    Clip,
+    /// SigLIP: patches only, a patch convolution with a bias, no norm before the encoder.
+    Siglip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,32 +87,61 @@ impl ClipVisionConfig {
             num_channels: 3,
             layer_norm_eps: 1e-5,
             activation: Activation::QuickGelu,
+            kind: TowerKind::Clip,
         }
     }
 
+    /// `google/siglip-so400m-patch14-384`, LLaVA-OneVision's tower (27 × 27 patches: the
+    /// convolution drops the last 6 pixels of each side).
+    pub fn siglip_so400m_384() -> Self {
+        Self {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_layers: 27,
+            num_heads: 16,
+            image_size: 384,
+            patch_size: 14,
+            num_channels: 3,
+            layer_norm_eps: 1e-6,
+            activation: Activation::GeluTanh,
+            kind: TowerKind::Siglip,
+        }
+    }
+
+    /// Reads a `vision_config`; absent keys take transformers' defaults for its `model_type`
+    /// (`clip_vision_model` unless it names SigLIP).
     pub fn from_json(v: &Value) -> Result<Self> {
         let u = |k: &str, d: usize| v.get(k).and_then(Value::as_u64).map_or(d, |x| x as usize);
+        let kind = match v.get("model_type").and_then(Value::as_str) {
+            Some(t) if t.starts_with("siglip") => TowerKind::Siglip,
+            _ => TowerKind::Clip,
+        };
+        let (patch, eps, act) = match kind {
+            TowerKind::Clip => (32, 1e-5, "quick_gelu"),
+            TowerKind::Siglip => (16, 1e-6, "gelu_pytorch_tanh"),
+        };
         let cfg = Self {
             hidden_size: u("hidden_size", 768),
             intermediate_size: u("intermediate_size", 3072),
             num_layers: u("num_hidden_layers", 12),
             num_heads: u("num_attention_heads", 12),
             image_size: u("image_size", 224),
-            patch_size: u("patch_size", 32),
+            patch_size: u("patch_size", patch),
             num_channels: u("num_channels", 3),
             layer_norm_eps: v
                 .get("layer_norm_eps")
                 .and_then(Value::as_f64)
-                .unwrap_or(1e-5),
+                .unwrap_or(eps),
             activation: Activation::from_name(
-                v.get("hidden_act")
-                    .and_then(Value::as_str)
-                    .unwrap_or("quick_gelu"),
+                v.get("hidden_act").and_then(Value::as_str).unwrap_or(act),
             )?,
+            kind,
         };
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        // The patch convolution has no padding: a remainder of the image is ignored, but
+        // patches there must be.
+        if cfg.patch_size == 0 || cfg.image_size < cfg.patch_size {
             bail!(
-                "vision_config: image_size {} is not a multiple of patch_size {}",
+                "vision_config: image_size {} holds no patch of patch_size {}",
                 cfg.image_size,
                 cfg.patch_size
             );
@@ -120,12 +161,22 @@ impl ClipVisionConfig {
         self.image_size / self.patch_size
     }
 
+    /// Tokens the tower outputs per tile: the patches, plus CLIP's class token.
+    pub fn tokens_per_tile(&self) -> usize {
+        self.patches_per_side().pow(2) + usize::from(self.kind == TowerKind::Clip)
+    }
+
     pub fn parameters(&self) -> u64 {
         let (h, i) = (self.hidden_size as u64, self.intermediate_size as u64);
         let p = (self.patch_size * self.patch_size * self.num_channels) as u64;
-        let positions = (self.patches_per_side().pow(2) + 1) as u64;
+        let positions = self.tokens_per_tile() as u64;
         let layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h;
-        p * h + h + positions * h + 4 * h + layer * self.num_layers as u64
+        // CLIP: class embedding + pre- and post-norm; SigLIP: convolution bias + post-norm.
+        let extra = match self.kind {
+            TowerKind::Clip => h + 4 * h,
+            TowerKind::Siglip => h + 2 * h,
+        };
+        p * h + extra + positions * h + layer * self.num_layers as u64
     }
 }
 
@@ -145,9 +196,13 @@ pub struct ClipVisionTower {
     config: ClipVisionConfig,
     /// `(hidden, channels * patch * patch)`: the patch convolution as a matmul.
     patch_weight: Tensor,
-    class_embedding: Tensor,
+    /// SigLIP's convolution bias.
+    patch_bias: Option<Tensor>,
+    /// CLIP's class token.
+    class_embedding: Option<Tensor>,
     position_embedding: Tensor,
-    pre_norm: LayerNorm,
+    /// CLIP's `pre_layrnorm`.
+    pre_norm: Option<LayerNorm>,
     layers: Vec<ClipLayer>,
     /// Indices into transformers' `hidden_states` (0 = embeddings), non-negative.
     feature_layers: Vec<usize>,
@@ -191,15 +246,40 @@ impl ClipVisionTower {
             )
             .context("loading embeddings.patch_embedding")?
             .reshape((c.hidden_size, patch_dim))?;
-        let class_embedding = emb
-            .get(c.hidden_size, "class_embedding")
-            .context("loading embeddings.class_embedding")?;
-        let positions = c.patches_per_side().pow(2) + 1;
+        let clip = c.kind == TowerKind::Clip;
+        let patch_bias = if clip {
+            None
+        } else {
+            Some(
+                emb.get(c.hidden_size, "patch_embedding.bias")
+                    .context("loading embeddings.patch_embedding.bias")?,
+            )
+        };
+        let class_embedding = if clip {
+            Some(
+                emb.get(c.hidden_size, "class_embedding")
+                    .context("loading embeddings.class_embedding")?,
+            )
+        } else {
+            None
+        };
         let position_embedding = emb
-            .get((positions, c.hidden_size), "position_embedding.weight")
+            .get(
+                (c.tokens_per_tile(), c.hidden_size),
+                "position_embedding.weight",
+            )
             .context("loading embeddings.position_embedding")?;
         // transformers spells it `pre_layrnorm`.
-        let pre_norm = layer_norm(&vb, c.hidden_size, c.layer_norm_eps, "pre_layrnorm")?;
+        let pre_norm = if clip {
+            Some(layer_norm(
+                &vb,
+                c.hidden_size,
+                c.layer_norm_eps,
+                "pre_layrnorm",
+            )?)
+        } else {
+            None
+        };
         let mut layers = Vec::with_capacity(keep);
         for l in 0..keep {
             let vbl = vb.pp(format!("encoder.layers.{l}"));
@@ -218,6 +298,7 @@ impl ClipVisionTower {
         }
         Ok(Self {
             patch_weight,
+            patch_bias,
             class_embedding,
             position_embedding,
             pre_norm,
@@ -234,7 +315,7 @@ impl ClipVisionTower {
     }
 
     /// Selected hidden states of `pixels` (`tiles × channels × size × size`), concatenated
-    /// along the feature axis: `(tiles, 1 + patches, hidden × features)`.
+    /// along the feature axis: `(tiles, tokens per tile, hidden × features)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = pixels.dims4()?;
@@ -248,9 +329,13 @@ impl ClipVisionTower {
         }
         let (p, side) = (c.patch_size, c.patches_per_side());
         // Non-overlapping patches: the strided convolution is one matmul over flattened patches,
-        // flattened in the weight's (channel, row, column) order.
+        // flattened in the weight's (channel, row, column) order; pixels past the last whole
+        // patch are not seen, as by the unpadded convolution.
+        let covered = side * p;
         let patches = pixels
             .to_dtype(self.dtype)?
+            .narrow(2, 0, covered)?
+            .narrow(3, 0, covered)?
             .reshape((b, ch, side, p, side, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
@@ -259,13 +344,25 @@ impl ClipVisionTower {
             patches
                 .matmul(&self.patch_weight.t()?)?
                 .reshape((b, side * side, c.hidden_size))?;
-        let class = self
-            .class_embedding
-            .reshape((1, 1, c.hidden_size))?
-            .broadcast_as((b, 1, c.hidden_size))?;
-        let x = Tensor::cat(&[&class, &embedded], 1)?
-            .broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
-        let mut x = self.pre_norm.forward(&x)?;
+        let embedded = match &self.patch_bias {
+            Some(bias) => embedded.broadcast_add(bias)?,
+            None => embedded,
+        };
+        let tokens = match &self.class_embedding {
+            Some(class) => {
+                let class =
+                    class
+                        .reshape((1, 1, c.hidden_size))?
+                        .broadcast_as((b, 1, c.hidden_size))?;
+                Tensor::cat(&[&class, &embedded], 1)?
+            }
+            None => embedded,
+        };
+        let x = tokens.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let mut x = match &self.pre_norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        };
         let mut selected: Vec<Option<Tensor>> = vec![None; self.feature_layers.len()];
         let mut keep = |state: usize, x: &Tensor| {
             for (slot, &want) in selected.iter_mut().zip(&self.feature_layers) {
@@ -333,6 +430,7 @@ mod tests {
             num_channels: 3,
             layer_norm_eps: 1e-5,
             activation: Activation::QuickGelu,
+            kind: TowerKind::Clip,
         }
     }
 
@@ -348,9 +446,90 @@ mod tests {
         // CLIP ViT-L/14-336's vision tower has 303.5 M parameters (without its projection).
         assert_eq!(c.parameters() / 100_000, 3035);
         assert!(ClipVisionConfig::from_json(
-            &serde_json::json!({"image_size": 30, "patch_size": 14})
+            &serde_json::json!({"image_size": 10, "patch_size": 14})
         )
         .is_err());
+        // LLaVA-OneVision's tower as llava-hf's config.json lists it.
+        let s = ClipVisionConfig::from_json(&serde_json::json!({
+            "model_type": "siglip_vision_model", "hidden_size": 1152, "image_size": 384,
+            "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 26,
+            "patch_size": 14, "vision_use_head": false
+        }))
+        .unwrap();
+        assert_eq!(
+            s,
+            ClipVisionConfig {
+                num_layers: 26,
+                ..ClipVisionConfig::siglip_so400m_384()
+            }
+        );
+        assert_eq!((s.patches_per_side(), s.tokens_per_tile()), (27, 729));
+        // SigLIP so400m/14-384's vision tower without its attention-pooling head: 412.9 M.
+        assert_eq!(
+            ClipVisionConfig::siglip_so400m_384().parameters() / 100_000,
+            4129
+        );
+    }
+
+    /// SigLIP's embeddings: the biased strided convolution over the whole patches (the
+    /// remainder of a 32-pixel side is ignored by 14-pixel patches), plus positions, no class
+    /// token and no norm.
+    #[test]
+    fn siglip_embeds_patches_with_bias_and_no_class_token() {
+        let c = ClipVisionConfig {
+            image_size: 32,
+            kind: TowerKind::Siglip,
+            ..tiny()
+        };
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        ClipVisionTower::load(c.clone(), vb.clone(), &[-1]).unwrap();
+        for var in varmap.data().lock().unwrap().values() {
+            let t = Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap();
+            var.set(&t).unwrap();
+        }
+        assert!(!varmap
+            .data()
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("class_embedding") || k.contains("pre_layrnorm")));
+        let pixels = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let embeddings = ClipVisionTower::load(c.clone(), vb.clone(), &[0])
+            .unwrap()
+            .forward(&pixels)
+            .unwrap();
+        let vars = varmap.data().lock().unwrap();
+        let var = |name: &str| vars[name].as_tensor().clone();
+        let reference = pixels
+            .conv2d(&var("embeddings.patch_embedding.weight"), 0, 14, 1, 1)
+            .unwrap()
+            .broadcast_add(
+                &var("embeddings.patch_embedding.bias")
+                    .reshape((1, 16, 1, 1))
+                    .unwrap(),
+            )
+            .unwrap()
+            .flatten_from(2)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .broadcast_add(&var("embeddings.position_embedding.weight"))
+            .unwrap();
+        drop(vars);
+        assert_eq!(embeddings.dims(), &[2, 4, 16]);
+        let diff = (embeddings - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "{diff}");
+        let last = ClipVisionTower::load(c, vb, &[-1]).unwrap();
+        assert_eq!(last.layers.len(), 3);
+        assert_eq!(last.forward(&pixels).unwrap().dims(), &[2, 4, 16]);
     }
 
     #[test]

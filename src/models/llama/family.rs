@@ -122,8 +122,9 @@ impl Family {
     }
 }
 
-/// transformers' defaults for Llama/Mistral configs that omit keys (llava-hf `text_config`s
-/// list only what differs from `LlamaConfig()` / `MistralConfig()`).
+/// transformers' defaults for Llama/Mistral/Qwen2 configs that omit keys (llava-hf
+/// `text_config`s list only what differs from `LlamaConfig()` / `MistralConfig()` /
+/// `Qwen2Config()`).
 fn model_type_defaults(model_type: Option<&str>) -> Option<Value> {
     let mut d = serde_json::json!({
         "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
@@ -138,6 +139,15 @@ fn model_type_defaults(model_type: Option<&str>) -> Option<Value> {
             d["num_key_value_heads"] = 8.into();
             d["max_position_embeddings"] = (4096 * 32).into();
             d["sliding_window"] = 4096.into();
+        }
+        // LLaVA-OneVision's `text_config` (`Qwen2Config()`; its window is off by default).
+        "qwen2" => {
+            d["vocab_size"] = 151_936.into();
+            d["intermediate_size"] = 22016.into();
+            d["num_key_value_heads"] = 32.into();
+            d["max_position_embeddings"] = 32768.into();
+            d["bos_token_id"] = Value::Null;
+            d["eos_token_id"] = Value::Null;
         }
         _ => return None,
     }

@@ -472,7 +472,7 @@ impl ImageProcessor {
             Some(bg) => pad_to_square(img, bg),
             None => img.clone(),
         };
-        let tiles: Vec<RgbImage> = match (&self.grid_pinpoints, self.crop) {
+        let tiles: Vec<RgbImage> = match (&self.grid_pinpoints, self.tile_size()) {
             (Some(grid), Some((tile_h, tile_w))) if !grid.is_empty() => {
                 let best = select_best_resolution(original_size, grid);
                 let (nh, nw) = fit_within((img.height(), img.width()), best);
@@ -516,6 +516,15 @@ impl ImageProcessor {
             width,
             original_size,
         }
+    }
+
+    /// The side of a grid tile, as transformers takes it: the crop, else the resize target.
+    fn tile_size(&self) -> Option<(u32, u32)> {
+        self.crop.or(match self.resize? {
+            ResizeTo::Exact { height, width } => (height, width),
+            ResizeTo::ShortestEdge(e) => (e, e),
+        }
+        .into())
     }
 
     fn resize_and_crop(&self, img: &RgbImage) -> RgbImage {
