@@ -368,6 +368,26 @@ fn llava_onevision_pixels_equal_transformers_bit_for_bit() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+    // Several images in one prompt: each padded to a square in the mean colour, one tile.
+    let case = expected["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["images"].is_array())
+        .unwrap();
+    let mut bytes = Vec::new();
+    for name in case["images"].as_array().unwrap() {
+        let image = processor
+            .prepare_file_untiled(&dir.join(name.as_str().unwrap()))
+            .unwrap();
+        assert_eq!(image.tiles, 1);
+        bytes.extend(image.pixels.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    assert_eq!(
+        hex::encode(Sha256::digest(&bytes)),
+        case["pixel_values"]["sha256"].as_str().unwrap(),
+        "two images: pixel values differ from transformers'"
+    );
 }
 
 /// Qwen2-VL's patches are bit-identical to transformers' Pillow-backed processor for images

@@ -456,13 +456,7 @@ impl ImageProcessor {
 
     /// Loads, decodes and processes an image file.
     pub fn prepare_file(&self, path: &std::path::Path) -> Result<PreparedImage> {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .decode()
-            .with_context(|| format!("cannot decode image {}", path.display()))?;
-        Ok(self.prepare(&to_rgb(img)))
+        Ok(self.prepare(&load_rgb(path)?))
     }
 
     /// Processes a decoded RGB image.
@@ -516,6 +510,29 @@ impl ImageProcessor {
             width,
             original_size,
         }
+    }
+
+    /// Processes an image that is not tiled although the model tiles (LLaVA-OneVision with
+    /// several images in a sample): padded to a square in the mean colour, then one tile.
+    pub fn prepare_untiled(&self, img: &RgbImage) -> PreparedImage {
+        let original_size = (img.height(), img.width());
+        let square = pad_to_square(img, self.mean_color());
+        let tile = self.resize_and_crop(&square);
+        let (width, height) = tile.dimensions();
+        let mut pixels = Vec::with_capacity(3 * (width * height) as usize);
+        self.normalize_into(&tile, &mut pixels);
+        PreparedImage {
+            pixels,
+            tiles: 1,
+            height,
+            width,
+            original_size,
+        }
+    }
+
+    /// Loads, decodes and processes an image file with [`Self::prepare_untiled`].
+    pub fn prepare_file_untiled(&self, path: &std::path::Path) -> Result<PreparedImage> {
+        Ok(self.prepare_untiled(&load_rgb(path)?))
     }
 
     /// The side of a grid tile, as transformers takes it: the crop, else the resize target.
@@ -609,6 +626,17 @@ pub fn parse_pinpoints(v: &Value) -> Result<Vec<(u32, u32)>> {
 }
 
 /// RGB, with transparency composited on white (transformers' `convert_to_rgb`).
+/// Opens and decodes an image file as RGB.
+pub fn load_rgb(path: &std::path::Path) -> Result<RgbImage> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    Ok(to_rgb(img))
+}
+
 pub fn to_rgb(img: image::DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
         return img.to_rgb8();

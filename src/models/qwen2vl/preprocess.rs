@@ -20,7 +20,7 @@ use image::RgbImage;
 use serde_json::Value;
 
 use crate::models::llava::preprocess::{
-    json_triple, normalize_into, resize, to_rgb, Resample, CLIP_MEAN, CLIP_STD,
+    json_triple, load_rgb, normalize_into, resize, Resample, CLIP_MEAN, CLIP_STD,
 };
 
 /// Settings of `preprocessor_config.json` (`Qwen2VLImageProcessor`).
@@ -176,13 +176,7 @@ impl Qwen2VlImageProcessor {
 
     /// Loads, decodes and processes an image file.
     pub fn prepare_file(&self, path: &std::path::Path) -> Result<PatchedImage> {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .decode()
-            .with_context(|| format!("cannot decode image {}", path.display()))?;
-        self.prepare(&to_rgb(img))
+        self.prepare(&load_rgb(path)?)
             .with_context(|| format!("image {}", path.display()))
     }
 
