@@ -82,6 +82,13 @@ pub fn render(report: &Report) -> String {
             b.utilisation * 100.0,
             b.machine_read_bytes_per_s / 1e9
         );
+        if b.utilisation > 1.0 {
+            // A read cannot outrun the machine: the probe itself was slowed down.
+            let _ = writeln!(
+                out,
+                "  (over 100 %: other work slowed the bandwidth probe, which runs once before the samples; repeat on a quiet machine)"
+            );
+        }
     }
     for (reason, count) in &s.failure_reasons {
         let _ = writeln!(out, "  failed x{count}: {reason}");
@@ -116,5 +123,36 @@ pub fn bytes(m: &MaybeBytes) -> String {
     match m.bytes {
         Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
         None => "n/a".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::bandwidth::DecodeBandwidth;
+    use crate::report::testutil;
+
+    fn with_utilisation(utilisation: f64) -> String {
+        let mut report = testutil::report(vec![testutil::sample(0, 100.0, 10, &[20.0])], 1.0);
+        report.decode_bandwidth = Some(DecodeBandwidth {
+            weight_bytes_per_token: 1_000_000_000,
+            kv_bytes_per_token_mean: 0.0,
+            read_bytes_per_s: utilisation * 20e9,
+            machine_read_bytes_per_s: 20e9,
+            probe_bytes: 1 << 30,
+            utilisation,
+        });
+        render(&report)
+    }
+
+    /// A utilisation above 100 % is printed as measured, with the reason it cannot be true.
+    #[test]
+    fn bandwidth_over_the_probe_is_explained() {
+        let over = with_utilisation(1.65);
+        assert!(over.contains("= 165 % of this machine's 20.00 GB/s"), "{over}");
+        assert!(over.contains("other work slowed the bandwidth probe"), "{over}");
+        let under = with_utilisation(0.8);
+        assert!(under.contains("= 80 % of"), "{under}");
+        assert!(!under.contains("slowed the bandwidth probe"), "{under}");
     }
 }
