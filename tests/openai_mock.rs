@@ -201,7 +201,7 @@ async fn timing_errors_once(n: usize) -> Errors {
         RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let prompts: Vec<String> = (0..n).map(|i| format!("{tag} prompt {i}")).collect();
-    let bodies = prompts.iter().map(|p| build_body(&cfg, p, None)).collect();
+    let bodies = prompts.iter().map(|p| build_body(&cfg, p, &[])).collect();
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
@@ -313,7 +313,7 @@ async fn every_failure_is_recorded_with_its_reason() {
         let mut cfg = config(&base, mode);
         cfg.timeout = Duration::from_millis(800);
         let cfg = Arc::new(cfg);
-        let body = build_body(&cfg, "x", None);
+        let body = build_body(&cfg, "x", &[]);
         let level = LoadLevel {
             concurrency: Some(1),
             request_rate: None,
@@ -325,7 +325,7 @@ async fn every_failure_is_recorded_with_its_reason() {
     }
     // Nothing listens on this port: the error says so at once.
     let cfg = Arc::new(config("http://127.0.0.1:9", "ok"));
-    let body = build_body(&cfg, "x", None);
+    let body = build_body(&cfg, "x", &[]);
     let t = Instant::now();
     let level = LoadLevel {
         concurrency: Some(1),

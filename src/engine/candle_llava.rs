@@ -86,12 +86,14 @@ impl Engine for CandleLlavaEngine {
         for r in requests {
             // The image's size decides its token count (any-resolution models); only its
             // header is read here.
-            let size = match r.image {
-                Some(path) => match image::image_dimensions(path) {
+            let size = match r.images {
+                [] => None,
+                [path] => match image::image_dimensions(path) {
                     Ok((w, h)) => Some((h, w)),
                     Err(_) => continue,
                 },
-                None => None,
+                // Refused when run.
+                _ => continue,
             };
             let text = self.template.render(r.prompt, size.is_some());
             let Ok(tokens) = tokenize_around_image(
@@ -115,13 +117,21 @@ impl Engine for CandleLlavaEngine {
         let _sample = profile::span("sample", "sample");
         let start = Instant::now();
         let preprocess_span = profile::span("phase", "preprocess");
-        let image = match req.image {
-            Some(path) => Some(
+        let image = match req.images {
+            [] => None,
+            [path] => Some(
                 self.processor
                     .prepare_file(path)
                     .map_err(|e| sample_error(format!("{e:#}")))?,
             ),
-            None => None,
+            several => {
+                return Err(sample_error(format!(
+                    "{} ({}) takes one image per sample; this sample has {}",
+                    self.info.model,
+                    self.info.architecture,
+                    several.len()
+                )))
+            }
         };
         let text = self.template.render(req.prompt, image.is_some());
         let tokens = tokenize_around_image(
@@ -200,6 +210,7 @@ impl Engine for CandleLlavaEngine {
             end: start.elapsed(),
             input_tokens,
             image_tokens,
+            images: usize::from(image.is_some()),
             output_token_ids: d.tokens,
             text,
             stop_reason: d.stop_reason,

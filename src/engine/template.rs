@@ -39,15 +39,22 @@ impl PromptTemplate {
         Ok(Self(text.replace("\\n", "\n")))
     }
 
-    /// The model's input text for `prompt`.
+    /// The model's input text for `prompt`, with or without one image.
     pub fn render(&self, prompt: &str, has_image: bool) -> String {
-        let drop_placeholder = !has_image || prompt.contains(IMAGE_PLACEHOLDER);
-        let template = if drop_placeholder {
+        self.render_images(prompt, usize::from(has_image))
+    }
+
+    /// The model's input text for `prompt` with `images` images: the template's `<image>`
+    /// stands for all of them, one mark per image in order (as a chat template renders a user
+    /// turn whose content lists the images, then the text).
+    pub fn render_images(&self, prompt: &str, images: usize) -> String {
+        let template = if images == 0 || prompt.contains(IMAGE_PLACEHOLDER) {
             self.0
                 .replace("<image>\n", "")
                 .replace(IMAGE_PLACEHOLDER, "")
         } else {
-            self.0.clone()
+            self.0
+                .replace(IMAGE_PLACEHOLDER, &IMAGE_PLACEHOLDER.repeat(images))
         };
         template.replace("{prompt}", prompt)
     }
@@ -132,6 +139,15 @@ mod tests {
         assert_eq!(
             t.render("Look: <image>", true),
             "USER: Look: <image> ASSISTANT:"
+        );
+        assert_eq!(
+            t.render_images("Hi?", 3),
+            "USER: <image><image><image>\nHi? ASSISTANT:"
+        );
+        assert_eq!(t.render_images("Hi?", 0), t.render("Hi?", false));
+        assert_eq!(
+            t.render_images("<image> then <image>", 2),
+            "USER: <image> then <image> ASSISTANT:"
         );
         assert!(PromptTemplate::custom("no slot").is_err());
         assert_eq!(

@@ -313,6 +313,7 @@ mod tests {
                 e2e_ms: ttft + decode,
                 input_tokens: 10,
                 image_tokens: 0,
+                images: 0,
                 output_tokens: tbt.len() + 1,
                 stop_reason: StopReason::MaxTokens,
                 gpu_pool_peaks: None,
