@@ -166,7 +166,7 @@ async fn ttft_error(
 ) -> vlmbench::stats::Summary {
     let cfg = config(base);
     let bodies = (0..streams)
-        .map(|i| build_body(&cfg, &format!("x{streams}-{i}"), None))
+        .map(|i| build_body(&cfg, &format!("x{streams}-{i}"), &[]))
         .collect();
     let level = LoadLevel {
         concurrency: Some(streams),
@@ -214,7 +214,7 @@ fn main() {
         let cfg = config(base);
         for streams in [1usize, 100, 1000] {
             let prompts: Vec<String> = (0..streams).map(|i| format!("{streams}-{i}")).collect();
-            let bodies = prompts.iter().map(|p| build_body(&cfg, p, None)).collect();
+            let bodies = prompts.iter().map(|p| build_body(&cfg, p, &[])).collect();
             let level = LoadLevel { concurrency: Some(streams), request_rate: None, burstiness: 1.0 };
             let run = run_level(http.clone(), cfg.clone(), bodies, &level, 0, Default::default()).await;
             let w = writes.lock().unwrap().clone();
@@ -238,7 +238,7 @@ fn main() {
         let cfg = config(base);
         for concurrency in [64usize, 256] {
             let n = 20_000;
-            let bodies = (0..n).map(|i| build_body(&cfg, &format!("p{i}"), None)).collect();
+            let bodies = (0..n).map(|i| build_body(&cfg, &format!("p{i}"), &[])).collect();
             let level = LoadLevel { concurrency: Some(concurrency), request_rate: None, burstiness: 1.0 };
             let run = run_level(http.clone(), cfg.clone(), bodies, &level, 0, Default::default()).await;
             let ok = run.outcomes.iter().filter(|o| o.error.is_none()).count();

@@ -41,7 +41,11 @@ pub struct SampleMetrics {
     pub tpot_ms: Option<f64>,
     pub e2e_ms: f64,
     pub input_tokens: usize,
+    /// Of `input_tokens`, how many stand for the sample's images (all of them together).
     pub image_tokens: usize,
+    /// How many images the sample had (0 for text; absent in older reports, read as 0).
+    #[serde(default)]
+    pub images: usize,
     pub output_tokens: usize,
     pub stop_reason: StopReason,
     /// Exact CUDA memory-pool peaks per phase (CUDA runs only).
@@ -86,6 +90,7 @@ impl SampleMetrics {
             e2e_ms,
             input_tokens: g.input_tokens,
             image_tokens: g.image_tokens,
+            images: g.images,
             output_tokens: g.token_arrivals.len(),
             stop_reason: g.stop_reason,
             gpu_pool_peaks: g.pool_peaks,
@@ -109,6 +114,7 @@ mod tests {
             end: Duration::from_millis(end_ms),
             input_tokens: 10,
             image_tokens: 4,
+            images: 2,
             output_token_ids: vec![1; arrivals_ms.len()],
             text: String::new(),
             stop_reason: StopReason::MaxTokens,
@@ -127,6 +133,7 @@ mod tests {
         assert!((m.tps.unwrap() - 100.0).abs() < 1e-9); // 3 tokens in 30 ms
         assert!((m.tpot_ms.unwrap() - 31.0 / 3.0).abs() < 1e-9);
         assert_eq!(m.e2e_ms, 81.0);
+        assert_eq!((m.image_tokens, m.images), (4, 2));
     }
 
     #[test]

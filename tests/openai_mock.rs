@@ -201,7 +201,7 @@ async fn timing_errors_once(n: usize) -> Errors {
         RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let prompts: Vec<String> = (0..n).map(|i| format!("{tag} prompt {i}")).collect();
-    let bodies = prompts.iter().map(|p| build_body(&cfg, p, None)).collect();
+    let bodies = prompts.iter().map(|p| build_body(&cfg, p, &[])).collect();
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
@@ -313,7 +313,7 @@ async fn every_failure_is_recorded_with_its_reason() {
         let mut cfg = config(&base, mode);
         cfg.timeout = Duration::from_millis(800);
         let cfg = Arc::new(cfg);
-        let body = build_body(&cfg, "x", None);
+        let body = build_body(&cfg, "x", &[]);
         let level = LoadLevel {
             concurrency: Some(1),
             request_rate: None,
@@ -325,7 +325,7 @@ async fn every_failure_is_recorded_with_its_reason() {
     }
     // Nothing listens on this port: the error says so at once.
     let cfg = Arc::new(config("http://127.0.0.1:9", "ok"));
-    let body = build_body(&cfg, "x", None);
+    let body = build_body(&cfg, "x", &[]);
     let t = Instant::now();
     let level = LoadLevel {
         concurrency: Some(1),
@@ -569,4 +569,96 @@ async fn a_killed_serving_run_is_recovered_from_its_journal() {
         done * TOKENS
     );
     assert!(!journal.exists());
+}
+
+/// A sample with two images is one chat request whose user turn carries one `image_url` part
+/// per image, in the data file's order, before the text; a one-image sample keeps its single
+/// part, a text sample plain text; the completions endpoint refuses the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_image_sample_sends_two_image_parts_in_order() {
+    use common::fixtures::{b64, jpeg};
+    use common::openai_server::{run_cli, MockServer};
+    let server = MockServer::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (jpeg(1, 24, 16), jpeg(2, 16, 24));
+    std::fs::write(dir.path().join("first.jpg"), &first).unwrap();
+    std::fs::write(dir.path().join("second.jpg"), &second).unwrap();
+    let lines = [
+        serde_json::json!({"text": "compare them", "images": ["first.jpg", "second.jpg"]}),
+        serde_json::json!({"text": "only this one", "image": "second.jpg"}),
+        serde_json::json!({"text": "no picture"}),
+    ];
+    let jsonl = dir.path().join("in.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&jsonl, text.join("\n")).unwrap();
+    let data = dir.path().join("set.json");
+    common::vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&data)
+        .assert()
+        .success();
+    let report = dir.path().join("r.json");
+    let out = run_cli(
+        &server.base,
+        &data,
+        &report,
+        &["--model", "ok", "--concurrency", "1", "--repeat-inputs"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chats = server.chats();
+    assert_eq!(chats.len(), 3);
+    let by_text = |t: &str| {
+        chats
+            .iter()
+            .find(|c| {
+                let content = &c.body["messages"][0]["content"];
+                content == t
+                    || content
+                        .as_array()
+                        .is_some_and(|parts| parts.last().unwrap()["text"] == t)
+            })
+            .unwrap_or_else(|| panic!("no request for {t:?}"))
+            .body["messages"][0]["content"]
+            .clone()
+    };
+    let url = |bytes: &[u8]| format!("data:image/jpeg;base64,{}", b64(bytes));
+    let two = by_text("compare them");
+    let kinds: Vec<&str> = two
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["image_url", "image_url", "text"]);
+    assert_eq!(two[0]["image_url"]["url"], url(&first), "first image first");
+    assert_eq!(
+        two[1]["image_url"]["url"],
+        url(&second),
+        "second image second"
+    );
+    let one = by_text("only this one");
+    assert_eq!(one.as_array().unwrap().len(), 2);
+    assert_eq!(one[0]["image_url"]["url"], url(&second));
+    assert_eq!(by_text("no picture"), "no picture");
+
+    let refused = run_cli(
+        &server.base,
+        &data,
+        &dir.path().join("c.json"),
+        &["--model", "ok", "--endpoint", "completions"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("/v1/completions cannot take"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

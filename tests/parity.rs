@@ -6,7 +6,7 @@
 //! prompt token ids, image token count, a digest of the processor's pixel values and the greedy
 //! tokens (the text families' from a plain argmax loop over the KV cache, so end-of-sequence
 //! tokens are kept, which `--ignore-eos` reproduces; the Qwen2-VL family's from an argmax loop
-//! over full forward passes, one case per image). They were made by
+//! over full forward passes, one case per image and one with two images in one prompt). They were made by
 //! `scripts/parity/make_fixtures.py` (versions in `VERSIONS` and each `expected.json`); `gguf/`
 //! holds llama.cpp converter output of some of them (`scripts/parity/make_gguf.py`). The real
 //! binary runs each and must produce the same tokens, token for token.
@@ -252,11 +252,16 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
     let lines: String = cases
         .iter()
         .map(|c| {
-            let image = model.join(c["image"].as_str().unwrap());
-            format!(
-                "{}\n",
-                serde_json::json!({"text": c["prompt"], "image": image.display().to_string()})
-            )
+            let path = |name: &str| model.join(name).display().to_string();
+            let mut line = serde_json::json!({"text": c["prompt"]});
+            match c["images"].as_array() {
+                // Several images in one prompt, in order.
+                Some(names) => {
+                    line["images"] = names.iter().map(|n| path(n.as_str().unwrap())).collect()
+                }
+                None => line["image"] = path(c["image"].as_str().unwrap()).into(),
+            }
+            format!("{line}\n")
         })
         .collect();
     let jsonl = dir.path().join("in.jsonl");
@@ -310,15 +315,33 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
     (samples, cases)
 }
 
+/// A case's image names, in order: its `images`, or its one `image`.
+fn case_images(case: &Value) -> Vec<&str> {
+    match case["images"].as_array() {
+        Some(names) => names.iter().map(|n| n.as_str().unwrap()).collect(),
+        None => vec![case["image"].as_str().unwrap()],
+    }
+}
+
 fn assert_cases_equal(name: &str) {
     let (samples, cases) = run_cases(name);
+    assert!(
+        cases.iter().any(|c| case_images(c).len() > 1),
+        "{name}: expected.json has no case with several images"
+    );
     for (sample, case) in samples.iter().zip(&cases) {
-        let image = case["image"].as_str().unwrap();
+        let names = case_images(case);
+        let image = names.join(" + ");
         assert_eq!(sample["ok"], true, "{name} {image}: {sample}");
         assert_eq!(
             sample["image_tokens"].as_u64(),
             case["image_tokens"].as_u64(),
-            "{name} {image}: image token count"
+            "{name} {image}: image token count (all images together)"
+        );
+        assert_eq!(
+            sample["images"].as_u64(),
+            Some(names.len() as u64),
+            "{name} {image}: number of images"
         );
         assert_eq!(
             sample["input_tokens"].as_u64().unwrap() as usize,
@@ -341,6 +364,13 @@ fn qwen2_5_vl_greedy_tokens_equal_transformers() {
 #[test]
 fn qwen2_vl_greedy_tokens_equal_transformers() {
     assert_cases_equal("qwen2_vl");
+}
+
+/// LLaVA-OneVision: SigLIP tower, Qwen2 language model, a grid shrunk to `anyres_max_9`,
+/// images resized up and down, and two images in one prompt (each untiled).
+#[test]
+fn llava_onevision_greedy_tokens_equal_transformers() {
+    assert_cases_equal("llava_onevision");
 }
 
 /// LLaVA-OneVision's pixel values are bit-identical to transformers' Pillow-backed processor:
@@ -392,7 +422,8 @@ fn llava_onevision_pixels_equal_transformers_bit_for_bit() {
 
 /// Qwen2-VL's patches are bit-identical to transformers' Pillow-backed processor for images
 /// resized down, up and only rounded: smart_resize, resampling, normalisation, the temporal
-/// repeat and the patch order.
+/// repeat and the patch order. For a case with several images, transformers' pixel values are
+/// every image's patches one after the other, and its grids one row per image.
 #[test]
 fn qwen2_vl_patches_equal_transformers_bit_for_bit() {
     for name in ["qwen2_5_vl", "qwen2_vl"] {
@@ -401,20 +432,40 @@ fn qwen2_vl_patches_equal_transformers_bit_for_bit() {
         let settings = read_json(&dir.join("processor_config.json"))["image_processor"].clone();
         let processor = Qwen2VlImageProcessor::from_json(&settings).unwrap();
         for case in expected["cases"].as_array().unwrap() {
-            let image_name = case["image"].as_str().unwrap();
-            let image = processor.prepare_file(&dir.join(image_name)).unwrap();
-            let (t, h, w) = image.grid_thw;
+            let names = case_images(case);
+            let image_name = names.join(" + ");
+            let grids: Vec<Vec<u64>> = match case["images"].as_array() {
+                Some(_) => case["image_grid_thw"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(ids)
+                    .collect(),
+                None => vec![ids(&case["image_grid_thw"])],
+            };
+            assert_eq!(grids.len(), names.len(), "{name} {image_name}");
+            let (mut bytes, mut rows) = (Vec::new(), 0u64);
+            for (image_name, grid) in names.iter().zip(&grids) {
+                let image = processor.prepare_file(&dir.join(image_name)).unwrap();
+                let (t, h, w) = image.grid_thw;
+                assert_eq!(
+                    &vec![t as u64, h as u64, w as u64],
+                    grid,
+                    "{name} {image_name}"
+                );
+                assert_eq!(
+                    ids(&case["pixel_values"]["shape"])[1],
+                    image.patch_len as u64,
+                    "{name} {image_name}"
+                );
+                rows += (t * h * w) as u64;
+                bytes.extend(image.patches.iter().flat_map(|v| v.to_le_bytes()));
+            }
             assert_eq!(
-                vec![t as u64, h as u64, w as u64],
-                ids(&case["image_grid_thw"]),
+                ids(&case["pixel_values"]["shape"])[0],
+                rows,
                 "{name} {image_name}"
             );
-            assert_eq!(
-                ids(&case["pixel_values"]["shape"]),
-                vec![(t * h * w) as u64, image.patch_len as u64],
-                "{name} {image_name}"
-            );
-            let bytes: Vec<u8> = image.patches.iter().flat_map(|v| v.to_le_bytes()).collect();
             assert_eq!(
                 hex::encode(Sha256::digest(&bytes)),
                 case["pixel_values"]["sha256"].as_str().unwrap(),

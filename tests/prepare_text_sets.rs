@@ -138,6 +138,52 @@ fn jsonl_paths_and_data_urls_are_frozen_beside_the_json() {
     assert!(moved.join(rel).is_file());
 }
 
+/// `images` with several entries (paths and data URLs alike) freezes each, in order, with their
+/// sizes, and the set lists them under `images`.
+#[test]
+fn jsonl_several_images_per_line_are_frozen_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = {
+        let img = image::RgbImage::from_fn(9, 2, |x, _| image::Rgb([x as u8 * 20, 0, 0]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    std::fs::write(dir.path().join("wide.png"), &wide).unwrap();
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(tiny_png())
+    );
+    let line = serde_json::json!({"text": "Which is wider?", "images": ["wide.png", data_url]});
+    std::fs::write(dir.path().join("in.jsonl"), format!("{line}\n")).unwrap();
+    let out = dir.path().join("frozen/set.json");
+    vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(dir.path().join("in.jsonl"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(contains("1 with images"));
+    let v = read_json(&out);
+    let s = &v["samples"][0];
+    assert!(s.get("image").is_none(), "{s}");
+    let rels: Vec<&str> = s["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rels.len(), 2);
+    let frozen = out.parent().unwrap();
+    assert_eq!(std::fs::read(frozen.join(rels[0])).unwrap(), wide);
+    assert_eq!(std::fs::read(frozen.join(rels[1])).unwrap(), tiny_png());
+    assert_eq!(
+        s["fields"]["image_sizes"],
+        serde_json::json!([[9, 2], [4, 3]])
+    );
+}
+
 #[test]
 fn jsonl_errors_name_the_line_and_field_and_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +198,16 @@ fn jsonl_errors_name_the_line_and_field_and_leave_nothing() {
             "{\"text\": \"x\", \"image\": \"https://example.com/a.png\"}\n",
             "download",
         ),
+        (
+            "{\"text\": \"ok\"}\n{\"text\": \"x\", \"images\": [\"a.png\", \"missing.png\"]}\n",
+            "in.jsonl:2: field `images[1]`: cannot read image",
+        ),
+        (
+            "{\"text\": \"x\", \"image\": \"a.png\", \"images\": [\"a.png\"]}\n",
+            "both `image` and `images`",
+        ),
     ];
+    std::fs::write(dir.path().join("a.png"), tiny_png()).unwrap();
     for (content, expected) in cases {
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, content).unwrap();

@@ -371,6 +371,98 @@ fn a_missing_image_fails_that_sample_only() {
     assert_eq!(s[2]["ok"], true);
 }
 
+/// Several images in one sample: Qwen2.5-VL runs them all (the image tokens add up, each image
+/// brings its own vision start and end marks), the report and CSV count them, a missing second
+/// image fails its sample by name, and LLaVA 1.5 fails a two-image sample but runs the rest.
+#[test]
+fn several_images_in_one_sample_run_where_the_model_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.jpg"), common::fixtures::jpeg(1, 96, 64)).unwrap();
+    std::fs::write(dir.path().join("b.jpg"), common::fixtures::jpeg(2, 60, 120)).unwrap();
+    let lines = [
+        serde_json::json!({"text": "Compare.", "images": ["a.jpg", "b.jpg"]}),
+        serde_json::json!({"text": "Compare.", "image": "a.jpg"}),
+        serde_json::json!({"text": "Compare.", "image": "b.jpg"}),
+        serde_json::json!({"text": "Compare.", "images": ["b.jpg", "a.jpg"]}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(dir.path().join("in.jsonl"), text.join("\n")).unwrap();
+    let data = dir.path().join("set.json");
+    vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(dir.path().join("in.jsonl"))
+        .arg("--out")
+        .arg(&data)
+        .assert()
+        .success();
+    // The fourth sample's second image goes missing after the set was frozen.
+    let set = read_json(&data);
+    let gone = dir
+        .path()
+        .join(set["samples"][3]["images"][1].as_str().unwrap());
+    std::fs::remove_file(&gone).unwrap();
+
+    let report = dir.path().join("qwen.json");
+    vlmbench()
+        .args(["run", "--model", "random:tiny-qwen2.5-vl", "--data-file"])
+        .arg(&data)
+        .args(["--max-new-tokens", "3", "--ignore-eos", "--warmup", "0"])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .code(3);
+    let v = read_json(&report);
+    let s = v["samples"].as_array().unwrap();
+    let n = |k: usize, key: &str| s[k][key].as_u64().unwrap();
+    for ok in &s[..3] {
+        check_sample(ok, 3);
+    }
+    assert_eq!((n(0, "images"), n(1, "images"), n(2, "images")), (2, 1, 1));
+    assert_eq!(
+        n(0, "image_tokens"),
+        n(1, "image_tokens") + n(2, "image_tokens")
+    );
+    assert_eq!(
+        n(0, "input_tokens"),
+        n(1, "input_tokens") + n(2, "image_tokens") + 2,
+        "the second image adds its tokens and its vision start and end marks"
+    );
+    assert_eq!(s[3]["ok"], false);
+    assert_eq!(
+        s[3]["error"].as_str().unwrap(),
+        format!("image not found: {}", gone.display())
+    );
+    let csv = std::fs::read_to_string(report.with_extension("csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|c| *c == "images").unwrap();
+    assert_eq!(header[col - 1], "image_tokens");
+    let first_row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(first_row[col], "2", "{csv}");
+
+    let report = dir.path().join("llava.json");
+    vlmbench()
+        .args(["run", "--model", "random:tiny-llava", "--data-file"])
+        .arg(&data)
+        .args(["--max-new-tokens", "3", "--warmup", "0"])
+        .arg("--report-file")
+        .arg(&report)
+        .assert()
+        .code(3);
+    let v = read_json(&report);
+    let s = v["samples"].as_array().unwrap();
+    assert_eq!(s[0]["ok"], false);
+    let why = s[0]["error"].as_str().unwrap();
+    assert!(
+        why.contains("takes one image per sample; this sample has 2"),
+        "{why}"
+    );
+    check_sample(&s[1], 3);
+    assert_eq!(
+        (s[1]["images"].as_u64(), s[1]["image_tokens"].as_u64()),
+        (Some(1), Some(576))
+    );
+}
+
 #[test]
 fn text_model_refuses_an_image_set_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,8 +18,9 @@ usage: python make_fixtures.py TOKENIZER_JSON OUT_DIR [NAME...]
 
 Qwen2-VL and Qwen2.5-VL checkpoints get several images of different sizes and aspect ratios
 (resized down to `max_pixels`, up to `min_pixels`, or only rounded to the 28-pixel grid), one
-case per image in `expected.json` (`cases`), with greedy tokens from a plain argmax loop over
-full forward passes (no cache, no `generate`). They need the Qwen2-VL preset tokenizer
+case per image in `expected.json` (`cases`, with `image`), and one case with two of them in one
+prompt (`images`, in order), with greedy tokens from a plain argmax loop over full forward
+passes (no cache, no `generate`). They need the Qwen2-VL preset tokenizer
 (`vlmbench synth-model --preset tiny-qwen2.5-vl --out DIR`, `<|im_start|>` ... `<|video_pad|>` as
 its last ids), named by the environment variable QWEN_TOKENIZER_JSON.
 
@@ -237,12 +238,10 @@ def run_qwen(tok, out, v25):
     # max_pixels, and one only rounded to the 28-pixel grid.
     shapes = [(640, 480, 21, "Describe the scene in detail."), (50, 36, 22, "What is this?"),
               (130, 460, 23, "Which colours are there?"), (213, 130, 24, "Count the squares.")]
-    cases = []
-    for width, height, seed, question in shapes:
-        name = f"image_{width}x{height}.png"
-        test_image(width, height, seed).save(os.path.join(out, name))
-        prompt_text = template.format(question)
-        inputs = processor(images=Image.open(os.path.join(out, name)), text=prompt_text, return_tensors="pt")
+
+    def case(inputs):
+        """The prompt's ids, image token count, pixel digest and greedy tokens of one prompt (an
+        argmax loop over full forward passes, no cache)."""
         prompt = inputs["input_ids"]
         types = inputs["mm_token_type_ids"]
         generated = []
@@ -255,12 +254,29 @@ def run_qwen(tok, out, v25):
                                pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
                                mm_token_type_ids=full_types, use_cache=False).logits
                 generated.append(int(logits[0, -1].argmax()))
-        cases.append({
-            "prompt": question, "text": prompt_text, "image": name, "image_size": [height, width],
-            "image_grid_thw": inputs["image_grid_thw"][0].tolist(),
-            "input_ids": prompt[0].tolist(), "image_tokens": int((prompt[0] == ids["<|image_pad|>"]).sum()),
-            "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated,
-        })
+        return {"input_ids": prompt[0].tolist(), "image_tokens": int((prompt[0] == ids["<|image_pad|>"]).sum()),
+                "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated}
+
+    cases = []
+    for width, height, seed, question in shapes:
+        name = f"image_{width}x{height}.png"
+        test_image(width, height, seed).save(os.path.join(out, name))
+        prompt_text = template.format(question)
+        inputs = processor(images=Image.open(os.path.join(out, name)), text=prompt_text, return_tensors="pt")
+        cases.append({"prompt": question, "text": prompt_text, "image": name, "image_size": [height, width],
+                      "image_grid_thw": inputs["image_grid_thw"][0].tolist()} | case(inputs))
+    # Two of those images in one prompt (`images`), as the chat template renders a user turn
+    # whose content lists two images, then the text: one vision block per image, in order,
+    # each with its own grid (`image_grid_thw`, one row per image; `pixel_values` of both).
+    block = "<|vision_start|><|image_pad|><|vision_end|>"
+    pair = ["image_213x130.png", "image_130x460.png"]
+    question = "Compare the two pictures."
+    prompt_text = template.replace(block, block * 2).format(question)
+    images = [Image.open(os.path.join(out, name)) for name in pair]
+    inputs = processor(images=images, text=prompt_text, return_tensors="pt")
+    cases.append({"prompt": question, "text": prompt_text, "images": pair,
+                  "image_sizes": [[img.height, img.width] for img in images],
+                  "image_grid_thw": inputs["image_grid_thw"].tolist()} | case(inputs))
     import transformers
     save_expected(out, {"transformers": transformers.__version__, "torch": torch.__version__, "cases": cases})
 

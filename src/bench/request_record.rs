@@ -120,7 +120,7 @@ mod tests {
         let sample = Sample {
             index: 3,
             prompt: "hello there".into(),
-            image: None,
+            images: Vec::new(),
             fields: Default::default(),
         };
         let r = record(&outcome(Some(3), Some(9), true), &sample, None);

@@ -1,6 +1,7 @@
 //! The measurement loop: feeds frozen samples to an engine one at a time and records what it
 //! measured. Knows nothing about report formats.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -76,13 +77,21 @@ pub fn run(
 
     // Buffers sized for the longest sample before anything is timed (warm-up runs shorter
     // outputs of the same samples, so it is covered too).
-    let images: Vec<_> = samples.iter().map(|s| dataset.image_path(s)).collect();
+    // A missing image is left out here; its sample fails when it is run.
+    let images: Vec<Vec<PathBuf>> = samples
+        .iter()
+        .map(|s| {
+            let mut paths = dataset.image_paths(s);
+            paths.retain(|p| p.is_file());
+            paths
+        })
+        .collect();
     let planned: Vec<GenerationRequest<'_>> = samples
         .iter()
         .zip(&images)
-        .map(|(sample, image)| GenerationRequest {
+        .map(|(sample, images)| GenerationRequest {
             prompt: &sample.prompt,
-            image: image.as_deref().filter(|p| p.is_file()),
+            images,
             max_new_tokens: max_new_tokens_of(sample, opts),
             ignore_eos: opts.ignore_eos,
             cancel,
@@ -99,10 +108,10 @@ pub fn run(
         progress.set_message("warming up");
         for i in 0..opts.warmup {
             let sample = &samples[i % samples.len()];
-            let image = dataset.image_path(sample);
+            let images = dataset.image_paths(sample);
             let request = GenerationRequest {
                 prompt: &sample.prompt,
-                image: image.as_deref(),
+                images: &images,
                 max_new_tokens: opts.max_new_tokens.min(WARMUP_MAX_NEW_TOKENS),
                 ignore_eos: opts.ignore_eos,
                 cancel,
@@ -140,7 +149,7 @@ pub fn run(
                     Some("interrupted by a signal (Ctrl-C, SIGTERM or SIGHUP)".into());
                 break 'outer;
             }
-            let image = dataset.image_path(sample);
+            let images = dataset.image_paths(sample);
             let mut record = SampleRecord {
                 index: sample.index,
                 repeat,
@@ -150,14 +159,14 @@ pub fn run(
                 output_token_ids: Vec::new(),
                 text: String::new(),
             };
-            if let Some(path) = image.as_deref().filter(|p| !p.is_file()) {
+            if let Some(path) = images.iter().find(|p| !p.is_file()) {
                 record.error = Some(format!("image not found: {}", path.display()));
             } else {
                 // A set may ask for a per-sample output length (synthetic sets do).
                 let max_new_tokens = max_new_tokens_of(sample, opts);
                 let request = GenerationRequest {
                     prompt: &sample.prompt,
-                    image: image.as_deref(),
+                    images: &images,
                     max_new_tokens,
                     ignore_eos: opts.ignore_eos,
                     cancel,
@@ -231,6 +240,9 @@ mod tests {
         /// `generate` calls came before it.
         reserved: Vec<(String, usize)>,
         calls_before_reserve: Option<usize>,
+        /// The images each request handed to `reserve` and to `generate` had.
+        reserved_images: Vec<Vec<PathBuf>>,
+        generated_images: Vec<Vec<PathBuf>>,
     }
 
     impl Engine for Scripted {
@@ -243,10 +255,12 @@ mod tests {
                 .iter()
                 .map(|r| (r.prompt.to_string(), r.max_new_tokens))
                 .collect();
+            self.reserved_images = requests.iter().map(|r| r.images.to_vec()).collect();
             Ok(())
         }
         fn generate(&mut self, r: &GenerationRequest<'_>) -> Result<Generation, EngineError> {
             self.calls += 1;
+            self.generated_images.push(r.images.to_vec());
             if Some(self.calls) == self.cancel_on_call {
                 r.cancel.store(true, Ordering::SeqCst);
                 return Err(EngineError::Cancelled);
@@ -264,6 +278,7 @@ mod tests {
                 end: Duration::from_millis(10 + n as u64),
                 input_tokens: 3,
                 image_tokens: 0,
+                images: r.images.len(),
                 output_token_ids: vec![7; n],
                 text: "x".repeat(n),
                 stop_reason: StopReason::MaxTokens,
@@ -289,6 +304,8 @@ mod tests {
             fail_prompt: "bad",
             reserved: Vec::new(),
             calls_before_reserve: None,
+            reserved_images: Vec::new(),
+            generated_images: Vec::new(),
         }
     }
 
@@ -309,10 +326,10 @@ mod tests {
                     .map(|(i, p)| Sample {
                         index: i as i64,
                         prompt: p.to_string(),
-                        image: if *p == "img" {
-                            Some("missing.png".into())
+                        images: if *p == "img" {
+                            vec!["missing.png".into()]
                         } else {
-                            None
+                            Vec::new()
                         },
                         fields: BTreeMap::new(),
                     })
@@ -411,5 +428,46 @@ mod tests {
         let order: Vec<_> = out.samples.iter().map(|s| (s.index, s.repeat)).collect();
         assert_eq!(seen, order);
         assert_eq!(seen.len(), 6);
+    }
+
+    /// A sample's images reach the engine in order; one missing image fails the sample,
+    /// named, and is left out when the buffers are sized.
+    #[test]
+    fn every_image_of_a_sample_is_handed_over_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b.png", "a.png"] {
+            std::fs::write(dir.path().join(name), b"an image").unwrap();
+        }
+        let mut d = dataset(&["two", "half"]);
+        d.base_dir = dir.path().to_path_buf();
+        d.file.samples[0].images = vec!["b.png".into(), "a.png".into()];
+        d.file.samples[1].images = vec!["a.png".into(), "gone.png".into()];
+        let mut o = opts();
+        (o.warmup, o.repeat) = (0, 1);
+        let cancel = AtomicBool::new(false);
+        let mut e = engine(None);
+        let out = run(
+            &mut e,
+            &d,
+            &o,
+            &cancel,
+            &ProgressBar::hidden(),
+            &mut |_, _| {},
+        );
+        let (b, a) = (dir.path().join("b.png"), dir.path().join("a.png"));
+        assert_eq!(
+            e.reserved_images,
+            [vec![b.clone(), a.clone()], vec![a.clone()]]
+        );
+        assert_eq!(
+            e.generated_images,
+            [vec![b, a]],
+            "the half-missing sample never ran"
+        );
+        assert_eq!(out.samples[0].metrics.as_ref().unwrap().images, 2);
+        assert_eq!(
+            out.samples[1].error.as_deref(),
+            Some(format!("image not found: {}", dir.path().join("gone.png").display()).as_str())
+        );
     }
 }

@@ -35,8 +35,8 @@ use crate::report::serving::InputPolicy;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentInput {
     pub prompt: String,
-    /// Encoded image and its MIME type.
-    pub image: Option<(String, Vec<u8>)>,
+    /// Encoded images and their MIME types, in the order they are sent.
+    pub images: Vec<(String, Vec<u8>)>,
 }
 
 /// Hands out the inputs of every request of a run, in sending order, keeping them unique.
@@ -78,19 +78,19 @@ impl<'t> UniqueInputs<'t> {
         &self.policy
     }
 
-    /// The inputs of the next request made from `sample` and its (encoded) `image`, keeping
+    /// The inputs of the next request made from `sample` and its (encoded) `images`, keeping
     /// the sharing a cache workload's set asks for (see the module's notes).
-    pub fn next_for(&mut self, sample: &Sample, image: Option<(&str, &[u8])>) -> Result<SentInput> {
+    pub fn next_for(&mut self, sample: &Sample, images: &[(&str, &[u8])]) -> Result<SentInput> {
         if self.exact {
-            return self.next(&sample.prompt, image);
+            return self.next(&sample.prompt, images);
         }
         if cache_sets::conversation_turn(sample).is_some_and(|(_, turn)| turn > 0) {
             return Ok(SentInput {
                 prompt: sample.prompt.clone(),
-                image: image.map(|(m, b)| (m.to_owned(), b.to_vec())),
+                images: owned(images),
             });
         }
-        if cache_sets::prefix_group(sample).is_some() && image.is_none() {
+        if cache_sets::prefix_group(sample).is_some() && images.is_empty() {
             let pass = self.passes.entry(sample.prompt.clone()).or_insert(0);
             let mut tag = *pass;
             *pass += 1;
@@ -108,22 +108,18 @@ impl<'t> UniqueInputs<'t> {
             }
             return Ok(SentInput {
                 prompt: sent,
-                image: None,
+                images: Vec::new(),
             });
         }
-        self.next(&sample.prompt, image)
+        self.next(&sample.prompt, images)
     }
 
     /// A warm-up request's inputs: as [`Self::next_for`], except that a shared-prefix prompt
     /// gets a warm-up tag, `[w] `, so the warm-up never fills the cache with a prefix that a
     /// measured request will use (the first pass stays cold).
-    pub fn next_warm_up(
-        &mut self,
-        sample: &Sample,
-        image: Option<(&str, &[u8])>,
-    ) -> Result<SentInput> {
-        if self.exact || cache_sets::prefix_group(sample).is_none() || image.is_some() {
-            return self.next_for(sample, image);
+    pub fn next_warm_up(&mut self, sample: &Sample, images: &[(&str, &[u8])]) -> Result<SentInput> {
+        if self.exact || cache_sets::prefix_group(sample).is_none() || !images.is_empty() {
+            return self.next_for(sample, images);
         }
         let mut n = 0u64;
         loop {
@@ -135,7 +131,7 @@ impl<'t> UniqueInputs<'t> {
                 self.count_prefix(&sample.prompt, &sent);
                 return Ok(SentInput {
                     prompt: sent,
-                    image: None,
+                    images: Vec::new(),
                 });
             }
             n += 1;
@@ -152,12 +148,14 @@ impl<'t> UniqueInputs<'t> {
         }
     }
 
-    /// The inputs of the next request made from `prompt` and (encoded) `image`.
-    pub fn next(&mut self, prompt: &str, image: Option<(&str, &[u8])>) -> Result<SentInput> {
+    /// The inputs of the next request made from `prompt` and (encoded) `images`. Each image is
+    /// made unique on its own: one that repeats an earlier image (of this request or an
+    /// earlier one) is altered.
+    pub fn next(&mut self, prompt: &str, images: &[(&str, &[u8])]) -> Result<SentInput> {
         if self.exact {
             return Ok(SentInput {
                 prompt: prompt.to_owned(),
-                image: image.map(|(m, b)| (m.to_owned(), b.to_vec())),
+                images: owned(images),
             });
         }
         let mut sent_prompt = prompt.to_owned();
@@ -168,27 +166,25 @@ impl<'t> UniqueInputs<'t> {
         if sent_prompt.len() != prompt.len() {
             self.count_prefix(prompt, &sent_prompt);
         }
-        let sent_image = match image {
-            None => None,
-            Some((mime, bytes)) => {
-                let mut out = (mime.to_owned(), bytes.to_vec());
-                let mut altered = false;
-                loop {
-                    let key = self.pixel_key(&out.1);
-                    if self.images.insert(key) {
-                        break;
-                    }
-                    self.next_tag += 1;
-                    out = alter_pixels(bytes, self.next_tag)?;
-                    altered = true;
+        let mut sent_images = Vec::with_capacity(images.len());
+        for &(mime, bytes) in images {
+            let mut out = (mime.to_owned(), bytes.to_vec());
+            let mut altered = false;
+            loop {
+                let key = self.pixel_key(&out.1);
+                if self.images.insert(key) {
+                    break;
                 }
-                self.policy.images_altered += altered as usize;
-                Some(out)
+                self.next_tag += 1;
+                out = alter_pixels(bytes, self.next_tag)?;
+                altered = true;
             }
-        };
+            self.policy.images_altered += altered as usize;
+            sent_images.push(out);
+        }
         Ok(SentInput {
             prompt: sent_prompt,
-            image: sent_image,
+            images: sent_images,
         })
     }
 
@@ -221,6 +217,13 @@ impl<'t> UniqueInputs<'t> {
     pub fn set_cache_reset(&mut self, what: String) {
         self.policy.cache_reset = Some(what);
     }
+}
+
+fn owned(images: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    images
+        .iter()
+        .map(|&(m, b)| (m.to_owned(), b.to_vec()))
+        .collect()
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -281,7 +284,7 @@ mod tests {
         Sample {
             index: 0,
             prompt: prompt.into(),
-            image: None,
+            images: Vec::new(),
             fields: fields
                 .iter()
                 .map(|(k, v)| (k.to_string(), (*v).into()))
@@ -308,13 +311,13 @@ mod tests {
         let mut pass_starts = Vec::new();
         for pass in 0..3 {
             if pass == 0 {
-                let warm = u.next_warm_up(&set[0], None).unwrap().prompt;
+                let warm = u.next_warm_up(&set[0], &[]).unwrap().prompt;
                 assert_eq!(warm, format!("[w] {}", set[0].prompt));
                 assert!(all.insert(warm));
             }
             let sent: Vec<String> = set
                 .iter()
-                .map(|x| u.next_for(x, None).unwrap().prompt)
+                .map(|x| u.next_for(x, &[]).unwrap().prompt)
                 .collect();
             // Within a pass every prompt of the group starts the same way...
             let start = sent[0].split(" suffix").next().unwrap().to_string();
@@ -349,10 +352,10 @@ mod tests {
             ],
         );
         let mut u = UniqueInputs::new(false, None);
-        assert_eq!(u.next_for(&first, None).unwrap().prompt, "hello");
-        assert_eq!(u.next_for(&later, None).unwrap().prompt, "and then?");
-        assert_ne!(u.next_for(&first, None).unwrap().prompt, "hello");
-        assert_eq!(u.next_for(&later, None).unwrap().prompt, "and then?");
+        assert_eq!(u.next_for(&first, &[]).unwrap().prompt, "hello");
+        assert_eq!(u.next_for(&later, &[]).unwrap().prompt, "and then?");
+        assert_ne!(u.next_for(&first, &[]).unwrap().prompt, "hello");
+        assert_eq!(u.next_for(&later, &[]).unwrap().prompt, "and then?");
     }
 
     #[test]
@@ -363,14 +366,14 @@ mod tests {
         let mut images = HashSet::new();
         for _ in 0..5 {
             for p in ["a cat", "a dog"] {
-                let s = u.next(p, Some(("image/png", &img))).unwrap();
+                let s = u.next(p, &[("image/png", &img)]).unwrap();
                 assert!(s.prompt.ends_with(p), "{}", s.prompt);
                 assert!(
                     prompts.insert(s.prompt.clone()),
                     "prompt repeated: {}",
                     s.prompt
                 );
-                let (mime, bytes) = s.image.unwrap();
+                let [(mime, bytes)] = <[_; 1]>::try_from(s.images).unwrap();
                 assert_eq!(mime, "image/png");
                 let decoded = image::load_from_memory(&bytes).unwrap();
                 assert_eq!((decoded.width(), decoded.height()), (16, 8));
@@ -384,19 +387,15 @@ mod tests {
         assert!(p.prefix_chars_added >= 8 * 4);
         // The first use of each input is sent as given.
         let mut fresh = UniqueInputs::new(false, None);
-        assert_eq!(fresh.next("a cat", None).unwrap().prompt, "a cat");
-        assert!(fresh
-            .next("a cat", None)
-            .unwrap()
-            .prompt
-            .starts_with("[1] "));
+        assert_eq!(fresh.next("a cat", &[]).unwrap().prompt, "a cat");
+        assert!(fresh.next("a cat", &[]).unwrap().prompt.starts_with("[1] "));
     }
 
     #[test]
     fn exact_repeats_are_kept_on_request() {
         let mut u = UniqueInputs::new(true, None);
-        let a = u.next("same", Some(("image/png", b"xx"))).unwrap();
-        let b = u.next("same", Some(("image/png", b"xx"))).unwrap();
+        let a = u.next("same", &[("image/png", b"xx")]).unwrap();
+        let b = u.next("same", &[("image/png", b"xx")]).unwrap();
         assert_eq!(a, b);
         assert_eq!(u.policy().repeats, "exact-repeats");
         assert_eq!(u.policy().prompts_prefixed, 0);
@@ -432,12 +431,44 @@ mod tests {
         let (png, bmp) = (png_of(&img), bmp.into_inner());
         assert_ne!(png, bmp);
         let mut u = UniqueInputs::new(false, None);
-        let first = u.next("a", Some(("image/png", &png))).unwrap();
-        assert_eq!(first.image.unwrap().1, png, "first use unchanged");
-        let second = u.next("b", Some(("image/bmp", &bmp))).unwrap();
-        let (mime, bytes) = second.image.unwrap();
+        let first = u.next("a", &[("image/png", &png)]).unwrap();
+        assert_eq!(first.images[0].1, png, "first use unchanged");
+        let second = u.next("b", &[("image/bmp", &bmp)]).unwrap();
+        let (mime, bytes) = second.images[0].clone();
         assert_eq!(mime, "image/bmp");
         assert_ne!(bytes, bmp, "the same pixels in another file are a repeat");
         assert_eq!(u.policy().images_altered, 1);
+    }
+
+    /// Every image of a request is kept in order, and each is made unique on its own: a repeat
+    /// of an earlier request's image is altered, a new one is sent as given.
+    #[test]
+    fn each_image_of_a_request_is_kept_apart_on_its_own() {
+        let (a, b, c) = (png(8, 6), png(6, 8), png(5, 7));
+        let mut u = UniqueInputs::new(false, None);
+        let first = u
+            .next("p", &[("image/png", &a), ("image/png", &b)])
+            .unwrap();
+        assert_eq!(
+            first.images,
+            [
+                ("image/png".to_string(), a.clone()),
+                ("image/png".to_string(), b.clone())
+            ]
+        );
+        let second = u
+            .next("q", &[("image/png", &c), ("image/png", &a)])
+            .unwrap();
+        assert_eq!(second.images.len(), 2);
+        assert_eq!(second.images[0].1, c, "a new image is sent as given");
+        assert_ne!(second.images[1].1, a, "a repeated image is altered");
+        let decoded = image::load_from_memory(&second.images[1].1).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (8, 6));
+        assert_eq!(u.policy().images_altered, 1);
+        let mut exact = UniqueInputs::new(true, None);
+        let again = exact
+            .next("p", &[("image/png", &a), ("image/png", &a)])
+            .unwrap();
+        assert_eq!(again.images[0], again.images[1]);
     }
 }

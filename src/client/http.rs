@@ -47,20 +47,28 @@ pub struct ImagePayload<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Builds the JSON body of one streaming request (greedy: temperature 0).
-pub fn build_body(cfg: &ClientConfig, prompt: &str, image: Option<ImagePayload<'_>>) -> Vec<u8> {
+/// Builds the JSON body of one streaming request (greedy: temperature 0). On the chat
+/// endpoint, a prompt with images is one user turn whose content is one `image_url` part per
+/// image, in order, then the text part; the completions endpoint takes text only (`images` is
+/// ignored there: the caller refuses image sets before).
+pub fn build_body(cfg: &ClientConfig, prompt: &str, images: &[ImagePayload<'_>]) -> Vec<u8> {
     let body = match cfg.endpoint {
         Endpoint::Chat => {
-            let content = match image {
-                None => Value::String(prompt.to_owned()),
-                Some(img) => json!([
-                    {"type": "image_url", "image_url": {"url": format!(
-                        "data:{};base64,{}",
-                        img.mime,
-                        base64::engine::general_purpose::STANDARD.encode(img.bytes)
-                    )}},
-                    {"type": "text", "text": prompt}
-                ]),
+            let content = if images.is_empty() {
+                Value::String(prompt.to_owned())
+            } else {
+                let mut parts: Vec<Value> = images
+                    .iter()
+                    .map(|img| {
+                        json!({"type": "image_url", "image_url": {"url": format!(
+                            "data:{};base64,{}",
+                            img.mime,
+                            base64::engine::general_purpose::STANDARD.encode(img.bytes)
+                        )}})
+                    })
+                    .collect();
+                parts.push(json!({"type": "text", "text": prompt}));
+                Value::Array(parts)
             };
             json!({"model": cfg.model, "messages": [{"role": "user", "content": content}]})
         }
@@ -384,10 +392,10 @@ mod tests {
         let body: Value = serde_json::from_slice(&build_body(
             &c,
             "hi",
-            Some(ImagePayload {
+            &[ImagePayload {
                 mime: "image/png",
                 bytes: b"\x89PNG",
-            }),
+            }],
         ))
         .unwrap();
         assert_eq!(body["stream"], true);
@@ -400,9 +408,39 @@ mod tests {
             "data:image/png;base64,iVBORw=="
         );
         let text: Value =
-            serde_json::from_slice(&build_body(&cfg(Endpoint::Completions), "p", None)).unwrap();
+            serde_json::from_slice(&build_body(&cfg(Endpoint::Completions), "p", &[])).unwrap();
         assert_eq!(text["prompt"], "p");
         assert!(text.get("messages").is_none());
+        let plain: Value = serde_json::from_slice(&build_body(&c, "just text", &[])).unwrap();
+        assert_eq!(plain["messages"][0]["content"], "just text");
+    }
+
+    #[test]
+    fn several_images_go_as_one_part_each_in_order_before_the_text() {
+        let images = [
+            ImagePayload {
+                mime: "image/png",
+                bytes: b"first",
+            },
+            ImagePayload {
+                mime: "image/jpeg",
+                bytes: b"second",
+            },
+        ];
+        let body: Value =
+            serde_json::from_slice(&build_body(&cfg(Endpoint::Chat), "compare", &images)).unwrap();
+        let parts = body["messages"][0]["content"].as_array().unwrap();
+        let kinds: Vec<&str> = parts.iter().map(|p| p["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["image_url", "image_url", "text"]);
+        assert_eq!(
+            parts[0]["image_url"]["url"],
+            "data:image/png;base64,Zmlyc3Q="
+        );
+        assert_eq!(
+            parts[1]["image_url"]["url"],
+            "data:image/jpeg;base64,c2Vjb25k"
+        );
+        assert_eq!(parts[2]["text"], "compare");
     }
 
     #[test]

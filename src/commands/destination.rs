@@ -114,8 +114,7 @@ fn is_vlmbench_csv(path: &Path) -> bool {
     };
     let header = text.lines().next().unwrap_or("");
     // The serving CSV's first columns (see `report::serving::write_csv`).
-    header == crate::report::csv::COLUMNS.join(",")
-        || header.starts_with("concurrency,request_rate,index,ok")
+    crate::report::csv::is_header(header) || header.starts_with("concurrency,request_rate,index,ok")
 }
 
 /// Creates the report's folder and a file in it (removed again), so that a destination that

@@ -170,7 +170,7 @@ pub fn resolve_out(out: &Path, default_file_name: &str) -> PathBuf {
 }
 
 fn announce(out: &Path, file: &DatasetFile) {
-    let images = file.samples.iter().filter(|s| s.image.is_some()).count();
+    let images = file.samples.iter().filter(|s| !s.images.is_empty()).count();
     println!(
         "wrote {} ({} samples, {} with images, set {})",
         out.display(),

@@ -122,7 +122,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     eprintln!("loading {model} ...");
     let mut engine = crate::engine::open::open_engine(&options)?;
     let info = engine.info().clone();
-    if !info.vision && dataset.file.samples.iter().any(|s| s.image.is_some()) {
+    if !info.vision && dataset.file.samples.iter().any(|s| !s.images.is_empty()) {
         bail!(
             "{} has images but {} ({}) is a text-only model; use a vision model (e.g. random:tiny-llava) or a text set (vlmbench prepare prompts)",
             data_path.display(),

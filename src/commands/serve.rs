@@ -148,7 +148,9 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         }
         None => load_dataset(args.data_file.as_deref())?,
     };
-    if endpoint == Endpoint::Completions && dataset.file.samples.iter().any(|x| x.image.is_some()) {
+    if endpoint == Endpoint::Completions
+        && dataset.file.samples.iter().any(|x| !x.images.is_empty())
+    {
         bail!(
             "{} has images, which /v1/completions cannot take; use --endpoint chat",
             data_path.display()
@@ -203,12 +205,13 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
         let mut sent = Vec::with_capacity(count);
         for i in 0..count {
             let sample = &samples[i % samples.len()];
-            let image = images.get(&dataset, sample)?;
-            let image = image.as_ref().map(|(m, b)| (*m, &b[..]));
+            let read = images.get(&dataset, sample)?;
+            let sample_images: Vec<(&str, &[u8])> =
+                read.iter().map(|(m, b)| (*m, &b[..])).collect();
             let input = if warm_up {
-                inputs.next_warm_up(sample, image)?
+                inputs.next_warm_up(sample, &sample_images)?
             } else {
-                inputs.next_for(sample, image)?
+                inputs.next_for(sample, &sample_images)?
             };
             bodies.push(body_for(&cfg, &input, replay_max_tokens(&dataset, sample)));
             sent.push(crate::dataset::Sample {

@@ -29,16 +29,26 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
+    /// The sample's images (MIME type and bytes), in order; empty for a text-only sample.
     pub fn get(
         &mut self,
         dataset: &LoadedDataset,
         sample: &Sample,
-    ) -> Result<Option<(&'static str, Vec<u8>)>> {
-        let Some(path) = dataset.image_path(sample) else {
-            return Ok(None);
-        };
+    ) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        dataset
+            .image_paths(sample)
+            .into_iter()
+            .map(|path| self.read(sample, path))
+            .collect()
+    }
+
+    fn read(
+        &mut self,
+        sample: &Sample,
+        path: std::path::PathBuf,
+    ) -> Result<(&'static str, Vec<u8>)> {
         if let Some(hit) = self.by_path.get(&path) {
-            return Ok(Some(hit.clone()));
+            return Ok(hit.clone());
         }
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
@@ -55,7 +65,7 @@ impl ImageCache {
             _ => "image/jpeg",
         };
         self.by_path.insert(path, (mime, bytes.clone()));
-        Ok(Some((mime, bytes)))
+        Ok((mime, bytes))
     }
 }
 
@@ -80,12 +90,10 @@ pub fn body_for(cfg: &ClientConfig, input: &SentInput, max_tokens: Option<usize>
         }
         None => cfg,
     };
-    build_body(
-        cfg,
-        &input.prompt,
-        input
-            .image
-            .as_ref()
-            .map(|(mime, bytes)| ImagePayload { mime, bytes }),
-    )
+    let images: Vec<ImagePayload<'_>> = input
+        .images
+        .iter()
+        .map(|(mime, bytes)| ImagePayload { mime, bytes })
+        .collect();
+    build_body(cfg, &input.prompt, &images)
 }

@@ -271,7 +271,7 @@ pub fn trace_dataset(path: &Path, trace: &[TraceRequest]) -> Result<LoadedDatase
             Sample {
                 index: i as i64,
                 prompt: r.prompt.clone(),
-                image: None,
+                images: Vec::new(),
                 fields,
             }
         })

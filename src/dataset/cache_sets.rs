@@ -105,7 +105,7 @@ pub fn prepare_shared_prefix(opts: &SharedPrefixOptions, out: &Path) -> Result<D
             samples.push(Sample {
                 index: samples.len() as i64,
                 prompt,
-                image: None,
+                images: Vec::new(),
                 fields,
             });
         }
@@ -163,7 +163,7 @@ pub fn prepare_conversations(opts: &ConversationOptions, out: &Path) -> Result<D
             samples.push(Sample {
                 index: samples.len() as i64,
                 prompt,
-                image: None,
+                images: Vec::new(),
                 fields,
             });
         }

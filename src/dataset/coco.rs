@@ -207,7 +207,7 @@ fn from_annotations(
         samples.push(Sample {
             index: id,
             prompt: prompt.to_string(),
-            image: Some(rel),
+            images: vec![rel],
             fields,
         });
     }
@@ -298,7 +298,7 @@ fn from_tsv(
         samples.push(Sample {
             index,
             prompt: prompt.to_string(),
-            image: Some(rel),
+            images: vec![rel],
             fields,
         });
     }

@@ -166,7 +166,7 @@ pub fn prepare(opts: &MmbenchOptions) -> Result<DatasetFile> {
             Sample {
                 index,
                 prompt: build_prompt(&row),
-                image: None,
+                images: Vec::new(),
                 fields,
             },
             slot,
@@ -186,7 +186,7 @@ pub fn prepare(opts: &MmbenchOptions) -> Result<DatasetFile> {
         };
         let (rel, w, h) = &own_images[&owner];
         used.insert(rel.clone());
-        sample.image = Some(rel.clone());
+        sample.images = vec![rel.clone()];
         sample.fields.insert("image_width".into(), (*w).into());
         sample.fields.insert("image_height".into(), (*h).into());
         samples.push(sample);

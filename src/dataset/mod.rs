@@ -64,18 +64,111 @@ pub struct SourceFile {
 }
 
 /// One benchmark input.
+///
+/// In the file, a sample with one image names it as `"image": "rel/path"`, a text-only sample
+/// as `"image": null`, and a sample with two or more as `"images": ["a", "b"]` (and no `image`
+/// key): files with one image per sample read and write exactly as before several were allowed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "SampleJson", into = "SampleJson")]
 pub struct Sample {
     /// Stable identifier from the source (COCO image id, MMBench index, line number...).
     pub index: i64,
     /// The exact text sent to the model (before any chat template).
     pub prompt: String,
-    /// Image path relative to the JSON file, `/`-separated; `null` for text-only samples.
-    pub image: Option<String>,
+    /// Image paths relative to the JSON file, `/`-separated, in the order the model sees them;
+    /// empty for text-only samples.
+    pub images: Vec<String>,
     /// Source fields that matter for this set (reference captions, answer, category, target
     /// token counts...). Keys are sorted.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+/// A sample as the file holds it: `image` (one path or `null`) or `images` (a list).
+#[derive(Serialize, Deserialize)]
+struct SampleJson {
+    index: i64,
+    prompt: String,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    image: Option<serde_json::Value>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    images: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    fields: BTreeMap<String, serde_json::Value>,
+}
+
+/// A key that is there, even as `null` (absent keys take the default, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl TryFrom<SampleJson> for Sample {
+    type Error = String;
+
+    fn try_from(s: SampleJson) -> Result<Self, String> {
+        use serde_json::Value;
+        let at = format!("sample {}", s.index);
+        let images = match (s.image, s.images) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at} has both `image` and `images`; keep one (`images` for two or more)"
+                ))
+            }
+            (None | Some(Value::Null), None) => Vec::new(),
+            (Some(Value::String(path)), None) => vec![path],
+            (Some(other), None) => {
+                return Err(format!(
+                    "{at}: `image` must be a path (a string) or null, not {other}"
+                ))
+            }
+            (None, Some(Value::Array(list))) => list
+                .into_iter()
+                .enumerate()
+                .map(|(k, v)| match v {
+                    Value::String(path) => Ok(path),
+                    other => Err(format!(
+                        "{at}: `images[{k}]` must be a path (a string), not {other}"
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            (None, Some(other)) => {
+                return Err(format!(
+                    "{at}: `images` must be a list of paths, not {other}"
+                ))
+            }
+        };
+        Ok(Self {
+            index: s.index,
+            prompt: s.prompt,
+            images,
+            fields: s.fields,
+        })
+    }
+}
+
+impl From<Sample> for SampleJson {
+    fn from(s: Sample) -> Self {
+        use serde_json::Value;
+        let (image, images) = match <[String; 1]>::try_from(s.images) {
+            Ok([one]) => (Some(Value::String(one)), None),
+            Err(list) if list.is_empty() => (Some(Value::Null), None),
+            Err(list) => (None, Some(list.into_iter().map(Value::String).collect())),
+        };
+        Self {
+            index: s.index,
+            prompt: s.prompt,
+            image,
+            images,
+            fields: s.fields,
+        }
+    }
 }
 
 /// The field in which a set asks for a per-sample output length (synthetic sets write it).
@@ -138,9 +231,14 @@ impl LoadedDataset {
         })
     }
 
-    /// Absolute-or-cwd-relative path of a sample's image.
-    pub fn image_path(&self, sample: &Sample) -> Option<PathBuf> {
-        sample.image.as_ref().map(|rel| self.base_dir.join(rel))
+    /// Absolute-or-cwd-relative paths of a sample's images, in order (empty for text-only
+    /// samples).
+    pub fn image_paths(&self, sample: &Sample) -> Vec<PathBuf> {
+        sample
+            .images
+            .iter()
+            .map(|rel| self.base_dir.join(rel))
+            .collect()
     }
 }
 
@@ -175,4 +273,129 @@ pub fn describe_source(path: &Path) -> Result<SourceFile> {
         sha256: hex::encode(hasher.finalize()),
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(images: &[&str]) -> Sample {
+        Sample {
+            index: 7,
+            prompt: "p".into(),
+            images: images.iter().map(|s| s.to_string()).collect(),
+            fields: BTreeMap::new(),
+        }
+    }
+
+    /// Files with at most one image per sample are written byte for byte as before several
+    /// images were allowed; two or more go in `images`.
+    #[test]
+    fn one_image_keeps_the_image_key_and_several_use_images() {
+        let text = serde_json::to_string(&sample(&[])).unwrap();
+        assert_eq!(text, r#"{"index":7,"prompt":"p","image":null}"#);
+        let one = serde_json::to_string(&sample(&["x_images/1.png"])).unwrap();
+        assert_eq!(one, r#"{"index":7,"prompt":"p","image":"x_images/1.png"}"#);
+        let two = serde_json::to_string(&sample(&["a.png", "b.jpg"])).unwrap();
+        assert_eq!(
+            two,
+            r#"{"index":7,"prompt":"p","images":["a.png","b.jpg"]}"#
+        );
+        let mut with_fields = sample(&["a.png"]);
+        with_fields.fields.insert("k".into(), 1.into());
+        assert_eq!(
+            serde_json::to_string(&with_fields).unwrap(),
+            r#"{"index":7,"prompt":"p","image":"a.png","fields":{"k":1}}"#
+        );
+        for s in [
+            sample(&[]),
+            sample(&["a"]),
+            sample(&["a", "b", "c"]),
+            with_fields,
+        ] {
+            let back: Sample = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn either_key_reads_and_a_missing_one_is_text_only() {
+        let read = |j: &str| serde_json::from_str::<Sample>(j).map(|s| s.images);
+        assert_eq!(
+            read(r#"{"index":1,"prompt":"p"}"#).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            read(r#"{"index":1,"prompt":"p","images":[]}"#).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            read(r#"{"index":1,"prompt":"p","images":["a"]}"#).unwrap(),
+            ["a"]
+        );
+        assert_eq!(
+            read(r#"{"index":1,"prompt":"p","images":["a","b"]}"#).unwrap(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn malformed_image_keys_name_the_sample() {
+        let err = |j: &str| serde_json::from_str::<Sample>(j).unwrap_err().to_string();
+        let both = err(r#"{"index":12,"prompt":"p","image":"a","images":["b","c"]}"#);
+        assert!(
+            both.contains("sample 12 has both `image` and `images`"),
+            "{both}"
+        );
+        let null_too = err(r#"{"index":12,"prompt":"p","image":null,"images":["b","c"]}"#);
+        assert!(null_too.contains("both"), "{null_too}");
+        let entry = err(r#"{"index":5,"prompt":"p","images":["a",3]}"#);
+        assert!(
+            entry.contains("sample 5: `images[1]` must be a path"),
+            "{entry}"
+        );
+        let not_list = err(r#"{"index":5,"prompt":"p","images":"a"}"#);
+        assert!(
+            not_list.contains("sample 5: `images` must be a list"),
+            "{not_list}"
+        );
+        let bad_one = err(r#"{"index":9,"prompt":"p","image":4}"#);
+        assert!(
+            bad_one.contains("sample 9: `image` must be a path"),
+            "{bad_one}"
+        );
+    }
+
+    #[test]
+    fn image_paths_resolve_against_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("set.json");
+        let file = DatasetFile {
+            schema_version: DATASET_SCHEMA_VERSION,
+            set: "jsonl".into(),
+            name: "x".into(),
+            vlmbench_version: "0".into(),
+            seed: None,
+            num_samples: 2,
+            sources: Vec::new(),
+            params: BTreeMap::new(),
+            samples: vec![sample(&["i/b.png", "i/a.png"]), sample(&[])],
+        };
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let loaded = LoadedDataset::load(&path).unwrap();
+        assert_eq!(loaded.file, file);
+        assert_eq!(
+            loaded.image_paths(&loaded.file.samples[0]),
+            [dir.path().join("i/b.png"), dir.path().join("i/a.png")]
+        );
+        assert!(loaded.image_paths(&loaded.file.samples[1]).is_empty());
+        std::fs::write(
+            &path,
+            br#"{"schema_version":1,"set":"jsonl","name":"x","vlmbench_version":"0","seed":null,
+"num_samples":1,"sources":[],"params":{},"samples":[{"index":3,"prompt":"p","image":"a","images":["b"]}]}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", LoadedDataset::load(&path).unwrap_err());
+        assert!(err.contains("sample 3 has both"), "{err}");
+    }
 }

@@ -112,7 +112,7 @@ pub fn prepare(source: &PromptSource, name: &str, out: &Path) -> Result<DatasetF
         .map(|(index, prompt)| Sample {
             index,
             prompt,
-            image: None,
+            images: Vec::new(),
             fields: BTreeMap::new(),
         })
         .collect();

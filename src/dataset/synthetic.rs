@@ -115,7 +115,7 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
         samples.push(Sample {
             index,
             prompt,
-            image,
+            images: image.into_iter().collect(),
             fields,
         });
     }
@@ -393,7 +393,7 @@ mod tests {
                 "{:?}",
                 s.prompt
             );
-            let bytes = std::fs::read(dir.path().join(s.image.as_ref().unwrap())).unwrap();
+            let bytes = std::fs::read(dir.path().join(&s.images[0])).unwrap();
             let img = image::load_from_memory(&bytes).unwrap();
             assert_eq!(
                 img.width() as u64,

@@ -11,7 +11,7 @@ use anyhow::Result;
 use tokenizers::Tokenizer;
 
 use super::decode::{fit_prompt, prefill_and_decode, reserve_cache};
-use super::template::{tokenize_around_image, PromptTemplate};
+use super::template::{tokenize_around_images, PromptTemplate, TokenizedPrompt};
 use super::{
     sample_error, Engine, EngineError, EngineInfo, Generation, GenerationRequest, ModelThreads,
     PhasePeaks,
@@ -19,7 +19,7 @@ use super::{
 use crate::memory::DevicePool;
 use crate::models::llama::KvCache;
 use crate::models::llava::preprocess::ImageProcessor;
-use crate::models::llava::LlavaModel;
+use crate::models::llava::{LlavaModel, Variant};
 use crate::profile;
 
 pub struct CandleLlavaEngine {
@@ -60,6 +60,38 @@ impl CandleLlavaEngine {
     }
 }
 
+impl CandleLlavaEngine {
+    /// Image tokens of each of a sample's images (`(height, width)` each): one image as the
+    /// model tiles it; several (OneVision only, as it was trained) each untiled.
+    fn image_token_counts(&self, sizes: &[(u32, u32)]) -> Result<Vec<usize>, String> {
+        let c = &self.model.config;
+        match sizes {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![c.image_token_count(*one)]),
+            several if matches!(c.variant, Variant::OneVision { .. }) => {
+                Ok(vec![c.untiled_token_count(); several.len()])
+            }
+            several => Err(format!(
+                "{} ({}) takes one image per sample; this sample has {} (LLaVA-OneVision and Qwen2-VL take several)",
+                self.info.model,
+                self.info.architecture,
+                several.len()
+            )),
+        }
+    }
+
+    /// The prompt in the model's template, tokenized around its `images` images.
+    fn tokenize(&self, prompt: &str, images: usize) -> Result<TokenizedPrompt, String> {
+        let text = self.template.render_images(prompt, images);
+        tokenize_around_images(
+            &self.tokenizer,
+            &text,
+            self.model.config.image_token_id,
+            images,
+        )
+    }
+}
+
 impl Engine for CandleLlavaEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
@@ -84,27 +116,23 @@ impl Engine for CandleLlavaEngine {
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         let mut needed = 0;
         for r in requests {
-            // The image's size decides its token count (any-resolution models); only its
-            // header is read here.
-            let size = match r.image {
-                Some(path) => match image::image_dimensions(path) {
-                    Ok((w, h)) => Some((h, w)),
-                    Err(_) => continue,
-                },
-                None => None,
-            };
-            let text = self.template.render(r.prompt, size.is_some());
-            let Ok(tokens) = tokenize_around_image(
-                &self.tokenizer,
-                &text,
-                self.model.config.image_token_id,
-                size.is_some(),
-            ) else {
+            // The images' sizes decide their token counts (any-resolution models); only their
+            // headers are read here.
+            let Ok(sizes) = r
+                .images
+                .iter()
+                .map(|path| image::image_dimensions(path).map(|(w, h)| (h, w)))
+                .collect::<Result<Vec<_>, _>>()
+            else {
                 continue;
             };
-            let image_tokens = size.map_or(0, |s| self.model.config.image_token_count(s));
-            let input =
-                tokens.before.len() + image_tokens + tokens.after.as_ref().map_or(0, Vec::len);
+            let Ok(counts) = self.image_token_counts(&sizes) else {
+                continue;
+            };
+            let Ok(tokens) = self.tokenize(r.prompt, sizes.len()) else {
+                continue;
+            };
+            let input = tokens.text_tokens() + counts.iter().sum::<usize>();
             needed = needed.max(input + r.max_new_tokens);
         }
         reserve_cache(&self.model.llm, &mut self.cache, needed)?;
@@ -115,27 +143,26 @@ impl Engine for CandleLlavaEngine {
         let _sample = profile::span("sample", "sample");
         let start = Instant::now();
         let preprocess_span = profile::span("phase", "preprocess");
-        let image = match req.image {
-            Some(path) => Some(
-                self.processor
-                    .prepare_file(path)
-                    .map_err(|e| sample_error(format!("{e:#}")))?,
-            ),
-            None => None,
-        };
-        let text = self.template.render(req.prompt, image.is_some());
-        let tokens = tokenize_around_image(
-            &self.tokenizer,
-            &text,
-            self.model.config.image_token_id,
-            image.is_some(),
-        )
-        .map_err(sample_error)?;
-        let image_tokens = image
-            .as_ref()
-            .map_or(0, |i| self.model.config.image_token_count(i.original_size));
-        let input_tokens =
-            tokens.before.len() + image_tokens + tokens.after.as_ref().map_or(0, Vec::len);
+        let several = req.images.len() > 1;
+        let images = req
+            .images
+            .iter()
+            .map(|path| {
+                if several {
+                    self.processor.prepare_file_untiled(path)
+                } else {
+                    self.processor.prepare_file(path)
+                }
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| sample_error(format!("{e:#}")))?;
+        let sizes: Vec<(u32, u32)> = images.iter().map(|i| i.original_size).collect();
+        let counts = self.image_token_counts(&sizes).map_err(sample_error)?;
+        let tokens = self
+            .tokenize(req.prompt, images.len())
+            .map_err(sample_error)?;
+        let image_tokens: usize = counts.iter().sum();
+        let input_tokens = tokens.text_tokens() + image_tokens;
         fit_prompt(
             &self.model.llm,
             &mut self.cache,
@@ -147,37 +174,42 @@ impl Engine for CandleLlavaEngine {
         let preprocess = start.elapsed();
 
         let mut peaks = PhasePeaks::default();
-        let (features, vision_encode) = match &image {
-            Some(img) => {
-                if let Some(p) = &self.pool {
-                    p.reset_peak();
-                }
-                let _span = profile::span("phase", "vision_encode");
-                let model = &self.model;
-                let f = self.threads.run(|| model.encode_image(img))?;
-                self.model
-                    .device()
-                    .synchronize()
-                    .map_err(anyhow::Error::from)?;
-                peaks.vision_bytes = self.pool.as_ref().and_then(DevicePool::peak);
-                if f.dim(0).map_err(anyhow::Error::from)? != image_tokens {
+        let mut features = Vec::with_capacity(images.len());
+        let mut vision_encode = None;
+        if !images.is_empty() {
+            if let Some(p) = &self.pool {
+                p.reset_peak();
+            }
+            let _span = profile::span("phase", "vision_encode");
+            let model = &self.model;
+            for (image, &expected) in images.iter().zip(&counts) {
+                let f = self.threads.run(|| model.encode_image(image))?;
+                let got = f.dim(0).map_err(anyhow::Error::from)?;
+                if got != expected {
                     return Err(EngineError::Fatal(anyhow::anyhow!(
-                        "the image became {} features, but {image_tokens} were expected",
-                        f.dim(0).unwrap_or(0)
+                        "an image became {got} features, but {expected} were expected"
                     )));
                 }
-                (Some(f), Some(start.elapsed() - preprocess))
+                features.push(f);
             }
-            None => (None, None),
-        };
-
-        let llm = &self.model.llm;
-        let mut parts = vec![llm.embed_tokens(&tokens.before)?];
-        if let Some(f) = features {
-            parts.push(f);
+            self.model
+                .device()
+                .synchronize()
+                .map_err(anyhow::Error::from)?;
+            peaks.vision_bytes = self.pool.as_ref().and_then(DevicePool::peak);
+            vision_encode = Some(start.elapsed() - preprocess);
         }
-        if let Some(after) = tokens.after.as_ref().filter(|a| !a.is_empty()) {
-            parts.push(llm.embed_tokens(after)?);
+
+        // Text pieces and images interleaved: piece, image, piece, ..., piece.
+        let llm = &self.model.llm;
+        let mut parts = Vec::with_capacity(2 * features.len() + 1);
+        for (k, piece) in tokens.pieces.iter().enumerate() {
+            if !piece.is_empty() {
+                parts.push(llm.embed_tokens(piece)?);
+            }
+            if let Some(f) = features.get(k) {
+                parts.push(f.clone());
+            }
         }
         let embeds = candle_core::Tensor::cat(&parts, 0).map_err(anyhow::Error::from)?;
         let d = prefill_and_decode(
@@ -200,6 +232,7 @@ impl Engine for CandleLlavaEngine {
             end: start.elapsed(),
             input_tokens,
             image_tokens,
+            images: images.len(),
             output_token_ids: d.tokens,
             text,
             stop_reason: d.stop_reason,

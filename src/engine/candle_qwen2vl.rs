@@ -1,9 +1,11 @@
-//! In-process Qwen2-VL / Qwen2.5-VL: patch the image, template and tokenize the prompt (the
-//! image placeholder expanded to one `<|image_pad|>` per image token), encode the image, prefill
-//! text and image features with multimodal rotary positions, decode greedily.
+//! In-process Qwen2-VL / Qwen2.5-VL: patch each image, template and tokenize the prompt (one
+//! `<|vision_start|>` ... `<|vision_end|>` block per image, in order, each expanded to one
+//! `<|image_pad|>` per token of its image), encode the images one by one, prefill text and
+//! image features with multimodal rotary positions, decode greedily.
 //!
 //! Phases as timed: preprocessing (image decode, resize, normalise, patching, tokenize) →
-//! vision encoding (the vision transformer and patch merger) → prefill → decode steps.
+//! vision encoding (the vision transformer and patch merger, every image) → prefill → decode
+//! steps.
 
 use std::time::Instant;
 
@@ -188,19 +190,20 @@ impl Engine for CandleQwen2VlEngine {
         super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
     }
 
-    /// Sizes the cache for what each request needs: its image's token count follows from the
+    /// Sizes the cache for what each request needs: each image's token count follows from the
     /// image's size (read from its header) as the processor resizes it.
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         let mut needed = 0;
         for r in requests {
-            let grids: Vec<(usize, usize)> = match r.image {
-                Some(path) => match self.planned_grid(path) {
-                    Some(grid) => vec![grid],
-                    None => continue,
-                },
-                None => Vec::new(),
+            let Some(grids) = r
+                .images
+                .iter()
+                .map(|path| self.planned_grid(path))
+                .collect::<Option<Vec<(usize, usize)>>>()
+            else {
+                continue;
             };
-            let text = self.template.render(r.prompt, r.image.is_some());
+            let text = self.template.render_images(r.prompt, grids.len());
             if let Ok(prompt) = tokenize_with_images(&self.tokenizer, &text, &grids) {
                 needed = needed.max(prompt.ids.len() + r.max_new_tokens);
             }
@@ -213,16 +216,17 @@ impl Engine for CandleQwen2VlEngine {
         let _sample = profile::span("sample", "sample");
         let start = Instant::now();
         let preprocess_span = profile::span("phase", "preprocess");
-        let image = match req.image {
-            Some(path) => Some(
+        let images = req
+            .images
+            .iter()
+            .map(|path| {
                 self.processor
                     .prepare_file(path)
-                    .map_err(|e| sample_error(format!("{e:#}")))?,
-            ),
-            None => None,
-        };
-        let grids: Vec<(usize, usize)> = image.iter().map(|i| self.model.image_grid(i)).collect();
-        let text = self.template.render(req.prompt, image.is_some());
+                    .map_err(|e| sample_error(format!("{e:#}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let grids: Vec<(usize, usize)> = images.iter().map(|i| self.model.image_grid(i)).collect();
+        let text = self.template.render_images(req.prompt, images.len());
         let prompt = tokenize_with_images(&self.tokenizer, &text, &grids).map_err(sample_error)?;
         let image_tokens: usize = grids.iter().map(|(r, c)| r * c).sum();
         let input_tokens = prompt.ids.len();
@@ -237,34 +241,43 @@ impl Engine for CandleQwen2VlEngine {
         let preprocess = start.elapsed();
 
         let mut peaks = PhasePeaks::default();
-        let (features, vision_encode) = match &image {
-            Some(img) => {
-                if let Some(p) = &self.pool {
-                    p.reset_peak();
-                }
-                let _span = profile::span("phase", "vision_encode");
-                let model = &self.model;
-                let f = self.threads.run(|| model.encode_image(img))?;
-                self.model
-                    .device()
-                    .synchronize()
-                    .map_err(anyhow::Error::from)?;
-                peaks.vision_bytes = self.pool.as_ref().and_then(DevicePool::peak);
+        // Each image through the tower on its own (attention never crosses images), in order.
+        let (features, vision_encode) = if images.is_empty() {
+            (Vec::new(), None)
+        } else {
+            if let Some(p) = &self.pool {
+                p.reset_peak();
+            }
+            let _span = profile::span("phase", "vision_encode");
+            let model = &self.model;
+            let features = self.threads.run(|| {
+                images
+                    .iter()
+                    .map(|img| model.encode_image(img))
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            self.model
+                .device()
+                .synchronize()
+                .map_err(anyhow::Error::from)?;
+            peaks.vision_bytes = self.pool.as_ref().and_then(DevicePool::peak);
+            for (k, (f, (rows, cols))) in features.iter().zip(&grids).enumerate() {
                 let got = f.dim(0).map_err(anyhow::Error::from)?;
-                if got != image_tokens {
+                if got != rows * cols {
                     return Err(EngineError::Fatal(anyhow::anyhow!(
-                        "the image became {got} features, but {image_tokens} were expected"
+                        "image {k} became {got} features, but {} were expected",
+                        rows * cols
                     )));
                 }
-                (Some(f), Some(start.elapsed() - preprocess))
             }
-            None => (None, None),
+            (features, Some(start.elapsed() - preprocess))
         };
 
         let llm = &self.model.llm;
-        // Text runs embedded, image runs replaced by the features, in prompt order.
+        // Text runs embedded, image runs replaced by their image's features, in prompt order.
         let mut parts = Vec::with_capacity(prompt.segments.len());
         let mut at = 0usize;
+        let mut image_features = features.into_iter();
         for s in &prompt.segments {
             match *s {
                 Segment::Text(n) => {
@@ -272,16 +285,16 @@ impl Engine for CandleQwen2VlEngine {
                     at += n;
                 }
                 Segment::Image { rows, cols } => {
-                    let f = features
-                        .as_ref()
+                    let f = image_features
+                        .next()
                         .ok_or_else(|| sample_error("an image run without an image"))?;
-                    parts.push(f.clone());
+                    parts.push(f);
                     at += rows * cols;
                 }
             }
         }
         let embeds = candle_core::Tensor::cat(&parts, 0).map_err(anyhow::Error::from)?;
-        if image.is_some() {
+        if !images.is_empty() {
             let (positions, shift) = mrope_positions(&prompt.segments);
             let (cos, sin) = self.model.rotary(&positions);
             self.cache.set_rotary(cos, sin, shift);
@@ -306,6 +319,7 @@ impl Engine for CandleQwen2VlEngine {
             end: start.elapsed(),
             input_tokens,
             image_tokens,
+            images: images.len(),
             output_token_ids: d.tokens,
             text,
             stop_reason: d.stop_reason,
@@ -347,8 +361,9 @@ mod tests {
         CandleQwen2VlEngine::new(model, processor, tok, eos, qwen_template(None), info).unwrap()
     }
 
-    /// The image's token count is planned from its header (the size the processor resizes
-    /// it to), so the cache is sized exactly for the longest request before any is timed.
+    /// Each image's token count is planned from its header (the size the processor resizes
+    /// it to), so the cache is sized exactly for the longest request (here, two images) before
+    /// any is timed.
     #[test]
     fn a_reserved_cache_is_not_grown_inside_a_timed_request() {
         let mut e = tiny_engine();
@@ -359,29 +374,40 @@ mod tests {
         })
         .save(&image)
         .unwrap();
+        let small = dir.path().join("small.png");
+        image::RgbImage::from_fn(213, 130, |x, y| {
+            image::Rgb([(y % 256) as u8, 7, (x % 256) as u8])
+        })
+        .save(&small)
+        .unwrap();
         let unreadable = dir.path().join("broken.png");
         std::fs::write(&unreadable, b"not an image").unwrap();
         let cancel = AtomicBool::new(false);
         let long = "word ".repeat(700);
-        let request = |prompt, image| GenerationRequest {
+        let request = |prompt, images| GenerationRequest {
             prompt,
-            image,
+            images,
             max_new_tokens: 3,
             ignore_eos: true,
             cancel: &cancel,
         };
+        let one = [image.clone()];
+        let two = [image.clone(), small.clone()];
+        let broken = [image.clone(), unreadable.clone()];
         let initial = e.cache.capacity();
         e.reserve(&[
-            request("short", Some(&image)),
-            request(&long, Some(&image)),
-            request(&long, Some(&unreadable)),
-            request("text only", None),
+            request("short", &one),
+            request(&long, &two),
+            request(&long, &one),
+            request(&long, &broken),
+            request("text only", &[]),
         ])
         .unwrap();
         let reserved = e.cache.capacity();
-        let g = e.generate(&request(&long, Some(&image))).unwrap();
-        // 640x480 within 28*28*64 pixels: resized to 252x168, 9x6 merged tokens.
-        assert_eq!(g.image_tokens, 54);
+        let g = e.generate(&request(&long, &two)).unwrap();
+        // 640x480 within 28*28*64 pixels: resized to 252x168, 9x6 merged tokens; 213x130 only
+        // rounded to 224x140, 8x5.
+        assert_eq!((g.image_tokens, g.images), (54 + 40, 2));
         assert!(
             g.input_tokens + 3 > initial,
             "the request must outgrow the first cache"
@@ -393,6 +419,17 @@ mod tests {
             reserved,
             "the timed request did not reallocate the cache"
         );
+        let g1 = e.generate(&request(&long, &one)).unwrap();
+        assert_eq!((g1.image_tokens, g1.images), (54, 1));
+        // The second image adds its tokens and its own vision start and end marks.
+        assert_eq!(g.input_tokens - g1.input_tokens, 40 + 2);
+        match e.generate(&request("x", &broken)) {
+            Err(EngineError::Sample(m)) => assert!(m.contains("broken.png"), "{m}"),
+            other => panic!(
+                "an unreadable second image fails the sample: {:?}",
+                other.map(|g| g.images)
+            ),
+        }
         assert_eq!(e.cpu_threads(), Some(rayon::current_num_threads()));
     }
 
@@ -440,5 +477,25 @@ mod tests {
         let none =
             tokenize_with_images(&tok, &qwen_template(None).render("x", false), &[]).unwrap();
         assert_eq!(none.segments.len(), 1);
+        // Two images: one block each, in order, with their own sizes, text only around them.
+        let text = qwen_template(None).render_images("Compare.", 2);
+        assert!(
+            text.contains("user\n<image><image>Compare.<|im_end|>"),
+            "{text}"
+        );
+        let p = tokenize_with_images(&tok, &text, &[(2, 3), (1, 4)]).unwrap();
+        let Segment::Text(head) = p.segments[0] else {
+            panic!("{:?}", p.segments)
+        };
+        assert_eq!(p.segments[1], Segment::Image { rows: 2, cols: 3 });
+        // <|vision_end|><|vision_start|> between the two images.
+        assert_eq!(p.segments[2], Segment::Text(2));
+        assert_eq!(p.segments[3], Segment::Image { rows: 1, cols: 4 });
+        assert_eq!(p.ids.iter().filter(|&&t| t == pad).count(), 10);
+        let name = |i: usize| tok.id_to_token(p.ids[i]);
+        assert_eq!(name(head + 6).as_deref(), Some(VISION_END));
+        assert_eq!(name(head + 7).as_deref(), Some(VISION_START));
+        assert_eq!(name(head + 12).as_deref(), Some(VISION_END));
+        assert!(tokenize_with_images(&tok, &text, &[(2, 3)]).is_err());
     }
 }

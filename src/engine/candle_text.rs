@@ -99,7 +99,7 @@ impl Engine for CandleTextEngine {
 
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         let mut needed = 0;
-        for r in requests.iter().filter(|r| r.image.is_none()) {
+        for r in requests.iter().filter(|r| r.images.is_empty()) {
             if let Ok(ids) = self.prompt_ids(r.prompt) {
                 needed = needed.max(ids.len() + r.max_new_tokens);
             }
@@ -112,7 +112,7 @@ impl Engine for CandleTextEngine {
         let _sample = profile::span("sample", "sample");
         let start = Instant::now();
         let preprocess_span = profile::span("phase", "preprocess");
-        if req.image.is_some() {
+        if !req.images.is_empty() {
             return Err(EngineError::Sample(format!(
                 "{} is a text-only model and cannot take the sample's image",
                 self.info.model
@@ -148,6 +148,7 @@ impl Engine for CandleTextEngine {
             end: start.elapsed(),
             input_tokens: ids.len(),
             image_tokens: 0,
+            images: 0,
             output_token_ids: d.tokens,
             text,
             stop_reason: d.stop_reason,
@@ -203,7 +204,7 @@ mod tests {
         let long = "word ".repeat(1200);
         let request = |prompt| GenerationRequest {
             prompt,
-            image: None,
+            images: &[],
             max_new_tokens: 3,
             ignore_eos: true,
             cancel: &cancel,

@@ -209,7 +209,7 @@ mod tests {
         let cancel = AtomicBool::new(true);
         let req = GenerationRequest {
             prompt: "",
-            image: None,
+            images: &[],
             max_new_tokens: 4,
             ignore_eos: true,
             cancel: &cancel,

@@ -1,4 +1,4 @@
-//! In-process engines that turn a prompt (and maybe an image) into tokens, and say when each
+//! In-process engines that turn a prompt (and maybe images) into tokens, and say when each
 //! token arrived: the [`Engine`] trait, opening a model ([`open`]), the candle engines (one file
 //! each), their shared greedy decode loop ([`decode`]) and prompt templates ([`template`]).
 //! The model math itself is in `models`; the HTTP client for servers is
@@ -20,7 +20,7 @@ pub mod open;
 pub mod template;
 pub mod truncation;
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -86,8 +86,9 @@ impl ModelThreads {
 pub struct GenerationRequest<'a> {
     /// Text of the user turn, before the model's chat template.
     pub prompt: &'a str,
-    /// Image file for vision models; `None` for text-only samples.
-    pub image: Option<&'a Path>,
+    /// Image files for vision models, in the order the prompt shows them; empty for text-only
+    /// samples. Models that take one image per sample refuse more as a failure of the sample.
+    pub images: &'a [PathBuf],
     /// Upper bound on generated tokens.
     pub max_new_tokens: usize,
     /// Keep decoding past end-of-sequence tokens (fixed-length decode).
@@ -121,8 +122,10 @@ pub struct Generation {
     pub end: Duration,
     /// Prompt length in tokens as the model saw it, image tokens included.
     pub input_tokens: usize,
-    /// Of `input_tokens`, how many stand for the image.
+    /// Of `input_tokens`, how many stand for the images (all of them together).
     pub image_tokens: usize,
+    /// How many images the prompt held.
+    pub images: usize,
     /// Generated token ids, in order.
     pub output_token_ids: Vec<u32>,
     /// Generated text (decoded from `output_token_ids`).

@@ -890,7 +890,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let req = GenerationRequest {
             prompt: "Hello world",
-            image: None,
+            images: &[],
             max_new_tokens: 6,
             ignore_eos: true,
             cancel: &cancel,
@@ -930,7 +930,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let req = GenerationRequest {
             prompt: "Hello world, 12 times",
-            image: None,
+            images: &[],
             max_new_tokens: 5,
             ignore_eos: true,
             cancel: &cancel,
@@ -1105,7 +1105,7 @@ mod tests {
         let cancel = AtomicBool::new(false);
         let req = GenerationRequest {
             prompt: "What is in the picture?",
-            image: Some(&image),
+            images: std::slice::from_ref(&image),
             max_new_tokens: 8,
             ignore_eos: true,
             cancel: &cancel,
@@ -1114,7 +1114,27 @@ mod tests {
         assert_eq!(b.info().architecture, "llava-1.5");
         let (ga, gb) = (a.generate(&req).unwrap(), b.generate(&req).unwrap());
         assert_eq!(gb.image_tokens, 576);
+        assert_eq!((ga.images, gb.images), (1, 1));
         assert_eq!(ga.input_tokens, gb.input_tokens);
         assert_eq!(ga.output_token_ids, gb.output_token_ids);
+        // LLaVA 1.5 takes one image per sample: two fail the sample, not the run.
+        let two = [image.clone(), image.clone()];
+        match a.generate(&GenerationRequest {
+            images: &two,
+            ..req.clone()
+        }) {
+            Err(crate::engine::EngineError::Sample(m)) => {
+                assert!(m.contains("one image per sample; this sample has 2"), "{m}")
+            }
+            other => panic!(
+                "two images must fail the sample: {:?}",
+                other.map(|g| g.images)
+            ),
+        }
+        a.reserve(&[GenerationRequest {
+            images: &two,
+            ..req.clone()
+        }])
+        .unwrap();
     }
 }

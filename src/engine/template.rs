@@ -43,36 +43,50 @@ impl PromptTemplate {
         Ok(Self(text.replace("\\n", "\n")))
     }
 
-    /// The model's input text for `prompt`.
+    /// The model's input text for `prompt`, with or without one image.
     pub fn render(&self, prompt: &str, has_image: bool) -> String {
-        let drop_placeholder = !has_image || prompt.contains(IMAGE_PLACEHOLDER);
-        let template = if drop_placeholder {
+        self.render_images(prompt, usize::from(has_image))
+    }
+
+    /// The model's input text for `prompt` with `images` images: the template's `<image>`
+    /// stands for all of them, one mark per image in order (as a chat template renders a user
+    /// turn whose content lists the images, then the text).
+    pub fn render_images(&self, prompt: &str, images: usize) -> String {
+        let template = if images == 0 || prompt.contains(IMAGE_PLACEHOLDER) {
             self.0
                 .replace("<image>\n", "")
                 .replace(IMAGE_PLACEHOLDER, "")
         } else {
-            self.0.clone()
+            self.0
+                .replace(IMAGE_PLACEHOLDER, &IMAGE_PLACEHOLDER.repeat(images))
         };
         template.replace("{prompt}", prompt)
     }
 }
 
-/// Tokens around the image.
+/// A prompt's tokens, cut where its images go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedPrompt {
-    pub before: Vec<u32>,
-    /// `None` for a text-only sample.
-    pub after: Option<Vec<u32>>,
+    /// The text before the first image, between images, and after the last: one more piece
+    /// than there are images (a text-only prompt is one piece).
+    pub pieces: Vec<Vec<u32>>,
 }
 
-/// Splits `text` at its single `<image>`: by the image token id when the tokenizer has one
-/// (llava-hf), else by the text, tokenizing each piece and dropping the BOS of the later
-/// piece (the original release's `tokenizer_image_token`).
-pub fn tokenize_around_image(
+impl TokenizedPrompt {
+    /// Text tokens, all pieces together.
+    pub fn text_tokens(&self) -> usize {
+        self.pieces.iter().map(Vec::len).sum()
+    }
+}
+
+/// Splits `text` at its `images` `<image>` marks: by the image token id when the tokenizer has
+/// one (llava-hf), else by the text, tokenizing each piece and dropping the BOS of the later
+/// pieces (the original release's `tokenizer_image_token`).
+pub fn tokenize_around_images(
     tokenizer: &Tokenizer,
     text: &str,
     image_token_id: Option<u32>,
-    has_image: bool,
+    images: usize,
 ) -> Result<TokenizedPrompt, String> {
     let encode = |s: &str| -> Result<Vec<u32>, String> {
         Ok(tokenizer
@@ -81,45 +95,40 @@ pub fn tokenize_around_image(
             .get_ids()
             .to_vec())
     };
-    if !has_image {
+    if images == 0 {
         return Ok(TokenizedPrompt {
-            before: encode(text)?,
-            after: None,
+            pieces: vec![encode(text)?],
         });
     }
     let count = text.matches(IMAGE_PLACEHOLDER).count();
-    if count != 1 {
+    if count != images {
         return Err(format!(
-            "the prompt holds {count} {IMAGE_PLACEHOLDER} placeholders; one image needs exactly one"
+            "the prompt holds {count} {IMAGE_PLACEHOLDER} placeholders for {images} image(s); each image needs one"
         ));
     }
     let id = image_token_id
         .filter(|id| tokenizer.id_to_token(*id).as_deref() == Some(IMAGE_PLACEHOLDER));
     if let Some(id) = id {
         let ids = encode(text)?;
-        let Some(pos) = ids.iter().position(|&t| t == id) else {
+        let pieces: Vec<Vec<u32>> = ids.split(|&t| t == id).map(<[u32]>::to_vec).collect();
+        if pieces.len() != images + 1 {
             return Err(format!(
-                "the tokenizer did not turn {IMAGE_PLACEHOLDER} into token {id}"
+                "the tokenizer turned {images} {IMAGE_PLACEHOLDER} marks into {} tokens {id}",
+                pieces.len() - 1
             ));
-        };
-        return Ok(TokenizedPrompt {
-            before: ids[..pos].to_vec(),
-            after: Some(ids[pos + 1..].to_vec()),
-        });
+        }
+        return Ok(TokenizedPrompt { pieces });
     }
-    let (head, tail) = text
-        .split_once(IMAGE_PLACEHOLDER)
-        .ok_or_else(|| "no image placeholder".to_string())?;
-    let before = encode(head)?;
-    let mut after = encode(tail)?;
-    let bos = before.first().copied();
-    if bos.is_some() && after.first().copied() == bos {
-        after.remove(0);
+    let mut pieces = Vec::with_capacity(images + 1);
+    for (k, part) in text.split(IMAGE_PLACEHOLDER).enumerate() {
+        let mut ids = encode(part)?;
+        let bos = pieces.first().and_then(|p: &Vec<u32>| p.first().copied());
+        if k > 0 && bos.is_some() && ids.first().copied() == bos {
+            ids.remove(0);
+        }
+        pieces.push(ids);
     }
-    Ok(TokenizedPrompt {
-        before,
-        after: Some(after),
-    })
+    Ok(TokenizedPrompt { pieces })
 }
 
 #[cfg(test)]
@@ -137,6 +146,15 @@ mod tests {
             t.render("Look: <image>", true),
             "USER: Look: <image> ASSISTANT:"
         );
+        assert_eq!(
+            t.render_images("Hi?", 3),
+            "USER: <image><image><image>\nHi? ASSISTANT:"
+        );
+        assert_eq!(t.render_images("Hi?", 0), t.render("Hi?", false));
+        assert_eq!(
+            t.render_images("<image> then <image>", 2),
+            "USER: <image> then <image> ASSISTANT:"
+        );
         assert!(PromptTemplate::custom("no slot").is_err());
         assert_eq!(
             PromptTemplate::custom("<image>\\n{prompt}").unwrap().0,
@@ -148,16 +166,34 @@ mod tests {
     fn image_split_by_token_and_by_text_agree() {
         let shape = llava_preset("tiny-llava").unwrap();
         let tok = Tokenizer::from_bytes(tokenizer(&shape).unwrap().as_bytes()).unwrap();
-        let text = "USER: <image>\nWhat is this? ASSISTANT:";
-        let by_id = tokenize_around_image(&tok, text, Some(shape.image_token_id()), true).unwrap();
-        let by_text = tokenize_around_image(&tok, text, None, true).unwrap();
-        assert_eq!(by_id.before[0], crate::synth::BOS);
-        assert_eq!(by_id.before, by_text.before);
-        assert_eq!(by_id.after, by_text.after);
-        assert!(!by_id.after.as_ref().unwrap().contains(&crate::synth::BOS));
-        let two = tokenize_around_image(&tok, "<image><image>", None, true).unwrap_err();
+        for (text, images) in [
+            ("USER: <image>\nWhat is this? ASSISTANT:", 1),
+            ("USER: <image><image>\nWhich differs? ASSISTANT:", 2),
+            ("<image> and <image> then <image>", 3),
+        ] {
+            let by_id =
+                tokenize_around_images(&tok, text, Some(shape.image_token_id()), images).unwrap();
+            let by_text = tokenize_around_images(&tok, text, None, images).unwrap();
+            assert_eq!(by_id.pieces.len(), images + 1, "{text}");
+            assert_eq!(by_id.pieces[0][0], crate::synth::BOS);
+            assert_eq!(by_id, by_text, "{text}");
+            assert!(
+                by_id.pieces[1..]
+                    .iter()
+                    .all(|p| !p.contains(&crate::synth::BOS)),
+                "{text}"
+            );
+            // The pieces are the whole prompt's tokens, the marks taken out.
+            let whole = tok.encode(text, true).unwrap();
+            assert_eq!(
+                by_id.text_tokens() + images,
+                whole.get_ids().len(),
+                "{text}"
+            );
+        }
+        let two = tokenize_around_images(&tok, "<image><image>", None, 1).unwrap_err();
         assert!(two.contains("2"), "{two}");
-        let none = tokenize_around_image(&tok, "hello", None, false).unwrap();
-        assert_eq!(none.after, None);
+        let none = tokenize_around_images(&tok, "hello", None, 0).unwrap();
+        assert_eq!(none.pieces.len(), 1);
     }
 }

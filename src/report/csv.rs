@@ -16,6 +16,7 @@ pub const COLUMNS: &[&str] = &[
     "error",
     "input_tokens",
     "image_tokens",
+    "images",
     "output_tokens",
     "ttft_ms",
     "preprocess_ms",
@@ -29,6 +30,13 @@ pub const COLUMNS: &[&str] = &[
     "stop_reason",
     "text_preview",
 ];
+
+/// Whether `header` is the first line of an in-process CSV vlmbench writes now, or wrote before
+/// the `images` column was added (so a report written by an older vlmbench may be replaced).
+pub fn is_header(header: &str) -> bool {
+    let earlier: Vec<&str> = COLUMNS.iter().copied().filter(|c| *c != "images").collect();
+    header == COLUMNS.join(",") || header == earlier.join(",")
+}
 
 pub fn write(report: &Report, path: &Path) -> Result<()> {
     let mut w = ::csv::Writer::from_writer(Vec::new());
@@ -54,6 +62,7 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
             s.error.clone().unwrap_or_default(),
             m.map(|m| m.input_tokens.to_string()).unwrap_or_default(),
             m.map(|m| m.image_tokens.to_string()).unwrap_or_default(),
+            m.map(|m| m.images.to_string()).unwrap_or_default(),
             m.map(|m| m.output_tokens.to_string()).unwrap_or_default(),
             f(m.map(|m| m.ttft_ms)),
             f(m.map(|m| m.preprocess_ms)),
@@ -70,4 +79,35 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
     }
     let bytes = w.into_inner().context("cannot build CSV")?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_row_counts_the_images_beside_their_tokens() {
+        use crate::report::testutil::{report, sample};
+        let mut two = sample(1, 10.0, 120, &[1.0, 2.0]);
+        if let Some(m) = two.metrics.as_mut() {
+            m.image_tokens = 94;
+            m.images = 2;
+        }
+        let report = report(vec![two], 1.0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        write(&report, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut rows = ::csv::Reader::from_path(&path).unwrap();
+        let header: Vec<String> = rows.headers().unwrap().iter().map(str::to_owned).collect();
+        let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+        assert_eq!(at("images"), at("image_tokens") + 1, "{text}");
+        let row = rows.records().next().unwrap().unwrap();
+        assert_eq!((&row[at("image_tokens")], &row[at("images")]), ("94", "2"));
+        assert!(is_header(text.lines().next().unwrap()));
+        assert!(is_header(
+            &text.lines().next().unwrap().replace(",images,", ",")
+        ));
+        assert!(!is_header("index,repeat,ok"));
+    }
 }

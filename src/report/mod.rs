@@ -313,6 +313,7 @@ mod tests {
                 e2e_ms: ttft + decode,
                 input_tokens: 10,
                 image_tokens: 0,
+                images: 0,
                 output_tokens: tbt.len() + 1,
                 stop_reason: StopReason::MaxTokens,
                 gpu_pool_peaks: None,
@@ -369,6 +370,11 @@ mod tests {
         assert!(json.contains("\"ttft_ms\":12.5"), "{json}");
         let back: SampleRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+        // The image count sits beside the image tokens; a report written before it existed
+        // reads with none.
+        assert!(json.contains("\"image_tokens\":0,\"images\":0,"), "{json}");
+        let older: SampleRecord = serde_json::from_str(&json.replace("\"images\":0,", "")).unwrap();
+        assert_eq!(older, r);
     }
 
     #[test]

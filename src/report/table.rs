@@ -149,8 +149,14 @@ mod tests {
     #[test]
     fn bandwidth_over_the_probe_is_explained() {
         let over = with_utilisation(1.65);
-        assert!(over.contains("= 165 % of this machine's 20.00 GB/s"), "{over}");
-        assert!(over.contains("other work slowed the bandwidth probe"), "{over}");
+        assert!(
+            over.contains("= 165 % of this machine's 20.00 GB/s"),
+            "{over}"
+        );
+        assert!(
+            over.contains("other work slowed the bandwidth probe"),
+            "{over}"
+        );
         let under = with_utilisation(0.8);
         assert!(under.contains("= 80 % of"), "{under}");
         assert!(!under.contains("slowed the bandwidth probe"), "{under}");

@@ -73,6 +73,7 @@ pub fn sample(index: i64, ttft: f64, input_tokens: usize, tbt: &[f64]) -> Sample
             e2e_ms: ttft + decode,
             input_tokens,
             image_tokens: 0,
+            images: 0,
             output_tokens: tbt.len() + 1,
             stop_reason: StopReason::MaxTokens,
             gpu_pool_peaks: None,

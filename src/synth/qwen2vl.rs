@@ -373,7 +373,7 @@ mod tests {
             let cancel = AtomicBool::new(false);
             let req = GenerationRequest {
                 prompt: "What is in the picture?",
-                image: Some(&image),
+                images: std::slice::from_ref(&image),
                 max_new_tokens: 6,
                 ignore_eos: true,
                 cancel: &cancel,
@@ -389,7 +389,7 @@ mod tests {
             assert_eq!(a.output_token_ids, b.output_token_ids, "{preset}");
             assert_eq!(a.output_token_ids.len(), 6);
             assert!(a.vision_encode.is_some());
-            let text_only = GenerationRequest { image: None, ..req };
+            let text_only = GenerationRequest { images: &[], ..req };
             let t = disk.generate(&text_only).unwrap();
             assert_eq!(t.image_tokens, 0);
             assert_eq!(t.input_tokens, a.input_tokens - 54 - 2);

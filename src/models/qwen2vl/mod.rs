@@ -11,8 +11,9 @@
 //! position. Text tokens have the same value in all three, counting on from the last position
 //! used; an image's tokens (one per merged 2 × 2 patch block) share the temporal position of the
 //! image's start and take `start + row` / `start + column`; the text after the image continues
-//! from `start + max(rows, columns)`. Decode steps then rotate as `slot + delta`, where
-//! `delta = last position + 1 − prompt length`.
+//! from `start + max(rows, columns)`, and a further image starts where that text left off.
+//! Decode steps then rotate as `slot + delta`, where `delta = last position + 1 − prompt
+//! length`.
 
 pub mod preprocess;
 pub mod vision;
@@ -287,6 +288,33 @@ mod tests {
         assert_eq!(shift, 8 - 11);
         let (text, none) = mrope_positions(&[Segment::Text(4)]);
         assert_eq!((text[3], none), ([3, 3, 3], 0));
+    }
+
+    /// Several images, as `get_rope_index` walks them: each image starts where the text before
+    /// it left off, and the text after each continues from its start + max(rows, columns).
+    #[test]
+    fn several_images_each_start_where_the_text_before_left_off() {
+        // 2 text, a 2x3 image, 2 text (`<|vision_end|><|vision_start|>`), a 4x1 image, 1 text.
+        let (pos, shift) = mrope_positions(&[
+            Segment::Text(2),
+            Segment::Image { rows: 2, cols: 3 },
+            Segment::Text(2),
+            Segment::Image { rows: 4, cols: 1 },
+            Segment::Text(1),
+        ]);
+        assert_eq!(pos.len(), 2 + 6 + 2 + 4 + 1);
+        assert_eq!(pos[2], [2, 2, 2]);
+        assert_eq!(pos[7], [2, 3, 4]);
+        // First image: start 2, max(2, 3) = 3, so the text between continues at 5.
+        assert_eq!(pos[8], [5, 5, 5]);
+        assert_eq!(pos[9], [6, 6, 6]);
+        // Second image starts at 7: rows go 7..=10, its single column stays at 7.
+        assert_eq!(pos[10], [7, 7, 7]);
+        assert_eq!(pos[13], [7, 10, 7]);
+        // Then 7 + max(4, 1) = 11.
+        assert_eq!(pos[14], [11, 11, 11]);
+        // Decode continues at max position + 1 = 12: slot 15 + shift.
+        assert_eq!(shift, 12 - 15);
     }
 
     fn hub_config() -> Value {
