@@ -27,7 +27,7 @@ its last ids), named by the environment variable QWEN_TOKENIZER_JSON.
 LLaVA-OneVision (`llava_onevision`) gets the same kind of cases: a tiny SigLIP tower (60-pixel
 input, so the 14-pixel patches leave a remainder, as 384 does), a Qwen2 language model, a grid
 of up to 6 x 6 tiles so `anyres_max_9` shrinks the features of a large image, images resized up
-and down, and one case with two images (each then a single untiled view). It needs the
+and down, one case with two images (each then a single untiled view) and a text-only one. It needs the
 OneVision preset tokenizer (`vlmbench synth-model --preset tiny-llava-onevision --out DIR`),
 named by ONEVISION_TOKENIZER_JSON, and uses llava-hf's OneVision chat template.
 
@@ -340,7 +340,8 @@ def run_onevision(tok, out):
     # one resized up, a tall one, and two images in one prompt.
     shapes = [([(640, 480, 31)], "Describe the scene in detail."), ([(50, 36, 32)], "What is this?"),
               ([(130, 460, 33)], "Which colours are there?"),
-              ([(213, 130, 34), (50, 36, 32)], "What differs between the pictures?")]
+              ([(213, 130, 34), (50, 36, 32)], "What differs between the pictures?"),
+              ([], "Tell me about cats.")]
     cases = []
     for images, question in shapes:
         names = []
@@ -352,22 +353,23 @@ def run_onevision(tok, out):
             {"type": "text", "text": question}]}]
         prompt_text = processor.apply_chat_template(messages, add_generation_prompt=True)
         opened = [Image.open(os.path.join(out, n)) for n in names]
-        inputs = processor(images=[opened], text=prompt_text, return_tensors="pt")
+        inputs = processor(images=[opened] if opened else None, text=prompt_text, return_tensors="pt")
         prompt = inputs["input_ids"]
+        vision = {k: inputs[k] for k in ("pixel_values", "image_sizes", "batch_num_images") if k in inputs}
         generated = []
         with torch.no_grad():
             for _ in range(QWEN_MAX_NEW_TOKENS):
                 full = torch.cat([prompt, torch.tensor([generated], dtype=prompt.dtype)], dim=1)
-                logits = model(input_ids=full, attention_mask=torch.ones_like(full),
-                               pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
-                               batch_num_images=inputs["batch_num_images"], use_cache=False).logits
+                logits = model(input_ids=full, attention_mask=torch.ones_like(full), use_cache=False,
+                               **vision).logits
                 generated.append(int(logits[0, -1].argmax()))
         case = {"prompt": question, "text": prompt_text, "input_ids": prompt[0].tolist(),
-                "image_tokens": int((prompt[0] == image_id).sum()),
-                "pixel_values": digest(inputs["pixel_values"]), "output_ids": generated}
+                "image_tokens": int((prompt[0] == image_id).sum()), "output_ids": generated}
+        if opened:
+            case["pixel_values"] = digest(inputs["pixel_values"])
         if len(names) == 1:
             case["image"] = names[0]
-        else:
+        elif names:
             case["images"] = names
         cases.append(case)
     import transformers

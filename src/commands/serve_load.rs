@@ -16,7 +16,7 @@ use crate::bench::workload;
 use crate::cli::{LoadControlArgs, RampArg, RunArgs, SearchOverArg, ServerArgs, Workload};
 use crate::client::http::ClientConfig;
 use crate::client::{probe, server_metrics};
-use crate::dataset::{DatasetFile, LoadedDataset, Sample, DATASET_SCHEMA_VERSION};
+use crate::dataset::{schema_version_for, DatasetFile, LoadedDataset, Sample};
 use crate::memory::server_gpus::ServerGpus;
 use crate::report::serving::extras::{ArrivalInfo, ShardInfo, Slos};
 
@@ -278,7 +278,7 @@ pub fn trace_dataset(path: &Path, trace: &[TraceRequest]) -> Result<LoadedDatase
         .collect();
     Ok(LoadedDataset {
         file: DatasetFile {
-            schema_version: DATASET_SCHEMA_VERSION,
+            schema_version: schema_version_for(&samples),
             set: "trace".into(),
             name: path
                 .file_stem()

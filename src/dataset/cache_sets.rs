@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use super::output::SetWriter;
 use super::synthetic::{count, load_tokenizer, vocabulary, PromptFitter};
-use super::{DatasetFile, Sample, DATASET_SCHEMA_VERSION, OUTPUT_TOKENS_FIELD};
+use super::{schema_version_for, DatasetFile, Sample, OUTPUT_TOKENS_FIELD};
 use crate::rng::SeededRng;
 
 /// The field naming a sample's shared prefix (0-based).
@@ -206,7 +206,7 @@ fn write(
     );
     let writer = SetWriter::new(out)?;
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: set.into(),
         name: format!("{stem}_{name}"),
         vlmbench_version: env!("CARGO_PKG_VERSION").into(),

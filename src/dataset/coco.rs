@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::output::{probe_image, SetWriter};
 use super::pyliteral::parse_str_list;
 use super::tsv::{decode_base64, ensure_unique, parse_index, row_error, TsvReader};
-use super::{describe_source, DatasetFile, Sample, DATASET_SCHEMA_VERSION};
+use super::{describe_source, schema_version_for, DatasetFile, Sample};
 use crate::rng::SeededRng;
 
 /// VLMEvalKit's captioning instruction, byte for byte (trailing space included).
@@ -112,7 +112,7 @@ pub fn prepare(opts: &CocoOptions) -> Result<DatasetFile> {
         }
     };
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: "coco".into(),
         name: format!("coco_val_{}", opts.num_samples),
         vlmbench_version: env!("CARGO_PKG_VERSION").into(),

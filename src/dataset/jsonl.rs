@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::output::{probe_image, SetWriter};
-use super::{describe_source, DatasetFile, Sample, DATASET_SCHEMA_VERSION};
+use super::{describe_source, schema_version_for, DatasetFile, Sample};
 use crate::fsutil::parent_dir;
 
 /// `jsonl_<name>.json`.
@@ -135,7 +135,7 @@ pub fn prepare(input: &Path, name: &str, out: &Path) -> Result<DatasetFile> {
         );
     }
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: "jsonl".into(),
         name: format!("jsonl_{name}"),
         vlmbench_version: env!("CARGO_PKG_VERSION").into(),

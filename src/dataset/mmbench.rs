@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Result};
 
 use super::output::{probe_image, SetWriter};
 use super::tsv::{decode_base64, ensure_unique, is_na, parse_index, row_error, TsvReader};
-use super::{describe_source, DatasetFile, Sample, DATASET_SCHEMA_VERSION};
+use super::{describe_source, schema_version_for, DatasetFile, Sample};
 
 pub const DEFAULT_FILE_NAME: &str = "mmbench_dev_en.json";
 
@@ -202,7 +202,7 @@ pub fn prepare(opts: &MmbenchOptions) -> Result<DatasetFile> {
     params.insert("originals_only".into(), opts.originals_only.into());
     params.insert("distinct_images".into(), distinct.into());
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: "mmbench".into(),
         name: Path::new(&opts.out)
             .file_stem()

@@ -21,12 +21,24 @@ pub mod tsv;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Bumped whenever a field changes meaning or disappears; readers refuse newer versions.
-pub const DATASET_SCHEMA_VERSION: u32 = 1;
+/// Bumped whenever a field changes meaning or disappears, or a new one would be misread by
+/// older readers; readers refuse newer versions. Version 2 added several images per sample
+/// (`images`), which a version-1 reader would silently run as text.
+pub const DATASET_SCHEMA_VERSION: u32 = 2;
+
+/// The version a file of `samples` is written as: the oldest that holds them, so a set
+/// without several-image samples stays byte-identical and readable by older builds.
+pub fn schema_version_for(samples: &[Sample]) -> u32 {
+    if samples.iter().any(|s| s.images.len() > 1) {
+        2
+    } else {
+        1
+    }
+}
 
 /// One frozen set: a header describing where it came from, then the samples in index order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -198,11 +210,19 @@ impl LoadedDataset {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read data file {}", path.display()))?;
-        let file: DatasetFile = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is not a vlmbench data file (make one with `vlmbench prepare`)",
-                path.display()
-            )
+        let file: DatasetFile = serde_json::from_slice(&bytes).map_err(|e| {
+            // A sample's own check names the sample; other failures mean another kind of file.
+            if e.is_data() && e.to_string().starts_with("sample ") {
+                anyhow!(
+                    "{}: {e}; fix that sample or re-run `vlmbench prepare`",
+                    path.display()
+                )
+            } else {
+                anyhow!(e).context(format!(
+                    "{} is not a vlmbench data file (make one with `vlmbench prepare`)",
+                    path.display()
+                ))
+            }
         })?;
         if file.schema_version > DATASET_SCHEMA_VERSION {
             bail!(
@@ -397,5 +417,16 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", LoadedDataset::load(&path).unwrap_err());
         assert!(err.contains("sample 3 has both"), "{err}");
+        assert!(!err.contains("not a vlmbench data file"), "{err}");
+    }
+
+    /// Files without several-image samples keep version 1 (older builds read them); one with
+    /// such a sample is version 2, which a version-1 reader refuses instead of running it as
+    /// text.
+    #[test]
+    fn the_schema_version_is_the_oldest_that_holds_the_samples() {
+        assert_eq!(schema_version_for(&[sample(&["a.png"]), sample(&[])]), 1);
+        assert_eq!(schema_version_for(&[sample(&["a.png", "b.png"])]), 2);
+        assert!(DATASET_SCHEMA_VERSION >= 2);
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::output::SetWriter;
-use super::{describe_source, sha256_hex, DatasetFile, Sample, SourceFile, DATASET_SCHEMA_VERSION};
+use super::{describe_source, schema_version_for, sha256_hex, DatasetFile, Sample, SourceFile};
 
 /// The built-in sets, in order of prompt length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +122,7 @@ pub fn prepare(source: &PromptSource, name: &str, out: &Path) -> Result<DatasetF
     let mut params = BTreeMap::new();
     params.insert("origin".into(), origin.into());
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: "prompts".into(),
         name: format!("prompts_{name}"),
         vlmbench_version: env!("CARGO_PKG_VERSION").into(),

@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 use super::output::{probe_image, SetWriter};
 use super::prompts::Builtin;
 use super::{
-    describe_source, sha256_hex, DatasetFile, Sample, SourceFile, DATASET_SCHEMA_VERSION,
+    describe_source, schema_version_for, sha256_hex, DatasetFile, Sample, SourceFile,
     OUTPUT_TOKENS_FIELD,
 };
 use crate::rng::SeededRng;
@@ -148,7 +148,7 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
         "prompt text without special tokens".into(),
     );
     let file = DatasetFile {
-        schema_version: DATASET_SCHEMA_VERSION,
+        schema_version: schema_version_for(&samples),
         set: "synthetic".into(),
         name: format!("synthetic_{}", opts.name),
         vlmbench_version: env!("CARGO_PKG_VERSION").into(),

@@ -39,7 +39,7 @@ pub fn qwen_template(chat_template: Option<&str>) -> PromptTemplate {
     } else {
         String::new()
     };
-    PromptTemplate(format!(
+    PromptTemplate::from(format!(
         "{head}<|im_start|>user\n{IMAGE_PLACEHOLDER}{{prompt}}<|im_end|>\n<|im_start|>assistant\n"
     ))
 }
@@ -447,7 +447,7 @@ mod tests {
         let bare = qwen_template(Some(
             "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}",
         ));
-        assert!(bare.0.starts_with("<|im_start|>user\n"), "{}", bare.0);
+        assert!(bare.text.starts_with("<|im_start|>user\n"), "{}", bare.text);
     }
 
     #[test]

@@ -11,27 +11,48 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// How a sample's prompt becomes the model's input text: `{prompt}` is replaced by the
 /// sample's prompt, `<image>` marks the image (dropped, with the newline after it, for samples
-/// without one).
+/// without one, unless the template says otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PromptTemplate(pub String);
+pub struct PromptTemplate {
+    pub text: String,
+    /// The form for samples without an image where dropping `<image>\n` would not give the
+    /// model's own (OneVision's chat template writes the newline before the text, not after
+    /// the images).
+    pub text_only: Option<String>,
+}
+
+impl From<String> for PromptTemplate {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            text_only: None,
+        }
+    }
+}
 
 impl PromptTemplate {
     /// The conversation format each LLaVA release was trained with (llava-hf's chat templates;
     /// the original release's `vicuna_v1` / `llava_v1` system prompt).
     pub fn for_llava(config: &LlavaConfig) -> Self {
         const VICUNA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
-        let text = if matches!(config.variant, Variant::OneVision { .. }) {
-            // llava-hf's OneVision chat template: ChatML with a space after the role, no
-            // newline between turns, no system turn.
-            "<|im_start|>user <image>\n{prompt}<|im_end|><|im_start|>assistant\n".to_string()
-        } else if config.text_model_type == "mistral" {
+        if matches!(config.variant, Variant::OneVision { .. }) {
+            // llava-hf's OneVision chat template: ChatML with a space after the role, the
+            // images, then "\n" + the text; no newline between turns, no system turn.
+            return Self {
+                text: "<|im_start|>user <image>\n{prompt}<|im_end|><|im_start|>assistant\n".into(),
+                text_only: Some(
+                    "<|im_start|>user \n{prompt}<|im_end|><|im_start|>assistant\n".into(),
+                ),
+            };
+        }
+        let text = if config.text_model_type == "mistral" {
             "[INST] <image>\n{prompt} [/INST]".to_string()
         } else if config.variant == Variant::Next || config.image_token_id.is_none() {
             format!("{VICUNA_SYSTEM} USER: <image>\n{{prompt}} ASSISTANT:")
         } else {
             "USER: <image>\n{prompt} ASSISTANT:".to_string()
         };
-        Self(text)
+        text.into()
     }
 
     /// A user's template; it must say where the prompt goes.
@@ -40,7 +61,7 @@ impl PromptTemplate {
             bail!("--prompt-template must contain {{prompt}} (and <image> where the image goes), e.g. \"USER: <image>\\n{{prompt}} ASSISTANT:\"");
         }
         // Shells make typing a newline awkward: accept the two characters `\n` for one.
-        Ok(Self(text.replace("\\n", "\n")))
+        Ok(text.replace("\\n", "\n").into())
     }
 
     /// The model's input text for `prompt`, with or without one image.
@@ -52,13 +73,15 @@ impl PromptTemplate {
     /// stands for all of them, one mark per image in order (as a chat template renders a user
     /// turn whose content lists the images, then the text).
     pub fn render_images(&self, prompt: &str, images: usize) -> String {
-        let template = if images == 0 || prompt.contains(IMAGE_PLACEHOLDER) {
-            self.0
+        let template = match &self.text_only {
+            Some(text_only) if images == 0 => text_only.clone(),
+            _ if images == 0 || prompt.contains(IMAGE_PLACEHOLDER) => self
+                .text
                 .replace("<image>\n", "")
-                .replace(IMAGE_PLACEHOLDER, "")
-        } else {
-            self.0
-                .replace(IMAGE_PLACEHOLDER, &IMAGE_PLACEHOLDER.repeat(images))
+                .replace(IMAGE_PLACEHOLDER, ""),
+            _ => self
+                .text
+                .replace(IMAGE_PLACEHOLDER, &IMAGE_PLACEHOLDER.repeat(images)),
         };
         template.replace("{prompt}", prompt)
     }
@@ -138,7 +161,7 @@ mod tests {
 
     #[test]
     fn templates_place_prompt_and_image() {
-        let t = PromptTemplate("USER: <image>\n{prompt} ASSISTANT:".into());
+        let t = PromptTemplate::from("USER: <image>\n{prompt} ASSISTANT:".to_string());
         assert_eq!(t.render("Hi?", true), "USER: <image>\nHi? ASSISTANT:");
         assert_eq!(t.render("Hi?", false), "USER: Hi? ASSISTANT:");
         // A prompt that places the image itself keeps its own placeholder only.
@@ -156,8 +179,23 @@ mod tests {
             "USER: <image> then <image> ASSISTANT:"
         );
         assert!(PromptTemplate::custom("no slot").is_err());
+        // OneVision's template puts the newline before the text, with or without images.
+        let cfg = crate::models::llava::LlavaConfig::from_json(
+            &serde_json::json!({"model_type": "llava_onevision"}),
+            "llava_onevision",
+        )
+        .unwrap();
+        let ov = PromptTemplate::for_llava(&cfg);
         assert_eq!(
-            PromptTemplate::custom("<image>\\n{prompt}").unwrap().0,
+            ov.render_images("Hi?", 2),
+            "<|im_start|>user <image><image>\nHi?<|im_end|><|im_start|>assistant\n"
+        );
+        assert_eq!(
+            ov.render_images("Hi?", 0),
+            "<|im_start|>user \nHi?<|im_end|><|im_start|>assistant\n"
+        );
+        assert_eq!(
+            PromptTemplate::custom("<image>\\n{prompt}").unwrap().text,
             "<image>\n{prompt}"
         );
     }
