@@ -20,6 +20,7 @@ use crate::bench::runner::{self, RunOptions};
 use crate::cli::{Cli, Command, RunArgs};
 use crate::memory::GpuSampler;
 use crate::report::bandwidth::DecodeBandwidth;
+use crate::report::compute::PrefillCompute;
 use crate::report::environment::logical_cpus;
 use crate::report::journal::{Journal, JournalWriter, RunHeader};
 use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus};
@@ -178,12 +179,10 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
             journal = None;
         }
     };
-    // The machine's read bandwidth, by the engine's own threads, before anything is timed
-    // (a buffer the size of the weights, within 64 MiB..1 GiB; CPU runs only).
-    let bandwidth_probe = engine.decode_read_bytes(1).and_then(|b| {
-        let probe = b.weights.clamp(64 << 20, 1 << 30);
-        engine.read_bandwidth(probe).map(|bw| (bw, probe))
-    });
+    // The machine's read bandwidth and f32 product rate, by the engine's own threads, before
+    // anything is timed (CPU runs only); again after the samples (below), keeping the better
+    // of the two, as a shared machine's bandwidth moves from minute to minute.
+    let before = MachineProbe::take(engine.as_ref());
     let outcome = runner::run(
         engine.as_mut(),
         &dataset,
@@ -216,12 +215,25 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         outcome.duration_s,
         memory,
     );
-    report.decode_bandwidth = bandwidth_probe.and_then(|(machine, probe)| {
+    let probe = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        before
+    } else {
+        before.best_with(MachineProbe::take(engine.as_ref()))
+    };
+    report.decode_bandwidth = probe.bandwidth.and_then(|(machine, probe)| {
         DecodeBandwidth::over(
             &report.samples,
             |context| engine.decode_read_bytes(context).unwrap_or_default(),
             machine,
             probe,
+        )
+    });
+    report.prefill_compute = probe.gemm.and_then(|(machine, shape)| {
+        PrefillCompute::over(
+            &report.samples,
+            |prompt| engine.prefill_flops(prompt).unwrap_or_default(),
+            machine,
+            shape,
         )
     });
     if !args.quiet {
@@ -293,6 +305,41 @@ fn exit_code(report: &Report) -> Result<ExitCode> {
         RunStatus::Complete if report.summary.failed > 0 => ExitCode::from(EXIT_SOME_FAILED),
         RunStatus::Complete => ExitCode::SUCCESS,
     })
+}
+
+/// What the engine's threads reach on this machine: read bandwidth over a buffer the size of
+/// the weights (within 64 MiB..1 GiB) and the f32 matrix-product rate (`None` off the CPU).
+#[derive(Debug, Clone, Copy)]
+struct MachineProbe {
+    bandwidth: Option<(f64, u64)>,
+    gemm: Option<(f64, [usize; 3])>,
+}
+
+impl MachineProbe {
+    fn take(engine: &dyn crate::engine::Engine) -> Self {
+        let bandwidth = engine.decode_read_bytes(1).and_then(|b| {
+            let probe = b.weights.clamp(64 << 20, 1 << 30);
+            engine.read_bandwidth(probe).map(|bw| (bw, probe))
+        });
+        Self {
+            bandwidth,
+            gemm: engine.gemm_rate(),
+        }
+    }
+
+    /// The better reading of each figure.
+    fn best_with(self, other: Self) -> Self {
+        fn best<T: Copy>(a: Option<(f64, T)>, b: Option<(f64, T)>) -> Option<(f64, T)> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(if y.0 > x.0 { y } else { x }),
+                (x, y) => x.or(y),
+            }
+        }
+        Self {
+            bandwidth: best(self.bandwidth, other.bandwidth),
+            gemm: best(self.gemm, other.gemm),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,14 @@ impl Engine for CandleQwen2VlEngine {
         super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
     }
 
+    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
+        Some(self.model.llm.prefill_flops(prompt))
+    }
+
+    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
+        super::decode::cpu_gemm_rate(&self.model.llm, &self.threads)
+    }
+
     /// Sizes the cache for what each request needs: each image's token count follows from the
     /// image's size (read from its header) as the processor resizes it.
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {

@@ -97,6 +97,14 @@ impl Engine for CandleTextEngine {
         super::decode::cpu_read_bandwidth(&self.model, &self.threads, bytes)
     }
 
+    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
+        Some(self.model.prefill_flops(prompt))
+    }
+
+    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
+        super::decode::cpu_gemm_rate(&self.model, &self.threads)
+    }
+
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         let mut needed = 0;
         for r in requests.iter().filter(|r| r.images.is_empty()) {

@@ -172,6 +172,13 @@ fn decode_loop(
 
 /// The read bandwidth `threads` reach streaming `bytes`, on the CPU only (a GPU's memory is not
 /// what this measures).
+/// [`super::Engine::gemm_rate`] of a candle engine whose decoder is `llm`.
+pub(crate) fn cpu_gemm_rate(llm: &LlamaModel, threads: &ModelThreads) -> Option<(f64, [usize; 3])> {
+    llm.device()
+        .is_cpu()
+        .then(|| threads.run(crate::models::prefill::gemm_rate))
+}
+
 pub(crate) fn cpu_read_bandwidth(
     llm: &LlamaModel,
     threads: &ModelThreads,

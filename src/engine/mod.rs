@@ -209,4 +209,13 @@ pub trait Engine {
     fn read_bandwidth(&self, _bytes: u64) -> Option<f64> {
         None
     }
+    /// Floating-point operations of a prefill of `prompt` tokens (`None`: not known).
+    fn prefill_flops(&self, _prompt: usize) -> Option<u64> {
+        None
+    }
+    /// The f32 matrix-product rate (FLOP/s) the engine's CPU threads reach with its prefill
+    /// kernels, and the `(m, k, n)` it was measured on (`None` off the CPU).
+    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
+        None
+    }
 }

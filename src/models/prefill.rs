@@ -114,6 +114,34 @@ pub(super) fn product(
     out
 }
 
+/// The `(m, k, n)` of [`gemm_rate`]: a 256-token prompt through a 2048 × 2048 projection, the
+/// shape of a small model's prefill (2.1 GFLOP, enough for the kernels' full speed).
+pub const GEMM_PROBE: [usize; 3] = [256, 2048, 2048];
+
+/// FLOP/s of an f32 weight product of [`GEMM_PROBE`]'s shape run by [`product`] on the
+/// current rayon pool (the prefill's own path, with f32 weights so no widening is timed):
+/// the best of 3 after a warm-up. The ceiling prefill's arithmetic is measured against.
+pub fn gemm_rate() -> (f64, [usize; 3]) {
+    let [m, k, n] = GEMM_PROBE;
+    let xs: Vec<f32> = (0..m * k)
+        .map(|i| ((i % 251) as f32 - 125.0) / 256.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i % 241) as f32 - 120.0) / 512.0)
+        .collect();
+    let threads = rayon::current_num_threads();
+    let mut best = f64::INFINITY;
+    for pass in 0..4 {
+        let start = std::time::Instant::now();
+        let out = product(&xs, m, k, n, Rows::F32(&w), threads);
+        std::hint::black_box(out);
+        if pass > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    ((2 * m * k * n) as f64 / best, GEMM_PROBE)
+}
+
 /// Rows `first..last` of a weight with rows of `k` widened to f32 into `buf`.
 fn widen(rows: Rows<'_>, k: usize, first: usize, last: usize, buf: &mut [f32]) {
     match rows {
@@ -139,6 +167,14 @@ unsafe impl Sync for SendPtr {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gemm_probe_gives_a_plausible_rate() {
+        let (rate, shape) = gemm_rate();
+        assert_eq!(shape, GEMM_PROBE);
+        // Between 0.1 GFLOP/s and 100 TFLOP/s on any machine that runs the tests.
+        assert!(rate > 1e8 && rate < 1e14, "{rate}");
+    }
     use candle_core::quantized::{GgmlDType, QTensor};
 
     fn reference(x: &Tensor, w: &Tensor) -> Vec<f32> {

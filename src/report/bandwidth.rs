@@ -19,8 +19,8 @@ pub struct DecodeBandwidth {
     /// Bytes all measured decode steps read / all their decode time, bytes/s.
     pub read_bytes_per_s: f64,
     /// The read bandwidth of this machine, measured by the engine's threads streaming a
-    /// buffer of `probe_bytes` (the weights' size, within 64 MiB..4 GiB), best of 3 passes,
-    /// before the measured samples.
+    /// buffer of `probe_bytes` (the weights' size, within 64 MiB..1 GiB), best of 3 passes,
+    /// before the measured samples and again after them; the better reading.
     pub machine_read_bytes_per_s: f64,
     pub probe_bytes: u64,
     /// `read_bytes_per_s / machine_read_bytes_per_s`.

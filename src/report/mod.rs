@@ -19,6 +19,7 @@
 
 pub mod bandwidth;
 pub mod compare;
+pub mod compute;
 pub mod csv;
 pub mod environment;
 pub mod journal;
@@ -78,6 +79,10 @@ pub struct Report {
     /// engines; absent elsewhere and in older reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_bandwidth: Option<bandwidth::DecodeBandwidth>,
+    /// Prefill's arithmetic beside the machine's f32 matrix-product rate (CPU runs of the
+    /// candle engines; absent elsewhere and in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_compute: Option<compute::PrefillCompute>,
     /// Every measured sample, in run order (warm-up samples excluded).
     pub samples: Vec<SampleRecord>,
 }
@@ -267,6 +272,7 @@ impl Report {
             summary: RunSummary::from_samples(&samples, duration_s),
             memory,
             decode_bandwidth: None,
+            prefill_compute: None,
             samples,
         }
     }

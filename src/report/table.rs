@@ -83,12 +83,24 @@ pub fn render(report: &Report) -> String {
             b.machine_read_bytes_per_s / 1e9
         );
         if b.utilisation > 1.0 {
-            // A read cannot outrun the machine: the probe itself was slowed down.
-            let _ = writeln!(
-                out,
-                "  (over 100 %: other work slowed the bandwidth probe, which runs once before the samples; repeat on a quiet machine)"
-            );
+            // Memory cannot be outrun: either the weights were served from the caches, which
+            // the larger probe buffer was not, or the probe itself was slowed down.
+            let why = if b.weight_bytes_per_token < b.probe_bytes {
+                "the weights fit the CPU's caches better than the larger probe buffer does"
+            } else {
+                "the machine's bandwidth moved between the probes (before and after the samples) and decode: other work on it; repeat on a quiet machine"
+            };
+            let _ = writeln!(out, "  (over 100 %: {why})");
         }
+    }
+    if let Some(c) = &report.prefill_compute {
+        let _ = writeln!(
+            out,
+            "prefill {:.1} GFLOP/s = {:.0} % of this machine's f32 matrix product rate {:.1} GFLOP/s",
+            c.flops_per_s / 1e9,
+            c.utilisation * 100.0,
+            c.machine_flops_per_s / 1e9
+        );
     }
     for (reason, count) in &s.failure_reasons {
         let _ = writeln!(out, "  failed x{count}: {reason}");
@@ -132,10 +144,10 @@ mod tests {
     use crate::report::bandwidth::DecodeBandwidth;
     use crate::report::testutil;
 
-    fn with_utilisation(utilisation: f64) -> String {
+    fn with_utilisation(utilisation: f64, weight_bytes_per_token: u64) -> String {
         let mut report = testutil::report(vec![testutil::sample(0, 100.0, 10, &[20.0])], 1.0);
         report.decode_bandwidth = Some(DecodeBandwidth {
-            weight_bytes_per_token: 1_000_000_000,
+            weight_bytes_per_token,
             kv_bytes_per_token_mean: 0.0,
             read_bytes_per_s: utilisation * 20e9,
             machine_read_bytes_per_s: 20e9,
@@ -145,20 +157,40 @@ mod tests {
         render(&report)
     }
 
-    /// A utilisation above 100 % is printed as measured, with the reason it cannot be true.
+    /// A utilisation above 100 % is printed as measured, with the reason it can happen.
     #[test]
     fn bandwidth_over_the_probe_is_explained() {
-        let over = with_utilisation(1.65);
+        let over = with_utilisation(1.65, 2 << 30);
         assert!(
             over.contains("= 165 % of this machine's 20.00 GB/s"),
             "{over}"
         );
-        assert!(
-            over.contains("other work slowed the bandwidth probe"),
-            "{over}"
-        );
-        let under = with_utilisation(0.8);
+        assert!(over.contains("other work on it"), "{over}");
+        // A model smaller than the probe's buffer can be read from the caches.
+        let cached = with_utilisation(1.65, 20 << 20);
+        assert!(cached.contains("fit the CPU's caches"), "{cached}");
+        let under = with_utilisation(0.8, 2 << 30);
         assert!(under.contains("= 80 % of"), "{under}");
-        assert!(!under.contains("slowed the bandwidth probe"), "{under}");
+        assert!(!under.contains("over 100 %"), "{under}");
+    }
+
+    #[test]
+    fn prefill_compute_is_printed_beside_the_machine_rate() {
+        let mut report = testutil::report(vec![testutil::sample(0, 100.0, 10, &[20.0])], 1.0);
+        assert!(!render(&report).contains("GFLOP/s"));
+        report.prefill_compute = Some(crate::report::compute::PrefillCompute {
+            flops: 1e9,
+            flops_per_s: 45e9,
+            machine_flops_per_s: 60e9,
+            probe_shape: [256, 2048, 2048],
+            utilisation: 0.75,
+        });
+        let text = render(&report);
+        assert!(
+            text.contains(
+                "prefill 45.0 GFLOP/s = 75 % of this machine's f32 matrix product rate 60.0 GFLOP/s"
+            ),
+            "{text}"
+        );
     }
 }

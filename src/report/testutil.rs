@@ -133,6 +133,7 @@ pub fn report(samples: Vec<SampleRecord>, duration_s: f64) -> Report {
             gpu_pool_peak_decode: MaybeBytes::unknown("no GPU"),
         },
         decode_bandwidth: None,
+        prefill_compute: None,
         samples,
     }
 }

@@ -186,17 +186,39 @@ pub fn dequantize_row(format: QuantFormat, row: &[u8], out: &mut [f32]) {
                 } else {
                     (None, &block[16..144])
                 };
-                for (i, o) in y.iter_mut().enumerate() {
-                    let j = i / 32;
-                    *o = d * f32::from(sc[j]) * f32::from(k4_quant(qs, qh, i))
-                        - dmin * f32::from(m[j]);
+                // Sub-block by sub-block, so the loops vectorise (prefill widens every weight
+                // of a Q4_K_M file this way): the same products as [`k4_quant`] per weight.
+                for (j, out) in y.chunks_exact_mut(32).enumerate() {
+                    let nibbles = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+                    let shift = 4 * (j % 2);
+                    let (scale, min) = (d * f32::from(sc[j]), dmin * f32::from(m[j]));
+                    match qh {
+                        Some(qh) => {
+                            for ((o, &q), &h) in out.iter_mut().zip(nibbles).zip(qh) {
+                                let v = ((q >> shift) & 0xF) | (((h >> j) & 1) << 4);
+                                *o = scale * f32::from(v) - min;
+                            }
+                        }
+                        None => {
+                            for (o, &q) in out.iter_mut().zip(nibbles) {
+                                *o = scale * f32::from((q >> shift) & 0xF) - min;
+                            }
+                        }
+                    }
                 }
             }
             QuantFormat::Q6K => {
                 let d = f16_at(block, 208);
-                for (i, o) in y.iter_mut().enumerate() {
-                    let sc = f32::from(block[192 + i / 16] as i8);
-                    *o = d * sc * (f32::from(q6_quant(block, i)) - 32.0);
+                // 16 weights per scale, in the order of [`q6_quant`].
+                for (g, out) in y.chunks_exact_mut(16).enumerate() {
+                    let (n, t, first) = (g / 8, g % 8 / 2, 16 * (g % 2));
+                    let low = &block[64 * n + 32 * (t % 2) + first..][..16];
+                    let high = &block[128 + 32 * n + first..][..16];
+                    let scale = d * f32::from(block[192 + g] as i8);
+                    for ((o, &lo), &hi) in out.iter_mut().zip(low).zip(high) {
+                        let q = ((lo >> (4 * (t / 2))) & 0xF) | (((hi >> (2 * t)) & 3) << 4);
+                        *o = scale * (f32::from(q) - 32.0);
+                    }
                 }
             }
         }

@@ -204,6 +204,15 @@ impl Linear {
         (weight + self.bias.as_ref().map_or(0, |(_, row)| row.len() * 4)) as u64
     }
 
+    /// Multiply-adds a one-token product does: the weight's element count.
+    fn weight_elements(&self) -> u64 {
+        (match &self.weight {
+            LinearWeight::Dense(w)
+            | LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.elem_count(),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => q.shape().elem_count(),
+        }) as u64
+    }
+
     /// The weight as the CPU decode kernels see it.
     fn decode_weight(&self) -> gemv::Weight<'_> {
         match &self.weight {
@@ -626,6 +635,49 @@ impl LlamaModel {
             })
             .sum();
         DecodeBytes { weights, kv }
+    }
+
+    /// Floating-point operations (a multiply-add is two) a prefill of `prompt` tokens does in
+    /// its products: every projection for every token, the LM head for the last one, and the
+    /// attention scores and weighted values of each causal (query, key) pair (within the
+    /// window on sliding-window layers). Norms, rotary embeddings and softmax are left out
+    /// (well under 1 % of a real model's).
+    pub fn prefill_flops(&self, prompt: usize) -> u64 {
+        let c = &self.config;
+        let n = prompt as u64;
+        let per_token: u64 = self
+            .layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    Some(&l.q),
+                    Some(&l.k),
+                    Some(&l.v),
+                    Some(&l.o),
+                    l.gate.as_ref(),
+                    Some(&l.up),
+                    Some(&l.down),
+                ]
+            })
+            .flatten()
+            .map(Linear::weight_elements)
+            .sum();
+        let pairs = |window: Option<usize>| -> u64 {
+            match window.map(|w| w as u64) {
+                Some(w) if w < n => w * (w + 1) / 2 + (n - w) * w,
+                _ => n * (n + 1) / 2,
+            }
+        };
+        let attention: u64 = (0..c.num_layers)
+            .map(|l| {
+                let window = match c.sliding_layers.get(l) {
+                    Some(true) => c.sliding_window,
+                    _ => None,
+                };
+                4 * (c.num_heads * c.head_dim) as u64 * pairs(window)
+            })
+            .sum();
+        2 * n * per_token + 2 * self.lm_head.weight_elements() * u64::from(prompt > 0) + attention
     }
 
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
@@ -1159,6 +1211,34 @@ mod tests {
         windowed.config.sliding_layers = vec![true; c.num_layers];
         assert_eq!(windowed.decode_read_bytes(10).kv, 4 * per_position);
         assert_eq!(windowed.decode_read_bytes(10).weights, one.weights);
+    }
+
+    #[test]
+    fn prefill_flops_count_every_product_and_causal_pair() {
+        let (m, w) = tiny();
+        let c = m.config.clone();
+        let layer_weights: u64 = w
+            .iter()
+            .filter(|(name, t)| t.dims().len() == 2 && name.contains(".layers."))
+            .map(|(_, t)| t.elem_count() as u64)
+            .sum();
+        let head = (c.vocab_size * c.hidden_size) as u64;
+        let q_width = (c.num_heads * c.head_dim) as u64;
+        let layers = c.num_layers as u64;
+        // 3 tokens: 6 causal pairs per layer (1 + 2 + 3), 4 flops per pair and query width.
+        assert_eq!(
+            m.prefill_flops(3),
+            2 * 3 * layer_weights + 2 * head + layers * 4 * q_width * 6
+        );
+        // A window of 2 over 5 tokens: 1 + 2 + 2 + 2 + 2 = 9 pairs.
+        let mut windowed = m.clone();
+        windowed.config.sliding_window = Some(2);
+        windowed.config.sliding_layers = vec![true; c.num_layers];
+        assert_eq!(
+            windowed.prefill_flops(5),
+            2 * 5 * layer_weights + 2 * head + layers * 4 * q_width * 9
+        );
+        assert_eq!(m.prefill_flops(0), 0);
     }
 
     #[test]
