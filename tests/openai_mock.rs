@@ -588,17 +588,7 @@ async fn a_two_image_sample_sends_two_image_parts_in_order() {
         serde_json::json!({"text": "only this one", "image": "second.jpg"}),
         serde_json::json!({"text": "no picture"}),
     ];
-    let jsonl = dir.path().join("in.jsonl");
-    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    std::fs::write(&jsonl, text.join("\n")).unwrap();
-    let data = dir.path().join("set.json");
-    common::vlmbench()
-        .args(["prepare", "jsonl", "--file"])
-        .arg(&jsonl)
-        .arg("--out")
-        .arg(&data)
-        .assert()
-        .success();
+    let data = common::prepare_jsonl(dir.path(), &lines);
     let report = dir.path().join("r.json");
     let out = run_cli(
         &server.base,

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{read_json, vlmbench};
+use common::{prepare_jsonl, read_json, vlmbench};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -50,16 +50,7 @@ fn run_model(model: &Path, expected: &Value) -> Value {
         line["image"] = model.join(img).display().to_string().into();
     }
     let model = model.to_path_buf();
-    let jsonl = dir.path().join("in.jsonl");
-    std::fs::write(&jsonl, format!("{line}\n")).unwrap();
-    let data = dir.path().join("set.json");
-    vlmbench()
-        .args(["prepare", "jsonl", "--file"])
-        .arg(&jsonl)
-        .arg("--out")
-        .arg(&data)
-        .assert()
-        .success();
+    let data = prepare_jsonl(dir.path(), &[line]);
     let report = dir.path().join("r.json");
     let max_new = ids(&expected["output_ids"]).len().to_string();
     vlmbench()
@@ -249,7 +240,7 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
     let expected = read_json(&model.join("expected.json"));
     let cases = expected["cases"].as_array().unwrap().clone();
     let dir = tempfile::tempdir().unwrap();
-    let lines: String = cases
+    let lines: Vec<Value> = cases
         .iter()
         .map(|c| {
             let path = |name: &str| model.join(name).display().to_string();
@@ -265,19 +256,10 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
                     None => {}
                 },
             }
-            format!("{line}\n")
+            line
         })
         .collect();
-    let jsonl = dir.path().join("in.jsonl");
-    std::fs::write(&jsonl, lines).unwrap();
-    let data = dir.path().join("set.json");
-    vlmbench()
-        .args(["prepare", "jsonl", "--file"])
-        .arg(&jsonl)
-        .arg("--out")
-        .arg(&data)
-        .assert()
-        .success();
+    let data = prepare_jsonl(dir.path(), &lines);
     let max_new = ids(&cases[0]["output_ids"]).len().to_string();
     let report = dir.path().join("r.json");
     // The reference is an argmax loop of fixed length: it runs on past end-of-sequence tokens.

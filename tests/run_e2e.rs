@@ -385,16 +385,7 @@ fn several_images_in_one_sample_run_where_the_model_takes_them() {
         serde_json::json!({"text": "Compare.", "image": "b.jpg"}),
         serde_json::json!({"text": "Compare.", "images": ["b.jpg", "a.jpg"]}),
     ];
-    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    std::fs::write(dir.path().join("in.jsonl"), text.join("\n")).unwrap();
-    let data = dir.path().join("set.json");
-    vlmbench()
-        .args(["prepare", "jsonl", "--file"])
-        .arg(dir.path().join("in.jsonl"))
-        .arg("--out")
-        .arg(&data)
-        .assert()
-        .success();
+    let data = common::prepare_jsonl(dir.path(), &lines);
     // The fourth sample's second image goes missing after the set was frozen.
     let set = read_json(&data);
     let gone = dir

@@ -419,6 +419,17 @@ mod tests {
     use super::*;
     use candle_nn::VarMap;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn tiny() -> ClipVisionConfig {
         ClipVisionConfig {
             hidden_size: 16,
@@ -518,14 +529,7 @@ mod tests {
             .unwrap();
         drop(vars);
         assert_eq!(embeddings.dims(), &[2, 4, 16]);
-        let diff = (embeddings - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&embeddings, &reference);
         assert!(diff < 1e-4, "{diff}");
         let last = ClipVisionTower::load(c, vb, &[-1]).unwrap();
         assert_eq!(last.layers.len(), 3);
@@ -588,14 +592,7 @@ mod tests {
             .unwrap();
         drop(vars);
         assert_eq!(embeddings.dims(), &[2, 5, 16]);
-        let diff = (embeddings - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&embeddings, &reference);
         assert!(diff < 1e-4, "{diff}");
         let out = tower.forward(&pixels).unwrap();
         assert_eq!(out.dims(), &[2, 5, 16]);

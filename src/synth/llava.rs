@@ -182,25 +182,22 @@ impl LlavaShape {
             text["eos_token_id"] = self.im_end_id().into();
             text["use_sliding_window"] = false.into();
         }
-        let vision = if onevision {
-            json!({
-                "model_type": "siglip_vision_model",
-                "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
-                "num_hidden_layers": v.num_layers, "num_attention_heads": v.num_heads,
-                "image_size": v.image_size, "patch_size": v.patch_size,
-                "num_channels": v.num_channels, "layer_norm_eps": v.layer_norm_eps,
-                "hidden_act": "gelu_pytorch_tanh", "vision_use_head": false,
-            })
+        let mut vision = json!({
+            "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
+            "num_hidden_layers": v.num_layers, "num_attention_heads": v.num_heads,
+            "image_size": v.image_size, "patch_size": v.patch_size,
+            "num_channels": v.num_channels, "layer_norm_eps": v.layer_norm_eps,
+        });
+        let own = if onevision {
+            json!({"model_type": "siglip_vision_model", "hidden_act": "gelu_pytorch_tanh",
+                "vision_use_head": false})
         } else {
-            json!({
-                "model_type": "clip_vision_model",
-                "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
-                "num_hidden_layers": v.num_layers, "num_attention_heads": v.num_heads,
-                "image_size": v.image_size, "patch_size": v.patch_size,
-                "num_channels": v.num_channels, "layer_norm_eps": v.layer_norm_eps,
-                "hidden_act": "quick_gelu", "projection_dim": 768,
-            })
+            json!({"model_type": "clip_vision_model", "hidden_act": "quick_gelu",
+                "projection_dim": 768})
         };
+        if let (Some(all), Some(own)) = (vision.as_object_mut(), own.as_object()) {
+            all.extend(own.clone());
+        }
         let mut c = json!({
             "architectures": [self.class_name()],
             "model_type": self.architecture(),

@@ -38,6 +38,24 @@ pub fn prepare_prompts(dir: &Path, lines: &str) -> PathBuf {
     out
 }
 
+/// `vlmbench prepare jsonl` over `lines` (one JSON object a line, written to `dir/in.jsonl`,
+/// whose folder relative image paths resolve against); returns the set's path,
+/// `dir/set.json`.
+pub fn prepare_jsonl(dir: &Path, lines: &[Value]) -> PathBuf {
+    let jsonl = dir.join("in.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&jsonl, text).unwrap();
+    let out = dir.join("set.json");
+    vlmbench()
+        .args(["prepare", "jsonl", "--file"])
+        .arg(&jsonl)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
 /// `vlmbench synth-model --preset <preset>` into `dir/<preset>`; returns the model folder.
 pub fn synth_model(dir: &Path, preset: &str) -> PathBuf {
     let out = dir.join(preset);

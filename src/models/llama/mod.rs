@@ -605,23 +605,7 @@ impl LlamaModel {
     /// weights and activations are left out (under 0.1 % of a real model's bytes).
     pub fn decode_read_bytes(&self, context: usize) -> DecodeBytes {
         let c = &self.config;
-        let weights: u64 = self
-            .layers
-            .iter()
-            .flat_map(|l| {
-                [
-                    Some(&l.q),
-                    Some(&l.k),
-                    Some(&l.v),
-                    Some(&l.o),
-                    l.gate.as_ref(),
-                    Some(&l.up),
-                    Some(&l.down),
-                ]
-            })
-            .flatten()
-            .map(Linear::stored_bytes)
-            .sum::<u64>()
+        let weights: u64 = self.projections().map(Linear::stored_bytes).sum::<u64>()
             + self.lm_head.stored_bytes()
             + (c.hidden_size * self.embed.dtype().size_in_bytes()) as u64;
         let per_position = (2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()) as u64;
@@ -637,6 +621,23 @@ impl LlamaModel {
         DecodeBytes { weights, kv }
     }
 
+    /// Every layer's projections (the gate only where the family has one).
+    fn projections(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| {
+            [
+                Some(&l.q),
+                Some(&l.k),
+                Some(&l.v),
+                Some(&l.o),
+                l.gate.as_ref(),
+                Some(&l.up),
+                Some(&l.down),
+            ]
+            .into_iter()
+            .flatten()
+        })
+    }
+
     /// Floating-point operations (a multiply-add is two) a prefill of `prompt` tokens does in
     /// its products: every projection for every token, the LM head for the last one, and the
     /// attention scores and weighted values of each causal (query, key) pair (within the
@@ -645,23 +646,7 @@ impl LlamaModel {
     pub fn prefill_flops(&self, prompt: usize) -> u64 {
         let c = &self.config;
         let n = prompt as u64;
-        let per_token: u64 = self
-            .layers
-            .iter()
-            .flat_map(|l| {
-                [
-                    Some(&l.q),
-                    Some(&l.k),
-                    Some(&l.v),
-                    Some(&l.o),
-                    l.gate.as_ref(),
-                    Some(&l.up),
-                    Some(&l.down),
-                ]
-            })
-            .flatten()
-            .map(Linear::weight_elements)
-            .sum();
+        let per_token: u64 = self.projections().map(Linear::weight_elements).sum();
         let pairs = |window: Option<usize>| -> u64 {
             match window.map(|w| w as u64) {
                 Some(w) if w < n => w * (w + 1) / 2 + (n - w) * w,
