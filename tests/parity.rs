@@ -250,11 +250,12 @@ fn run_cases(name: &str) -> (Vec<Value>, Vec<Value>) {
                 Some(names) => {
                     line["images"] = names.iter().map(|n| path(n.as_str().unwrap())).collect()
                 }
-                None => match c["image"].as_str() {
-                    Some(name) => line["image"] = path(name).into(),
-                    // A text-only turn of a vision model.
-                    None => {}
-                },
+                // One image, or none: a text-only turn of a vision model.
+                None => {
+                    if let Some(name) = c["image"].as_str() {
+                        line["image"] = path(name).into();
+                    }
+                }
             }
             line
         })

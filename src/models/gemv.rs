@@ -481,16 +481,15 @@ pub fn decode_attention_window(
             let base = kv * capacity * hd;
             let qg = &qs[kv * groups * hd..(kv + 1) * groups * hd];
             let n = keys.len();
+            let rows = base + keys.start * hd..base + keys.end * hd;
             let mut scores = vec![0f32; groups * n];
-            for (i, p) in keys.clone().enumerate() {
-                let krow = &kd[base + p * hd..base + (p + 1) * hd];
-                for g in 0..groups {
-                    let s = dot_f32(&qg[g * hd..(g + 1) * hd], krow) * scale;
-                    scores[g * n + i] = match softcap {
-                        Some(cap) => (s / cap).tanh() * cap,
-                        None => s,
-                    };
-                }
+            head_scores(qg, &kd[rows.clone()], hd, &mut scores);
+            for s in scores.iter_mut() {
+                let scaled = *s * scale;
+                *s = match softcap {
+                    Some(cap) => (scaled / cap).tanh() * cap,
+                    None => scaled,
+                };
             }
             let mut sums = vec![0f32; groups];
             for (g, row) in scores.chunks_exact_mut(n).enumerate() {
@@ -500,15 +499,7 @@ pub fn decode_attention_window(
                     sums[g] += *s;
                 }
             }
-            for (i, p) in keys.clone().enumerate() {
-                let vrow = &vd[base + p * hd..base + (p + 1) * hd];
-                for (g, og) in o.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[g * n + i];
-                    for (acc, v) in og.iter_mut().zip(vrow) {
-                        *acc += w * v;
-                    }
-                }
-            }
+            weighted_values(&scores, &vd[rows], hd, o);
             for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
                 for acc in og.iter_mut() {
                     *acc /= sum;
@@ -517,6 +508,53 @@ pub fn decode_attention_window(
         });
     drop((k_store, v_store));
     Ok(Some(out))
+}
+
+/// `scores[g · n + i] = q_g · k_i` for the `groups` query heads of `qg` (`groups × hd`) and the
+/// `n` key rows of `k` (`n × hd`), each sum as [`dot_f32`] forms it.
+fn head_scores(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() == KernelSet::Avx2 {
+        // SAFETY: the CPU supports the features the function is compiled for; the slices
+        // hold `groups × hd`, `n × hd` and `groups × n` values.
+        return unsafe { x86::head_scores(qg, k, hd, scores) };
+    }
+    head_scores_portable(qg, k, hd, scores);
+}
+
+/// [`head_scores`] one [`dot_f32`] call at a time.
+fn head_scores_portable(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+    let n = k.len() / hd.max(1);
+    for (i, krow) in k.chunks_exact(hd).enumerate() {
+        for (g, q) in qg.chunks_exact(hd).enumerate() {
+            scores[g * n + i] = dot_f32(q, krow);
+        }
+    }
+}
+
+/// `out_g += Σᵢ w_{g,i} · v_i` for the `groups` heads of `out` (`groups × hd`), weights
+/// `w[g · n + i]` and value rows `v` (`n × hd`): per output value, the products are added in
+/// key order, each rounded before its addition.
+fn weighted_values(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 && hd.is_multiple_of(8) {
+        // SAFETY: as for `head_scores`; `hd` is a multiple of the 8 lanes.
+        return unsafe { x86::weighted_values(w, v, hd, out) };
+    }
+    weighted_values_portable(w, v, hd, out);
+}
+
+/// [`weighted_values`] key by key.
+fn weighted_values_portable(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+    let n = v.len() / hd.max(1);
+    for (i, vrow) in v.chunks_exact(hd).enumerate() {
+        for (g, og) in out.chunks_exact_mut(hd).enumerate() {
+            let wi = w[g * n + i];
+            for (acc, x) in og.iter_mut().zip(vrow) {
+                *acc += wi * x;
+            }
+        }
+    }
 }
 
 /// Sixteen independent partial sums: lets the compiler keep two vector registers of
@@ -623,6 +661,92 @@ mod x86 {
                 sum
             }
         };
+    }
+
+    /// [`super::head_scores`]: every group head against each key row in one call, so the
+    /// heads' independent sums overlap (one call per 64-value dot product left the core
+    /// waiting on each sum's chain). Each sum as `dot_f32` forms it: two 8-lane accumulators
+    /// over 16 values a step, then the tail.
+    ///
+    /// Safety: `qg` holds `groups × hd` values, `k` `n × hd`, `scores` `groups × n`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn head_scores(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+        if hd == 0 {
+            return;
+        }
+        let (groups, n) = (qg.len() / hd, k.len() / hd);
+        let body = hd / 16 * 16;
+        let (qp, sp) = (qg.as_ptr(), scores.as_mut_ptr());
+        for i in 0..n {
+            let kp = k.as_ptr().add(i * hd);
+            for g in 0..groups {
+                let q = qp.add(g * hd);
+                let mut a0 = _mm256_setzero_ps();
+                let mut a1 = _mm256_setzero_ps();
+                let mut j = 0;
+                while j < body {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j)), _mm256_loadu_ps(kp.add(j)), a0);
+                    a1 = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(q.add(j + 8)),
+                        _mm256_loadu_ps(kp.add(j + 8)),
+                        a1,
+                    );
+                    j += 16;
+                }
+                let mut sum = hsum(_mm256_add_ps(a0, a1));
+                while j < hd {
+                    sum += *q.add(j) * *kp.add(j);
+                    j += 1;
+                }
+                *sp.add(g * n + i) = sum;
+            }
+        }
+    }
+
+    /// [`super::weighted_values`] with each head's running sums held in registers over a block
+    /// of keys (a block's value rows stay in L1 for all the heads of the group), 64 values at a
+    /// time; products and sums rounded separately, in key order, as the portable loop does.
+    ///
+    /// Safety: `hd` is a multiple of 8; `w` holds `groups × n` weights, `v` `n × hd` values,
+    /// `out` `groups × hd`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_values(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+        const KEYS: usize = 32;
+        if hd == 0 {
+            return;
+        }
+        let (groups, n) = (out.len() / hd, v.len() / hd);
+        let (wp, vp, op) = (w.as_ptr(), v.as_ptr(), out.as_mut_ptr());
+        let mut first = 0;
+        while first < n {
+            let last = (first + KEYS).min(n);
+            for g in 0..groups {
+                let mut lane = 0;
+                while lane < hd {
+                    let width = (hd - lane).min(64) / 8;
+                    let o = op.add(g * hd + lane);
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for (r, a) in acc.iter_mut().enumerate().take(width) {
+                        *a = _mm256_loadu_ps(o.add(8 * r));
+                    }
+                    for i in first..last {
+                        let wi = _mm256_set1_ps(*wp.add(g * n + i));
+                        let row = vp.add(i * hd + lane);
+                        for (r, a) in acc.iter_mut().enumerate().take(width) {
+                            *a = _mm256_add_ps(
+                                *a,
+                                _mm256_mul_ps(wi, _mm256_loadu_ps(row.add(8 * r))),
+                            );
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate().take(width) {
+                        _mm256_storeu_ps(o.add(8 * r), *a);
+                    }
+                    lane += 8 * width;
+                }
+            }
+            first = last;
+        }
     }
 
     /// One Q8_0 row against Q8_0 activations: per block, 32 byte products summed in integers
@@ -894,6 +1018,40 @@ mod tests {
         let fused = matvec_many(&x, &weights).unwrap().unwrap();
         for (q, f) in quant.iter().zip(&fused) {
             assert_eq!(f, &row(matvec_quantized(&x, q).unwrap().unwrap()));
+        }
+    }
+
+    /// The attention kernels' SIMD forms equal their portable twins bit for bit (the same
+    /// sums in the same order) on awkward shapes: head sizes with and without a 16-value
+    /// tail, one key, odd key counts, one to four heads per group, zero values.
+    #[test]
+    fn attention_kernels_equal_their_portable_twins() {
+        for (hd, n, groups) in [
+            (8, 1, 1),
+            (24, 7, 2),
+            (64, 33, 4),
+            (72, 65, 3),
+            (128, 40, 2),
+            (80, 3, 1),
+            (16, 0, 2),
+        ] {
+            let qg = awkward(groups * hd, 0.3);
+            let mut k = awkward(n * hd, 1.7);
+            let v = awkward(n * hd, -0.9);
+            if n > 2 {
+                k[hd..2 * hd].fill(0.0);
+            }
+            let mut fast = vec![0f32; groups * n];
+            let mut twin = vec![0f32; groups * n];
+            head_scores(&qg, &k, hd, &mut fast);
+            head_scores_portable(&qg, &k, hd, &mut twin);
+            assert_eq!(fast, twin, "scores hd {hd} n {n} groups {groups}");
+            let w = awkward(groups * n, 2.1);
+            let start = awkward(groups * hd, 0.7);
+            let (mut fast, mut twin) = (start.clone(), start);
+            weighted_values(&w, &v, hd, &mut fast);
+            weighted_values_portable(&w, &v, hd, &mut twin);
+            assert_eq!(fast, twin, "values hd {hd} n {n} groups {groups}");
         }
     }
 
