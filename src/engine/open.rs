@@ -143,7 +143,7 @@ fn looks_like_hub_id(s: &str) -> bool {
     parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && !p.starts_with('.'))
 }
 
-/// Downloads the files a Llama checkpoint needs into the hf-hub cache.
+/// Downloads the files a checkpoint needs into the hf-hub cache (and the optional ones it has).
 fn fetch_from_hub(id: &str) -> Result<PathBuf> {
     let api = hf_hub::api::sync::Api::new().context("cannot set up the Hugging Face hub client")?;
     let repo = api.model(id.to_string());
@@ -156,7 +156,17 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf> {
     };
     let config = repo.get("config.json").map_err(offline)?;
     repo.get("tokenizer.json").map_err(offline)?;
-    let _ = repo.get("generation_config.json");
+    // Optional: generation settings, a vision model's image processor and chat template.
+    for optional in [
+        "generation_config.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.json",
+        "chat_template.jinja",
+        "tokenizer_config.json",
+    ] {
+        let _ = repo.get(optional);
+    }
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
             let v: Value = serde_json::from_slice(&std::fs::read(&index)?)?;
@@ -398,12 +408,7 @@ fn open_llava_dir(
     check_checkpoint_layers(dir, cfg.text.num_layers)?;
     let vb = open_weights(dir, dtype, device)?;
     let layout = llava::Layout::detect(&vb).with_context(|| format!("in {}", dir.display()))?;
-    // transformers 5 keeps the image processor's settings inside processor_config.json.
-    let mut preprocessor = match read_json_if_present(&dir.join("preprocessor_config.json"))? {
-        Some(p) => Some(p),
-        None => read_json_if_present(&dir.join("processor_config.json"))?
-            .and_then(|p| p.get("image_processor").cloned()),
-    };
+    let mut preprocessor = image_processor_json(dir)?;
     let tower_vb = if layout == llava::Layout::Original && layout.vision_model(&vb).is_none() {
         let tower_dir = find_vision_tower(dir, cfg.vision_tower_ref.as_deref())?;
         let tower_config: Value = read_json_if_present(&tower_dir.join("config.json"))?

@@ -352,6 +352,19 @@ impl LlavaConfig {
             Some(v) => ImageProcessor::from_json(v, size)?,
             None => ImageProcessor::clip(size),
         };
+        if matches!(self.variant, Variant::OneVision { .. }) {
+            // `LlavaOnevisionImageProcessor`: resized to exactly `size`, never cropped.
+            let named = |k: &str| preprocessor_config.is_some_and(|v| v.get(k).is_some());
+            if !named("size") {
+                p.resize = Some(preprocess::ResizeTo::Exact {
+                    height: size,
+                    width: size,
+                });
+            }
+            if !named("crop_size") || !named("do_center_crop") {
+                p.crop = None;
+            }
+        }
         if self.pad_to_square {
             p.pad_to_square = Some(p.mean_color());
         }
@@ -879,6 +892,18 @@ mod tests {
             assert_eq!(c.image_token_count(size), tokens, "{size:?}");
         }
         assert_eq!(c.untiled_token_count(), 730);
+        // Without the checkpoint's processor settings: LlavaOnevisionImageProcessor's own,
+        // an exact 384 × 384 resize and no crop.
+        let p = c.image_processor(None).unwrap();
+        assert_eq!(
+            p.resize,
+            Some(preprocess::ResizeTo::Exact {
+                height: 384,
+                width: 384
+            })
+        );
+        assert_eq!(p.crop, None);
+        assert_eq!(p.grid_pinpoints.as_ref().map(Vec::len), Some(36));
         // The defaults of a config that names nothing but the architecture.
         let bare = LlavaConfig::from_json(
             &json!({"model_type": "llava_onevision", "text_config": {"model_type": "qwen2"}}),
