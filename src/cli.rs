@@ -317,6 +317,11 @@ pub struct RunArgs {
     /// Weight dtype for safetensors models (GGUF keeps its own): auto = f16 on CUDA, f32 on CPU.
     #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
     pub dtype: DtypeArg,
+    /// KV cache dtype of in-process runs: auto = the activation dtype (f32 on the CPU, as
+    /// transformers' f32 reference); f16 on the CPU halves a long context's cache reads, as
+    /// llama.cpp's default cache does (attention still computes in f32).
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub kv_cache_dtype: DtypeArg,
     /// cpu, cuda or cuda:N (auto = cuda:0 when built with CUDA and a GPU is present, else cpu).
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -556,3 +556,65 @@ fn profile_writes_a_nested_chrome_trace_that_covers_the_measured_times() {
         "{stats}"
     );
 }
+
+/// `--kv-cache-dtype f16` on the CPU: the report names it, a decode step reads half the cache
+/// bytes, and the run's numbers come out whole; a dtype the kernels do not read is refused
+/// with one line.
+#[test]
+fn a_half_precision_kv_cache_halves_the_cache_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepare_prompts(
+        dir.path(),
+        "Hello there, how are you today?\nTell me a story\n",
+    );
+    let run = |kv: &str| {
+        let report = dir.path().join(format!("{kv}.json"));
+        vlmbench()
+            .args([
+                "run",
+                "--model",
+                "random:tiny-llama",
+                "--device",
+                "cpu",
+                "--quiet",
+            ])
+            .args(["--max-new-tokens", "8", "--ignore-eos", "--warmup", "0"])
+            .args(["--kv-cache-dtype", kv, "--data-file"])
+            .arg(&data)
+            .arg("--report-file")
+            .arg(&report)
+            .assert()
+            .success();
+        read_json(&report)
+    };
+    let (full, half) = (run("auto"), run("f16"));
+    assert!(full["config"].get("kv_cache_dtype").is_none());
+    assert_eq!(half["config"]["kv_cache_dtype"], "f16");
+    let kv = |r: &Value| {
+        r["decode_bandwidth"]["kv_bytes_per_token_mean"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (kv(&full) / kv(&half) - 2.0).abs() < 1e-9,
+        "{} vs {}",
+        kv(&full),
+        kv(&half)
+    );
+    for r in [&full, &half] {
+        assert_eq!(r["summary"]["succeeded"], 2);
+        for s in r["samples"].as_array().unwrap() {
+            check_sample(s, 8);
+        }
+    }
+    vlmbench()
+        .args(["run", "--model", "random:tiny-llama", "--device", "cpu"])
+        .args(["--kv-cache-dtype", "bf16", "--data-file"])
+        .arg(&data)
+        .arg("--report-file")
+        .arg(dir.path().join("bad.json"))
+        .assert()
+        .failure()
+        .stderr(contains("--kv-cache-dtype"))
+        .stderr(contains("bf16 KV cache is not supported"));
+}

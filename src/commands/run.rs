@@ -119,6 +119,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         tokenizer: args.tokenizer.clone(),
         seed: args.seed,
         prompt_template: args.prompt_template.clone(),
+        kv_cache_dtype: dtype_of(args.kv_cache_dtype),
     };
     eprintln!("loading {model} ...");
     let mut engine = crate::engine::open::open_engine(&options)?;
@@ -159,6 +160,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
             limit: opts.limit,
             repeat: opts.repeat,
             decoding: "greedy (temperature 0)".into(),
+            kv_cache_dtype: options.kv_cache_dtype.map(|d| d.as_str().to_string()),
         },
         dataset: DatasetRef::of(&data_path, &dataset),
     };

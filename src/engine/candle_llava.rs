@@ -113,6 +113,15 @@ impl Engine for CandleLlavaEngine {
         super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
     }
 
+    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
+        self.model.llm.set_kv_dtype(dtype)?;
+        // Drop the old buffers first, so peak memory is not old + new.
+        let capacity = self.cache.capacity();
+        self.cache = self.model.llm.new_cache(1)?;
+        self.cache = self.model.llm.new_cache(capacity)?;
+        Ok(())
+    }
+
     fn prefill_flops(&self, prompt: usize) -> Option<u64> {
         Some(self.model.llm.prefill_flops(prompt))
     }

@@ -97,6 +97,15 @@ impl Engine for CandleTextEngine {
         super::decode::cpu_read_bandwidth(&self.model, &self.threads, bytes)
     }
 
+    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
+        self.model.set_kv_dtype(dtype)?;
+        // Drop the old buffers first, so peak memory is not old + new.
+        let capacity = self.cache.capacity();
+        self.cache = self.model.new_cache(1)?;
+        self.cache = self.model.new_cache(capacity)?;
+        Ok(())
+    }
+
     fn prefill_flops(&self, prompt: usize) -> Option<u64> {
         Some(self.model.prefill_flops(prompt))
     }

@@ -209,6 +209,13 @@ pub trait Engine {
     fn read_bandwidth(&self, _bytes: u64) -> Option<f64> {
         None
     }
+    /// Keeps the KV cache in `dtype` from now on (`--kv-cache-dtype`).
+    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "this engine keeps no KV cache of its own, so a {} cache cannot be chosen",
+            dtype.as_str()
+        )
+    }
     /// Floating-point operations of a prefill of `prompt` tokens (`None`: not known).
     fn prefill_flops(&self, _prompt: usize) -> Option<u64> {
         None

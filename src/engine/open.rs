@@ -58,6 +58,8 @@ pub struct EngineOptions {
     pub seed: u64,
     /// Template for vision models' prompts (`{prompt}`, `<image>`); `None` = the model's own.
     pub prompt_template: Option<String>,
+    /// KV cache dtype; `None` = the activation dtype.
+    pub kv_cache_dtype: Option<DType>,
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
@@ -104,8 +106,19 @@ fn dtype_name(d: DType) -> &'static str {
     d.as_str()
 }
 
-/// Opens the engine for `opts.model`.
+/// Opens the engine for `opts.model`, with its KV cache in `opts.kv_cache_dtype` when given.
 pub fn open_engine(opts: &EngineOptions) -> Result<Box<dyn Engine>> {
+    let mut engine = open_model(opts)?;
+    if let Some(dtype) = opts.kv_cache_dtype {
+        engine
+            .set_kv_cache_dtype(dtype)
+            .context("--kv-cache-dtype")?;
+    }
+    Ok(engine)
+}
+
+/// [`open_engine`] without the KV cache choice.
+fn open_model(opts: &EngineOptions) -> Result<Box<dyn Engine>> {
     let device = parse_device(&opts.device)?;
     let dtype = opts.dtype.unwrap_or(if device.is_cuda() {
         DType::F16
@@ -877,6 +890,7 @@ mod tests {
             tokenizer: None,
             seed: 0,
             prompt_template: None,
+            kv_cache_dtype: None,
         };
         let e = open_engine(&opts).err().unwrap().to_string();
         assert!(e.contains("config.json"), "{e}");
@@ -907,6 +921,7 @@ mod tests {
             tokenizer: None,
             seed: 0,
             prompt_template: None,
+            kv_cache_dtype: None,
         })
         .unwrap();
         let mut in_memory = open_engine(&EngineOptions {
@@ -916,6 +931,7 @@ mod tests {
             tokenizer: None,
             seed: 5,
             prompt_template: None,
+            kv_cache_dtype: None,
         })
         .unwrap();
         let a = from_disk.generate(&req).unwrap();
@@ -948,6 +964,7 @@ mod tests {
                 tokenizer: None,
                 seed,
                 prompt_template: None,
+                kv_cache_dtype: None,
             })
             .unwrap()
         };
@@ -989,6 +1006,7 @@ mod tests {
             tokenizer: None,
             seed: 0,
             prompt_template: None,
+            kv_cache_dtype: None,
         };
         let open_with = |config: &Value| {
             std::fs::write(&path, config.to_string()).unwrap();
@@ -1104,6 +1122,7 @@ mod tests {
                 tokenizer: None,
                 seed: 0,
                 prompt_template: Some("USER: <image>\\n{prompt} ASSISTANT:".into()),
+                kv_cache_dtype: None,
             })
             .unwrap()
         };

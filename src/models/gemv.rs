@@ -445,9 +445,12 @@ pub fn decode_attention_window(
     softcap: Option<f32>,
 ) -> candle_core::Result<Option<Vec<f32>>> {
     let total = keys.end;
-    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
-    let readable =
-        cpu_f32(k_cache) && cpu_f32(v_cache) && k_cache.is_contiguous() && v_cache.is_contiguous();
+    let cpu = |t: &Tensor| {
+        matches!(t.device(), Device::Cpu)
+            && matches!(t.dtype(), DType::F32 | DType::F16)
+            && t.is_contiguous()
+    };
+    let readable = cpu(k_cache) && cpu(v_cache) && k_cache.dtype() == v_cache.dtype();
     if !readable || heads == 0 {
         return Ok(None);
     }
@@ -464,13 +467,52 @@ pub fn decode_attention_window(
     let groups = heads / kv_heads;
     let (k_store, k_layout) = k_cache.storage_and_layout();
     let (v_store, v_layout) = v_cache.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) =
-        (&*k_store, &*v_store)
-    else {
-        return Ok(None);
+    let (ko, vo) = (k_layout.start_offset(), v_layout.start_offset());
+    let shape = AttentionShape {
+        heads,
+        groups,
+        capacity,
+        hd,
     };
-    let kd = &kd[k_layout.start_offset()..];
-    let vd = &vd[v_layout.start_offset()..];
+    let out = match (&*k_store, &*v_store) {
+        (Storage::Cpu(CpuStorage::F32(kd)), Storage::Cpu(CpuStorage::F32(vd))) => {
+            attend(qs, &kd[ko..], &vd[vo..], shape, keys, scale, softcap)
+        }
+        (Storage::Cpu(CpuStorage::F16(kd)), Storage::Cpu(CpuStorage::F16(vd))) => {
+            attend(qs, &kd[ko..], &vd[vo..], shape, keys, scale, softcap)
+        }
+        _ => return Ok(None),
+    };
+    drop((k_store, v_store));
+    Ok(Some(out))
+}
+
+/// The sizes [`attend`] works with: query heads, heads per key/value head, cache rows per
+/// key/value head, head size.
+#[derive(Debug, Clone, Copy)]
+struct AttentionShape {
+    heads: usize,
+    groups: usize,
+    capacity: usize,
+    hd: usize,
+}
+
+/// [`decode_attention_window`] over caches of `E` values (f32, or f16 widened as read).
+fn attend<E: CacheValue>(
+    qs: &[f32],
+    kd: &[E],
+    vd: &[E],
+    shape: AttentionShape,
+    keys: std::ops::Range<usize>,
+    scale: f32,
+    softcap: Option<f32>,
+) -> Vec<f32> {
+    let AttentionShape {
+        heads,
+        groups,
+        capacity,
+        hd,
+    } = shape;
     // One task per key/value head: its query heads share each key and value row, read once
     // for all of them (read once per query head, a long context's rows fall out of cache
     // between heads). Each head's sums run in the order they always did.
@@ -483,7 +525,7 @@ pub fn decode_attention_window(
             let n = keys.len();
             let rows = base + keys.start * hd..base + keys.end * hd;
             let mut scores = vec![0f32; groups * n];
-            head_scores(qg, &kd[rows.clone()], hd, &mut scores);
+            E::head_scores(qg, &kd[rows.clone()], hd, &mut scores);
             for s in scores.iter_mut() {
                 let scaled = *s * scale;
                 *s = match softcap {
@@ -499,59 +541,92 @@ pub fn decode_attention_window(
                     sums[g] += *s;
                 }
             }
-            weighted_values(&scores, &vd[rows], hd, o);
+            E::weighted_values(&scores, &vd[rows], hd, o);
             for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
                 for acc in og.iter_mut() {
                     *acc /= sum;
                 }
             }
         });
-    drop((k_store, v_store));
-    Ok(Some(out))
+    out
 }
 
-/// `scores[g · n + i] = q_g · k_i` for the `groups` query heads of `qg` (`groups × hd`) and the
-/// `n` key rows of `k` (`n × hd`), each sum as [`dot_f32`] forms it.
-fn head_scores(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if KernelSet::active() == KernelSet::Avx2 {
-        // SAFETY: the CPU supports the features the function is compiled for; the slices
-        // hold `groups × hd`, `n × hd` and `groups × n` values.
-        return unsafe { x86::head_scores(qg, k, hd, scores) };
+/// A KV-cache value type the attention kernels read: f32, or f16 widened as it is read.
+trait CacheValue: Copy + Send + Sync {
+    /// `scores[g · n + i] = q_g · k_i` for the `groups` query heads of `qg` (`groups × hd`) and
+    /// the `n` key rows of `k` (`n × hd`), each sum as this type's `dot_*` forms it.
+    fn head_scores(qg: &[f32], k: &[Self], hd: usize, scores: &mut [f32]);
+    /// `out_g += Σᵢ w_{g,i} · v_i` for the `groups` heads of `out` (`groups × hd`), weights
+    /// `w[g · n + i]` and value rows `v` (`n × hd`): per output value, the products are added
+    /// in key order, each rounded before its addition.
+    fn weighted_values(w: &[f32], v: &[Self], hd: usize, out: &mut [f32]);
+}
+
+impl CacheValue for f32 {
+    fn head_scores(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if KernelSet::active() == KernelSet::Avx2 {
+            // SAFETY: the CPU supports the features the function is compiled for; the slices
+            // hold `groups × hd`, `n × hd` and `groups × n` values.
+            return unsafe { x86::head_scores(qg, k, hd, scores) };
+        }
+        head_scores_portable(qg, k, hd, scores, dot_f32);
     }
-    head_scores_portable(qg, k, hd, scores);
+
+    fn weighted_values(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if KernelSet::active() >= KernelSet::Avx2 && hd.is_multiple_of(8) {
+            // SAFETY: as for `head_scores`; `hd` is a multiple of the 8 lanes.
+            return unsafe { x86::weighted_values(w, v, hd, out) };
+        }
+        weighted_values_portable(w, v, hd, out);
+    }
 }
 
-/// [`head_scores`] one [`dot_f32`] call at a time.
-fn head_scores_portable(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+impl CacheValue for half::f16 {
+    fn head_scores(qg: &[f32], k: &[half::f16], hd: usize, scores: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if KernelSet::active() == KernelSet::Avx2 {
+            // SAFETY: as for the f32 cache.
+            return unsafe { x86::head_scores(qg, k, hd, scores) };
+        }
+        head_scores_portable(qg, k, hd, scores, dot_f16);
+    }
+
+    fn weighted_values(w: &[f32], v: &[half::f16], hd: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if KernelSet::active() >= KernelSet::Avx2 && hd.is_multiple_of(8) {
+            // SAFETY: as for the f32 cache.
+            return unsafe { x86::weighted_values(w, v, hd, out) };
+        }
+        weighted_values_portable(w, v, hd, out);
+    }
+}
+
+/// [`CacheValue::head_scores`] one `dot` call at a time.
+fn head_scores_portable<E>(
+    qg: &[f32],
+    k: &[E],
+    hd: usize,
+    scores: &mut [f32],
+    dot: fn(&[f32], &[E]) -> f32,
+) {
     let n = k.len() / hd.max(1);
     for (i, krow) in k.chunks_exact(hd).enumerate() {
         for (g, q) in qg.chunks_exact(hd).enumerate() {
-            scores[g * n + i] = dot_f32(q, krow);
+            scores[g * n + i] = dot(q, krow);
         }
     }
 }
 
-/// `out_g += Σᵢ w_{g,i} · v_i` for the `groups` heads of `out` (`groups × hd`), weights
-/// `w[g · n + i]` and value rows `v` (`n × hd`): per output value, the products are added in
-/// key order, each rounded before its addition.
-fn weighted_values(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if KernelSet::active() >= KernelSet::Avx2 && hd.is_multiple_of(8) {
-        // SAFETY: as for `head_scores`; `hd` is a multiple of the 8 lanes.
-        return unsafe { x86::weighted_values(w, v, hd, out) };
-    }
-    weighted_values_portable(w, v, hd, out);
-}
-
-/// [`weighted_values`] key by key.
-fn weighted_values_portable(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+/// [`CacheValue::weighted_values`] key by key.
+fn weighted_values_portable<E: Copy + Into<f32>>(w: &[f32], v: &[E], hd: usize, out: &mut [f32]) {
     let n = v.len() / hd.max(1);
     for (i, vrow) in v.chunks_exact(hd).enumerate() {
         for (g, og) in out.chunks_exact_mut(hd).enumerate() {
             let wi = w[g * n + i];
-            for (acc, x) in og.iter_mut().zip(vrow) {
-                *acc += wi * x;
+            for (acc, &x) in og.iter_mut().zip(vrow) {
+                *acc += wi * x.into();
             }
         }
     }
@@ -663,14 +738,45 @@ mod x86 {
         };
     }
 
-    /// [`super::head_scores`]: every group head against each key row in one call, so the
+    /// A cache value the kernels load eight at a time as f32 lanes.
+    pub trait Lanes: Copy {
+        /// Eight values from `p` as f32.
+        ///
+        /// Safety: `p` points at eight readable values; the CPU has AVX and F16C.
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn widen(self) -> f32;
+    }
+
+    impl Lanes for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Lanes for half::f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    /// [`super::CacheValue::head_scores`]: every group head against each key row in one call, so the
     /// heads' independent sums overlap (one call per 64-value dot product left the core
     /// waiting on each sum's chain). Each sum as `dot_f32` forms it: two 8-lane accumulators
     /// over 16 values a step, then the tail.
     ///
     /// Safety: `qg` holds `groups × hd` values, `k` `n × hd`, `scores` `groups × n`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn head_scores(qg: &[f32], k: &[f32], hd: usize, scores: &mut [f32]) {
+    pub unsafe fn head_scores<E: Lanes>(qg: &[f32], k: &[E], hd: usize, scores: &mut [f32]) {
         if hd == 0 {
             return;
         }
@@ -685,17 +791,14 @@ mod x86 {
                 let mut a1 = _mm256_setzero_ps();
                 let mut j = 0;
                 while j < body {
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j)), _mm256_loadu_ps(kp.add(j)), a0);
-                    a1 = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(q.add(j + 8)),
-                        _mm256_loadu_ps(kp.add(j + 8)),
-                        a1,
-                    );
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j)), E::load8(kp.add(j)), a0);
+                    a1 =
+                        _mm256_fmadd_ps(_mm256_loadu_ps(q.add(j + 8)), E::load8(kp.add(j + 8)), a1);
                     j += 16;
                 }
                 let mut sum = hsum(_mm256_add_ps(a0, a1));
                 while j < hd {
-                    sum += *q.add(j) * *kp.add(j);
+                    sum += *q.add(j) * (*kp.add(j)).widen();
                     j += 1;
                 }
                 *sp.add(g * n + i) = sum;
@@ -703,14 +806,14 @@ mod x86 {
         }
     }
 
-    /// [`super::weighted_values`] with each head's running sums held in registers over a block
+    /// [`super::CacheValue::weighted_values`] with each head's running sums held in registers over a block
     /// of keys (a block's value rows stay in L1 for all the heads of the group), 64 values at a
     /// time; products and sums rounded separately, in key order, as the portable loop does.
     ///
     /// Safety: `hd` is a multiple of 8; `w` holds `groups × n` weights, `v` `n × hd` values,
     /// `out` `groups × hd`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_values(w: &[f32], v: &[f32], hd: usize, out: &mut [f32]) {
+    pub unsafe fn weighted_values<E: Lanes>(w: &[f32], v: &[E], hd: usize, out: &mut [f32]) {
         const KEYS: usize = 32;
         if hd == 0 {
             return;
@@ -733,10 +836,7 @@ mod x86 {
                         let wi = _mm256_set1_ps(*wp.add(g * n + i));
                         let row = vp.add(i * hd + lane);
                         for (r, a) in acc.iter_mut().enumerate().take(width) {
-                            *a = _mm256_add_ps(
-                                *a,
-                                _mm256_mul_ps(wi, _mm256_loadu_ps(row.add(8 * r))),
-                            );
+                            *a = _mm256_add_ps(*a, _mm256_mul_ps(wi, E::load8(row.add(8 * r))));
                         }
                     }
                     for (r, a) in acc.iter().enumerate().take(width) {
@@ -1022,36 +1122,76 @@ mod tests {
     }
 
     /// The attention kernels' SIMD forms equal their portable twins bit for bit (the same
-    /// sums in the same order) on awkward shapes: head sizes with and without a 16-value
-    /// tail, one key, odd key counts, one to four heads per group, zero values.
+    /// sums in the same order), for f32 and f16 caches, on awkward shapes: head sizes with and
+    /// without a 16-value tail, one key, none, odd key counts, one to four heads per group,
+    /// zero values.
     #[test]
     fn attention_kernels_equal_their_portable_twins() {
-        for (hd, n, groups) in [
-            (8, 1, 1),
-            (24, 7, 2),
-            (64, 33, 4),
-            (72, 65, 3),
-            (128, 40, 2),
-            (80, 3, 1),
-            (16, 0, 2),
-        ] {
-            let qg = awkward(groups * hd, 0.3);
-            let mut k = awkward(n * hd, 1.7);
-            let v = awkward(n * hd, -0.9);
-            if n > 2 {
-                k[hd..2 * hd].fill(0.0);
+        fn check<E: CacheValue + Copy + Into<f32>>(
+            widen: fn(f32) -> E,
+            dot: fn(&[f32], &[E]) -> f32,
+        ) {
+            for (hd, n, groups) in [
+                (8, 1, 1),
+                (24, 7, 2),
+                (64, 33, 4),
+                (72, 65, 3),
+                (128, 40, 2),
+                (80, 3, 1),
+                (16, 0, 2),
+            ] {
+                let qg = awkward(groups * hd, 0.3);
+                let mut k: Vec<E> = awkward(n * hd, 1.7).into_iter().map(widen).collect();
+                let v: Vec<E> = awkward(n * hd, -0.9).into_iter().map(widen).collect();
+                if n > 2 {
+                    k[hd..2 * hd].fill(widen(0.0));
+                }
+                let mut fast = vec![0f32; groups * n];
+                let mut twin = vec![0f32; groups * n];
+                E::head_scores(&qg, &k, hd, &mut fast);
+                head_scores_portable(&qg, &k, hd, &mut twin, dot);
+                assert_eq!(fast, twin, "scores hd {hd} n {n} groups {groups}");
+                let w = awkward(groups * n, 2.1);
+                let start = awkward(groups * hd, 0.7);
+                let (mut fast, mut twin) = (start.clone(), start);
+                E::weighted_values(&w, &v, hd, &mut fast);
+                weighted_values_portable(&w, &v, hd, &mut twin);
+                assert_eq!(fast, twin, "values hd {hd} n {n} groups {groups}");
             }
-            let mut fast = vec![0f32; groups * n];
-            let mut twin = vec![0f32; groups * n];
-            head_scores(&qg, &k, hd, &mut fast);
-            head_scores_portable(&qg, &k, hd, &mut twin);
-            assert_eq!(fast, twin, "scores hd {hd} n {n} groups {groups}");
-            let w = awkward(groups * n, 2.1);
-            let start = awkward(groups * hd, 0.7);
-            let (mut fast, mut twin) = (start.clone(), start);
-            weighted_values(&w, &v, hd, &mut fast);
-            weighted_values_portable(&w, &v, hd, &mut twin);
-            assert_eq!(fast, twin, "values hd {hd} n {n} groups {groups}");
+        }
+        check::<f32>(|x| x, dot_f32);
+        check::<half::f16>(half::f16::from_f32, dot_f16);
+    }
+
+    /// An f16 cache gives the attention of the f32 cache holding the same (rounded) values.
+    #[test]
+    fn half_precision_caches_attend_like_f32_ones_of_the_same_values() {
+        let (heads, kv_heads, cap, hd, total) = (8usize, 2usize, 16usize, 64usize, 13usize);
+        let q = Tensor::randn(0f32, 1.0, (1, heads, 1, hd), &Device::Cpu).unwrap();
+        let k16 = Tensor::randn(0f32, 1.0, (1, kv_heads, cap, hd), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let v16 = Tensor::randn(0f32, 1.0, (1, kv_heads, cap, hd), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let (k32, v32) = (
+            k16.to_dtype(DType::F32).unwrap(),
+            v16.to_dtype(DType::F32).unwrap(),
+        );
+        let half = decode_attention(&q, &k16, &v16, total, 0.125)
+            .unwrap()
+            .unwrap();
+        let full = decode_attention(&q, &k32, &v32, total, 0.125)
+            .unwrap()
+            .unwrap();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            half.flatten_all().unwrap().to_vec1().unwrap(),
+            full.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
     }
 

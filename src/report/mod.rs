@@ -101,6 +101,10 @@ pub struct RunConfig {
     pub repeat: usize,
     /// Always greedy (temperature 0).
     pub decoding: String,
+    /// The KV cache's dtype where `--kv-cache-dtype` chose one (absent: the activation
+    /// dtype, and in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_dtype: Option<String>,
 }
 
 /// Which frozen inputs the run used.

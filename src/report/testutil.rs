@@ -120,6 +120,7 @@ pub fn report(samples: Vec<SampleRecord>, duration_s: f64) -> Report {
             warmup: 1,
             limit: None,
             repeat: 1,
+            kv_cache_dtype: None,
             decoding: "greedy (temperature 0)".into(),
         },
         dataset: dataset("aaaa"),

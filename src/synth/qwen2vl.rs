@@ -367,6 +367,7 @@ mod tests {
                     tokenizer: None,
                     seed,
                     prompt_template: None,
+                    kv_cache_dtype: None,
                 })
                 .unwrap()
             };

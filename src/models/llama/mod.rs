@@ -459,6 +459,8 @@ pub struct LlamaModel {
     device: Device,
     /// Activation dtype.
     dtype: DType,
+    /// The KV cache's dtype: the activation dtype unless set ([`Self::set_kv_dtype`]).
+    kv_dtype: Option<DType>,
 }
 
 /// The rotary angles of one forward call for one kind of layer: rows (one-token CPU path)
@@ -587,6 +589,7 @@ impl LlamaModel {
             interleaved_rope,
             device,
             dtype,
+            kv_dtype: None,
         })
     }
 
@@ -596,6 +599,28 @@ impl LlamaModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype caches made from now on hold keys and values in.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype.unwrap_or(self.dtype)
+    }
+
+    /// Keeps keys and values in `dtype` (f16 halves a long context's cache reads; the
+    /// attention still computes in the activation dtype). Only f32 and f16 CPU caches and
+    /// the activation dtype are read by the kernels.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        let cpu_half = self.device.is_cpu() && self.dtype == DType::F32 && dtype == DType::F16;
+        if dtype != self.dtype && !cpu_half {
+            bail!(
+                "a {} KV cache is not supported with {} activations on {:?} (supported: the activation dtype, or f16 with f32 activations on the CPU)",
+                dtype.as_str(),
+                self.dtype.as_str(),
+                self.device
+            );
+        }
+        self.kv_dtype = Some(dtype);
+        Ok(())
     }
 
     /// A cache for at most `capacity` positions (clamped to the context length).
@@ -608,7 +633,8 @@ impl LlamaModel {
         let weights: u64 = self.projections().map(Linear::stored_bytes).sum::<u64>()
             + self.lm_head.stored_bytes()
             + (c.hidden_size * self.embed.dtype().size_in_bytes()) as u64;
-        let per_position = (2 * c.num_kv_heads * c.head_dim * self.dtype.size_in_bytes()) as u64;
+        let per_position =
+            (2 * c.num_kv_heads * c.head_dim * self.kv_dtype().size_in_bytes()) as u64;
         let kv: u64 = (0..c.num_layers)
             .map(|l| {
                 let attended = match (c.sliding_layers.get(l), c.sliding_window) {
@@ -672,8 +698,8 @@ impl LlamaModel {
         let mut k = Vec::with_capacity(c.num_layers);
         let mut v = Vec::with_capacity(c.num_layers);
         for _ in 0..c.num_layers {
-            k.push(Tensor::zeros(shape, self.dtype, &self.device)?);
-            v.push(Tensor::zeros(shape, self.dtype, &self.device)?);
+            k.push(Tensor::zeros(shape, self.kv_dtype(), &self.device)?);
+            v.push(Tensor::zeros(shape, self.kv_dtype(), &self.device)?);
         }
         Ok(KvCache {
             k,
@@ -957,8 +983,8 @@ impl LlamaModel {
             Some(a) => (self.rotate(&q, a)?, self.rotate(&k, a)?),
             None => (q, k),
         };
-        cache.k[l].slice_set(&k, 2, offset)?;
-        cache.v[l].slice_set(&v, 2, offset)?;
+        cache.k[l].slice_set(&k.to_dtype(cache.k[l].dtype())?, 2, offset)?;
+        cache.v[l].slice_set(&v.to_dtype(cache.v[l].dtype())?, 2, offset)?;
         let total = offset + seq;
         let scale = c.attn_scale;
         if seq == 1 && window.is_none() && c.attn_softcap.is_none() {
@@ -973,8 +999,17 @@ impl LlamaModel {
             Some(w) => (offset + 1).saturating_sub(w),
             None => 0,
         };
-        let keys = cache.k[l].narrow(2, start, total - start)?;
-        let values = cache.v[l].narrow(2, start, total - start)?;
+        // A half-precision cache (`set_kv_dtype`) is read in the activation dtype.
+        let (k_all, v_all) = if cache.k[l].dtype() == q.dtype() {
+            (cache.k[l].clone(), cache.v[l].clone())
+        } else {
+            (
+                cache.k[l].narrow(2, 0, total)?.to_dtype(q.dtype())?,
+                cache.v[l].narrow(2, 0, total)?.to_dtype(q.dtype())?,
+            )
+        };
+        let keys = k_all.narrow(2, start, total - start)?;
+        let values = v_all.narrow(2, start, total - start)?;
         // Grouped-query attention without copying K/V per head: fold each group of query heads
         // into the rows of its key/value head.
         let groups = nh / nkv;
@@ -988,8 +1023,8 @@ impl LlamaModel {
         });
         if let Some(out) = super::attention::prefill_attention_cpu(
             &q,
-            &cache.k[l],
-            &cache.v[l],
+            &k_all,
+            &v_all,
             start..total,
             scale as f32,
             c.attn_softcap.map(|x| x as f32),
@@ -1064,8 +1099,8 @@ impl LlamaModel {
         }
         let k = Tensor::from_vec(k, (1, nkv, 1, hd), &self.device)?;
         let v = Tensor::from_vec(v, (1, nkv, 1, hd), &self.device)?;
-        cache.k[l].slice_set(&k, 2, offset)?;
-        cache.v[l].slice_set(&v, 2, offset)?;
+        cache.k[l].slice_set(&k.to_dtype(cache.k[l].dtype())?, 2, offset)?;
+        cache.v[l].slice_set(&v.to_dtype(cache.v[l].dtype())?, 2, offset)?;
         let total = offset + 1;
         let start = window.map_or(0, |w| total.saturating_sub(w));
         let Some(out) = gemv::decode_attention_window(
@@ -1078,7 +1113,7 @@ impl LlamaModel {
             c.attn_softcap.map(|s| s as f32),
         )?
         else {
-            bail!("decode attention: the KV cache is not an f32 CPU buffer");
+            bail!("decode attention: the KV cache is not an f32 or f16 CPU buffer");
         };
         let out = Tensor::from_vec(out, (1, 1, nh * hd), &self.device)?;
         Ok(Some(layer.o.forward(&out)?))
