@@ -114,12 +114,7 @@ impl Engine for CandleLlavaEngine {
     }
 
     fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
-        self.model.llm.set_kv_dtype(dtype)?;
-        // Drop the old buffers first, so peak memory is not old + new.
-        let capacity = self.cache.capacity();
-        self.cache = self.model.llm.new_cache(1)?;
-        self.cache = self.model.llm.new_cache(capacity)?;
-        Ok(())
+        super::decode::set_kv_dtype(&mut self.model.llm, &mut self.cache, dtype)
     }
 
     fn prefill_flops(&self, prompt: usize) -> Option<u64> {

@@ -84,6 +84,21 @@ pub(crate) fn reserve_cache(
     Ok(())
 }
 
+/// [`super::Engine::set_kv_cache_dtype`] of a candle engine: the decoder's caches from now on,
+/// and `cache` remade at its capacity.
+pub(crate) fn set_kv_dtype(
+    model: &mut LlamaModel,
+    cache: &mut KvCache,
+    dtype: candle_core::DType,
+) -> anyhow::Result<()> {
+    model.set_kv_dtype(dtype)?;
+    let capacity = cache.capacity();
+    // Drop the old buffers first, so peak memory is not old + new.
+    *cache = model.new_cache(1)?;
+    *cache = model.new_cache(capacity)?;
+    Ok(())
+}
+
 fn note_cache(cache: &KvCache) {
     profile::note("kv_cache_bytes", cache.bytes() as u64);
     profile::note("kv_cache_capacity_tokens", cache.capacity() as u64);
