@@ -17,7 +17,7 @@ use super::{
     PhasePeaks,
 };
 use crate::memory::DevicePool;
-use crate::models::llama::KvCache;
+use crate::models::llama::{KvCache, LlamaModel};
 use crate::models::llava::preprocess::ImageProcessor;
 use crate::models::llava::{LlavaModel, Variant};
 use crate::profile;
@@ -101,28 +101,12 @@ impl Engine for CandleLlavaEngine {
         Some(self.model.device().clone())
     }
 
-    fn cpu_threads(&self) -> Option<usize> {
-        self.threads.count()
+    fn decoder(&self) -> Option<(&LlamaModel, &ModelThreads)> {
+        Some((&self.model.llm, &self.threads))
     }
 
-    fn decode_read_bytes(&self, context: usize) -> Option<super::DecodeBytes> {
-        Some(self.model.llm.decode_read_bytes(context))
-    }
-
-    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
-        super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
-    }
-
-    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
-        super::decode::set_kv_dtype(&mut self.model.llm, &mut self.cache, dtype)
-    }
-
-    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
-        Some(self.model.llm.prefill_flops(prompt))
-    }
-
-    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
-        super::decode::cpu_gemm_rate(&self.model.llm, &self.threads)
+    fn decoder_and_cache(&mut self) -> Option<(&mut LlamaModel, &mut KvCache)> {
+        Some((&mut self.model.llm, &mut self.cache))
     }
 
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {

@@ -19,7 +19,7 @@ use super::{
     PhasePeaks,
 };
 use crate::memory::DevicePool;
-use crate::models::llama::KvCache;
+use crate::models::llama::{KvCache, LlamaModel};
 use crate::models::qwen2vl::preprocess::{smart_resize, Qwen2VlImageProcessor};
 use crate::models::qwen2vl::{
     mrope_positions, Qwen2VlModel, Segment, IMAGE_PAD, VISION_END, VISION_START,
@@ -178,28 +178,12 @@ impl Engine for CandleQwen2VlEngine {
         Some(self.model.device().clone())
     }
 
-    fn cpu_threads(&self) -> Option<usize> {
-        self.threads.count()
+    fn decoder(&self) -> Option<(&LlamaModel, &ModelThreads)> {
+        Some((&self.model.llm, &self.threads))
     }
 
-    fn decode_read_bytes(&self, context: usize) -> Option<super::DecodeBytes> {
-        Some(self.model.llm.decode_read_bytes(context))
-    }
-
-    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
-        super::decode::cpu_read_bandwidth(&self.model.llm, &self.threads, bytes)
-    }
-
-    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
-        super::decode::set_kv_dtype(&mut self.model.llm, &mut self.cache, dtype)
-    }
-
-    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
-        Some(self.model.llm.prefill_flops(prompt))
-    }
-
-    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
-        super::decode::cpu_gemm_rate(&self.model.llm, &self.threads)
+    fn decoder_and_cache(&mut self) -> Option<(&mut LlamaModel, &mut KvCache)> {
+        Some((&mut self.model.llm, &mut self.cache))
     }
 
     /// Sizes the cache for what each request needs: each image's token count follows from the

@@ -85,28 +85,12 @@ impl Engine for CandleTextEngine {
         Some(self.model.device().clone())
     }
 
-    fn cpu_threads(&self) -> Option<usize> {
-        self.threads.count()
+    fn decoder(&self) -> Option<(&LlamaModel, &ModelThreads)> {
+        Some((&self.model, &self.threads))
     }
 
-    fn decode_read_bytes(&self, context: usize) -> Option<super::DecodeBytes> {
-        Some(self.model.decode_read_bytes(context))
-    }
-
-    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
-        super::decode::cpu_read_bandwidth(&self.model, &self.threads, bytes)
-    }
-
-    fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
-        super::decode::set_kv_dtype(&mut self.model, &mut self.cache, dtype)
-    }
-
-    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
-        Some(self.model.prefill_flops(prompt))
-    }
-
-    fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
-        super::decode::cpu_gemm_rate(&self.model, &self.threads)
+    fn decoder_and_cache(&mut self) -> Option<(&mut LlamaModel, &mut KvCache)> {
+        Some((&mut self.model, &mut self.cache))
     }
 
     fn reserve(&mut self, requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {

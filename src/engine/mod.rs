@@ -179,6 +179,7 @@ pub struct EngineInfo {
 }
 
 pub use crate::models::llama::DecodeBytes;
+use crate::models::llama::{KvCache, LlamaModel};
 
 /// A model that generates greedily and times itself.
 pub trait Engine {
@@ -196,33 +197,48 @@ pub trait Engine {
     fn reserve(&mut self, _requests: &[GenerationRequest<'_>]) -> Result<(), EngineError> {
         Ok(())
     }
+    /// The project's decoder behind an in-process engine and the threads it runs on (`None`:
+    /// a server, or a scripted engine); the figures below follow from it.
+    fn decoder(&self) -> Option<(&LlamaModel, &ModelThreads)> {
+        None
+    }
+    /// The decoder and its KV cache, to change the cache.
+    fn decoder_and_cache(&mut self) -> Option<(&mut LlamaModel, &mut KvCache)> {
+        None
+    }
     /// Threads the engine's CPU work runs on (`None` where it runs on a GPU or a server).
     fn cpu_threads(&self) -> Option<usize> {
-        None
+        self.decoder().and_then(|(_, threads)| threads.count())
     }
     /// What one decode step reads from memory with `context` positions cached (`None`: not
     /// known).
-    fn decode_read_bytes(&self, _context: usize) -> Option<DecodeBytes> {
-        None
+    fn decode_read_bytes(&self, context: usize) -> Option<DecodeBytes> {
+        self.decoder()
+            .map(|(llm, _)| llm.decode_read_bytes(context))
     }
     /// The read bandwidth the engine's CPU threads reach streaming `bytes` (`None` off the CPU).
-    fn read_bandwidth(&self, _bytes: u64) -> Option<f64> {
-        None
+    fn read_bandwidth(&self, bytes: u64) -> Option<f64> {
+        let (llm, threads) = self.decoder()?;
+        decode::cpu_read_bandwidth(llm, threads, bytes)
     }
     /// Keeps the KV cache in `dtype` from now on (`--kv-cache-dtype`).
     fn set_kv_cache_dtype(&mut self, dtype: candle_core::DType) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "this engine keeps no KV cache of its own, so a {} cache cannot be chosen",
-            dtype.as_str()
-        )
+        match self.decoder_and_cache() {
+            Some((llm, cache)) => decode::set_kv_dtype(llm, cache, dtype),
+            None => anyhow::bail!(
+                "this engine keeps no KV cache of its own, so a {} cache cannot be chosen",
+                dtype.as_str()
+            ),
+        }
     }
     /// Floating-point operations of a prefill of `prompt` tokens (`None`: not known).
-    fn prefill_flops(&self, _prompt: usize) -> Option<u64> {
-        None
+    fn prefill_flops(&self, prompt: usize) -> Option<u64> {
+        self.decoder().map(|(llm, _)| llm.prefill_flops(prompt))
     }
     /// The f32 matrix-product rate (FLOP/s) the engine's CPU threads reach with its prefill
     /// kernels, and the `(m, k, n)` it was measured on (`None` off the CPU).
     fn gemm_rate(&self) -> Option<(f64, [usize; 3])> {
-        None
+        let (llm, threads) = self.decoder()?;
+        decode::cpu_gemm_rate(llm, threads)
     }
 }
