@@ -250,14 +250,7 @@ mod tests {
             let k = k_cache.squeeze(0).unwrap().narrow(1, 0, total).unwrap();
             let v = v_cache.squeeze(0).unwrap().narrow(1, 0, total).unwrap();
             let want = reference(&q, &k, &v, c, 0.35, cap);
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::models::testutil::max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "window {window:?} cap {cap:?}: {diff}");
         }
     }

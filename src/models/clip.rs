@@ -417,18 +417,8 @@ impl ClipVisionTower {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::testutil::max_abs_diff;
     use candle_nn::VarMap;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn tiny() -> ClipVisionConfig {
         ClipVisionConfig {

@@ -22,3 +22,5 @@ pub mod llava;
 pub mod prefill;
 pub mod qwen2vl;
 pub mod rope;
+#[cfg(test)]
+mod testutil;

@@ -99,9 +99,7 @@ pub fn llava_preset(name: &str) -> Option<LlavaShape> {
                 ..tiny_vision
             },
             kind: LlavaKind::OneVision,
-            grid: (1..=6u32)
-                .flat_map(|i| (1..=6u32).map(move |j| (60 * i, 60 * j)))
-                .collect(),
+            grid: onevision_grid(60),
         },
         // llava-hf/llava-onevision-qwen2-7b-ov-hf: Qwen2-7B and 26 layers of SigLIP so400m.
         "llava-onevision-7b" => LlavaShape {
@@ -122,7 +120,7 @@ pub fn llava_preset(name: &str) -> Option<LlavaShape> {
                 ..ClipVisionConfig::siglip_so400m_384()
             },
             kind: LlavaKind::OneVision,
-            grid: onevision_grid(),
+            grid: onevision_grid(384),
         },
         _ => return None,
     })

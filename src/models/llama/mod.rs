@@ -1187,6 +1187,7 @@ pub type Weights = HashMap<String, Tensor>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::testutil::max_abs_diff;
     use crate::synth::llama_preset;
 
     fn tiny() -> (LlamaModel, Weights) {
@@ -1197,17 +1198,6 @@ mod tests {
         let cfg = LlamaConfig::from_hf_json(&shape.hf_config(DType::F32)).unwrap();
         let vb = VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
         (LlamaModel::from_hf(cfg, vb, "model", "lm_head").unwrap(), w)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
@@ -1280,13 +1270,13 @@ mod tests {
             );
         }
         assert_eq!(inc.len(), 8);
-        assert!(max_diff(&want, &got.unwrap()) < 1e-4);
+        assert!(max_abs_diff(&want, &got.unwrap()) < 1e-4);
         // Reset reuses the buffers and gives the same answer again.
         inc.reset();
         let again = m
             .forward_embeds(&m.embed_tokens(&ids).unwrap(), &mut inc)
             .unwrap();
-        assert!(max_diff(&want, &again) < 1e-5);
+        assert!(max_abs_diff(&want, &again) < 1e-5);
     }
 
     /// Half-precision weights on the CPU keep f32 activations and compute what the f32 model of
@@ -1321,7 +1311,11 @@ mod tests {
                 let b = full
                     .forward_embeds(&full.embed_tokens(ids).unwrap(), &mut cf)
                     .unwrap();
-                assert!(max_diff(&a, &b) < 1e-4, "{dt:?}: {}", max_diff(&a, &b));
+                assert!(
+                    max_abs_diff(&a, &b) < 1e-4,
+                    "{dt:?}: {}",
+                    max_abs_diff(&a, &b)
+                );
             }
         }
     }
@@ -1426,7 +1420,7 @@ mod tests {
         let b = g
             .forward_embeds(&g.embed_tokens(&ids).unwrap(), &mut cb)
             .unwrap();
-        assert!(max_diff(&a, &b) < 1e-4, "{}", max_diff(&a, &b));
+        assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
         // Decode steps (the one-token path, interleaved rope on the GGUF side) agree too.
         for t in [7u32, 99, 3] {
             let a = m
@@ -1435,7 +1429,11 @@ mod tests {
             let b = g
                 .forward_embeds(&g.embed_tokens(&[t]).unwrap(), &mut cb)
                 .unwrap();
-            assert!(max_diff(&a, &b) < 1e-4, "decode: {}", max_diff(&a, &b));
+            assert!(
+                max_abs_diff(&a, &b) < 1e-4,
+                "decode: {}",
+                max_abs_diff(&a, &b)
+            );
         }
     }
 }

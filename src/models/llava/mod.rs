@@ -31,10 +31,11 @@ use preprocess::{select_best_resolution, ImageProcessor, PreparedImage};
 pub const DEFAULT_GRID: &[(u32, u32)] =
     &[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
 
-/// transformers' default LLaVA-OneVision grid: every `(384 i, 384 j)` for i, j in 1..=6.
-pub fn onevision_grid() -> Vec<(u32, u32)> {
+/// LLaVA-OneVision's grid for tiles of `tile` pixels: every `(tile i, tile j)` for i, j in
+/// 1..=6 (transformers' default, with 384-pixel tiles).
+pub fn onevision_grid(tile: u32) -> Vec<(u32, u32)> {
     (1..=6u32)
-        .flat_map(|i| (1..=6u32).map(move |j| (384 * i, 384 * j)))
+        .flat_map(|i| (1..=6u32).map(move |j| (tile * i, tile * j)))
         .collect()
 }
 
@@ -242,7 +243,7 @@ impl LlavaConfig {
                 .unwrap_or(true),
             grid_pinpoints: match v.get("image_grid_pinpoints") {
                 Some(g) if !g.is_null() => preprocess::parse_pinpoints(g)?,
-                _ if onevision => onevision_grid(),
+                _ if onevision => onevision_grid(384),
                 _ => DEFAULT_GRID.to_vec(),
             },
             vision_tower_ref: None,
@@ -834,16 +835,7 @@ mod tests {
         let a = half.encode_image(&prepared).unwrap();
         let b = full.encode_image(&prepared).unwrap();
         assert_eq!(a.dtype(), DType::F32);
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::models::testutil::max_abs_diff(&a, &b);
         assert!(diff < 1e-4, "{diff}");
     }
 
