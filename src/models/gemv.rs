@@ -536,10 +536,7 @@ fn attend<E: CacheValue>(
             let mut sums = vec![0f32; groups];
             for (g, row) in scores.chunks_exact_mut(n).enumerate() {
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sums[g] += *s;
-                }
+                sums[g] = super::fast_exp::exp_shifted_sum(row, max);
             }
             E::weighted_values(&scores, &vd[rows], hd, o);
             for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {

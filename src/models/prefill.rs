@@ -10,11 +10,11 @@
 //! CPU has them (`amx`).
 
 use candle_core::{DType, Device, Tensor};
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::gemv::{Rows, Weight};
-use super::kquants;
+use super::kernels::KernelSet;
+use super::panel_gemm::{self, widen};
 
 /// Widened weight bytes per tile: well inside a core's L2 (1–2 MiB on current x86 parts).
 const TILE_BYTES: usize = 512 * 1024;
@@ -26,31 +26,42 @@ pub fn matmul(x: &Tensor, w: Weight<'_>) -> candle_core::Result<Option<Tensor>> 
     if !matches!(x.device(), Device::Cpu) || x.dtype() != DType::F32 {
         return Ok(None);
     }
-    let Ok((b, s, k)) = x.dims3() else {
+    let Ok((b, s, _)) = x.dims3() else {
         return Ok(None);
     };
-    let Some(((n, wk), held)) = w.hold()? else {
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let Some(out) = product_rows(&xs, b * s, w)? else {
         return Ok(None);
     };
-    let Some(rows) = held.rows(n, wk) else {
+    let n = out.len() / (b * s);
+    Ok(Some(Tensor::from_vec(out, (b, s, n), &Device::Cpu)?))
+}
+
+/// [`matmul`] on `m` rows of activations already in a slice (`xs` `(m, k)` row-major), as an
+/// `(m, n)` row-major vector: what a caller that goes on in plain slices uses, to skip the
+/// copies in and out of tensors. `None` as for [`matmul`].
+pub fn product_rows(xs: &[f32], m: usize, w: Weight<'_>) -> candle_core::Result<Option<Vec<f32>>> {
+    let Some(((n, k), held)) = w.hold()? else {
         return Ok(None);
     };
-    if wk != k || k == 0 || n == 0 {
+    let Some(rows) = held.rows(n, k) else {
+        return Ok(None);
+    };
+    if m == 0 || k == 0 || n == 0 || xs.len() != m * k {
         return Ok(None);
     }
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
     // bf16 weights on AMX tiles where the CPU and OS offer them (the f32 activations split in
     // two bf16 terms, see `amx`).
     #[cfg(target_arch = "x86_64")]
     if let Rows::BF16(w) = rows {
-        if let Some(out) = super::amx::matmul_bf16(&xs, b * s, k, w, n) {
+        if let Some(out) = super::amx::matmul_bf16(xs, m, k, w, n) {
             drop(held);
-            return Ok(Some(Tensor::from_vec(out, (b, s, n), &Device::Cpu)?));
+            return Ok(Some(out));
         }
     }
-    let out = product(&xs, b * s, k, n, rows, rayon::current_num_threads());
+    let out = product(xs, m, k, n, rows, rayon::current_num_threads());
     drop(held);
-    Ok(Some(Tensor::from_vec(out, (b, s, n), &Device::Cpu)?))
+    Ok(Some(out))
 }
 
 /// The tiled product of [`matmul`] on plain slices: `xs` is `(m, k)` row-major; returns
@@ -63,6 +74,10 @@ pub(super) fn product(
     rows: Rows<'_>,
     threads: usize,
 ) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() == KernelSet::Avx2 {
+        return panel_gemm::product(xs, m, k, n, rows, true);
+    }
     let mut out = vec![0f32; m * n];
     // Rows per tile: as many as fit the tile budget, a multiple of 16, and small enough that
     // every thread gets at least one tile.
@@ -142,21 +157,6 @@ pub fn gemm_rate() -> (f64, [usize; 3]) {
     ((2 * m * k * n) as f64 / best, GEMM_PROBE)
 }
 
-/// Rows `first..last` of a weight with rows of `k` widened to f32 into `buf`.
-fn widen(rows: Rows<'_>, k: usize, first: usize, last: usize, buf: &mut [f32]) {
-    match rows {
-        Rows::F32(w) => buf.copy_from_slice(&w[first * k..last * k]),
-        Rows::F16(w) => w[first * k..last * k].convert_to_f32_slice(buf),
-        Rows::BF16(w) => w[first * k..last * k].convert_to_f32_slice(buf),
-        Rows::Quant(format, data) => {
-            let bytes = k / format.block_len() * format.block_bytes();
-            for (r, dst) in (first..last).zip(buf.chunks_exact_mut(k)) {
-                kquants::dequantize_row(format, &data[r * bytes..(r + 1) * bytes], dst);
-            }
-        }
-    }
-}
-
 /// The output pointer, shared by the tile tasks (each writes its own columns).
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -171,6 +171,7 @@ mod tests {
     #[test]
     fn the_gemm_probe_gives_a_plausible_rate() {
         let (rate, shape) = gemm_rate();
+        eprintln!("RATE {rate:e}");
         assert_eq!(shape, GEMM_PROBE);
         // Between 0.1 GFLOP/s and 100 TFLOP/s on any machine that runs the tests.
         assert!(rate > 1e8 && rate < 1e14, "{rate}");
