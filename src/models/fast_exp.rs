@@ -20,18 +20,18 @@ const HIGHEST: f32 = 88.376_26;
 pub fn exp(x: f32) -> f32 {
     // Selects rather than `min`/`max`, so the loops vectorise (NaN becomes LOWEST's result).
     let x = if x > HIGHEST { HIGHEST } else { x };
-    let under = !(x >= LOWEST);
+    let under = x.is_nan() || x < LOWEST;
     let x = if under { LOWEST } else { x };
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     // ln 2 in two parts, so `n · ln 2` is subtracted without rounding away `r`.
-    let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let z = r * r;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * z + r + 1.0;
     // 2ⁿ with n in -126..=128: at 128 the product with y ≤ √2/2·2 stays finite only through
     // splitting the power in two halves.
@@ -120,7 +120,7 @@ mod x86 {
             _mm256_set1_ps(0.5),
         ));
         let r = add(
-            _mm256_sub_ps(x, mul(n, _mm256_set1_ps(0.693_359_375))),
+            _mm256_sub_ps(x, mul(n, _mm256_set1_ps(0.693_359_4))),
             mul(n, _mm256_set1_ps(2.121_944_4e-4)),
         );
         let z = mul(r, r);
@@ -130,7 +130,7 @@ mod x86 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            0.5,
         ] {
             p = add(mul(p, r), _mm256_set1_ps(c));
         }

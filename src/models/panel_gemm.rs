@@ -44,10 +44,9 @@ pub(super) fn product(
             let first = t * PANEL;
             let count = PANEL.min(n - first);
             let panel = panel.fill(rows, k, first, count, widened, simd);
-            let dst = dst;
             // SAFETY: `dst` is `out`, `(m, n)` row-major and alive for the whole loop; this
             // task writes only columns `first..first + count`, which no other task touches.
-            unsafe { panel_product(xs, m, k, panel, dst.0.add(first), n, count, simd) };
+            unsafe { panel_product(xs, m, k, panel, dst.at(first), n, count, simd) };
         },
     );
     out
@@ -197,6 +196,15 @@ struct SendPtr(*mut f32);
 // SAFETY: see `product`: tasks write disjoint columns and the buffer outlives them.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` values on (a method, so closures capture the whole `Send` value).
+    ///
+    /// Safety: as for `pointer::add`.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
