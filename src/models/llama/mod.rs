@@ -336,12 +336,25 @@ impl Norm {
 
     fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
         match &self.bias {
+            // Several rows on the CPU in f32: plain loops over rows, split over the pool (the
+            // tensor operation cost as much as a small projection).
+            None if x.device().is_cpu()
+                && x.dtype() == DType::F32
+                && x.elem_count() > self.row.len() =>
+            {
+                let mut rows: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let d = self.row.len().max(1);
+                rows.par_chunks_mut(d * 16)
+                    .for_each(|rows| self.rms_rows(rows, eps));
+                Tensor::from_vec(rows, x.shape(), x.device())
+            }
             None => candle_nn::ops::rms_norm(x, &self.weight, eps),
             Some(b) => candle_nn::ops::layer_norm(x, &self.weight, b, eps),
         }
     }
 
-    /// RMSNorm of each `head_dim` chunk of `x` in place (q/k norms, one token).
+    /// RMSNorm of each chunk of `x` as long as the weight in place (per head for q/k norms,
+    /// per token for the layer norms).
     fn rms_rows(&self, x: &mut [f32], eps: f32) {
         let d = self.row.len();
         for head in x.chunks_exact_mut(d) {
@@ -852,6 +865,8 @@ impl LlamaModel {
                 let _s = profile::span("op", "attention");
                 let fused = if fast {
                     self.decode_attention_cpu(layer, &h, angles, window, cache, l, offset)?
+                } else if seq > 1 {
+                    self.prefill_attention_cpu(layer, &h, angles, window, cache, l, offset)?
                 } else {
                     None
                 };
@@ -1089,6 +1104,116 @@ impl LlamaModel {
             .transpose(1, 2)?
             .reshape((1, seq, nh * hd))?;
         Ok(layer.o.forward(&out)?)
+    }
+
+    /// Several tokens' attention on the CPU in f32 with an f32 cache, on plain rows: the q/k/v
+    /// products of one copy of the input, q/k norms and the rotary embedding applied to the
+    /// rows in place, keys and values written into the cache, [`super::attention`]'s blocked
+    /// attention, the output projection. Why: the general path spends about a quarter of the
+    /// attention's time outside the products (reshapes, transposed copies, two rotary passes,
+    /// dtype casts), each a tensor operation of its own. `None` where the operands are not of
+    /// that kind (the caller then takes the general path).
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_attention_cpu(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        angles: Option<&Angles>,
+        window: Option<usize>,
+        cache: &mut KvCache,
+        l: usize,
+        offset: usize,
+    ) -> Result<Option<Tensor>> {
+        let c = &self.config;
+        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !(cpu_f32(x) && cpu_f32(&cache.k[l]) && cpu_f32(&cache.v[l])) || nkv == 0 {
+            return Ok(None);
+        }
+        let (b, seq, _) = x.dims3()?;
+        if b != 1 || seq < 2 || nh % nkv != 0 {
+            return Ok(None);
+        }
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let (Some(mut q), Some(mut k), Some(v)) = (
+            layer.q.forward_rows(&xs, seq)?,
+            layer.k.forward_rows(&xs, seq)?,
+            layer.v.forward_rows(&xs, seq)?,
+        ) else {
+            return Ok(None);
+        };
+        let eps = c.rms_norm_eps as f32;
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            qn.rms_rows(&mut q, eps);
+            kn.rms_rows(&mut k, eps);
+        }
+        if let Some(a) = angles {
+            let half = rot / 2;
+            let rows = q
+                .chunks_exact_mut(nh * hd)
+                .zip(k.chunks_exact_mut(nkv * hd));
+            for (t, (qr, kr)) in rows.enumerate() {
+                let (cos, sin) = (
+                    &a.cos_row[t * half..(t + 1) * half],
+                    &a.sin_row[t * half..(t + 1) * half],
+                );
+                for head in qr.chunks_exact_mut(hd).chain(kr.chunks_exact_mut(hd)) {
+                    gemv::rope_in_place(&mut head[..rot], rot, cos, sin, self.interleaved_rope);
+                }
+            }
+        }
+        // Token-major rows to head-major `(heads, seq, hd)`, the cache's and the kernel's order.
+        let by_head = |rows: &[f32], heads: usize| -> Vec<f32> {
+            let mut out = vec![0f32; rows.len()];
+            for (t, row) in rows.chunks_exact(heads * hd).enumerate() {
+                for (h, head) in row.chunks_exact(hd).enumerate() {
+                    out[(h * seq + t) * hd..(h * seq + t + 1) * hd].copy_from_slice(head);
+                }
+            }
+            out
+        };
+        let dev = &self.device;
+        let k = Tensor::from_vec(by_head(&k, nkv), (1, nkv, seq, hd), dev)?;
+        let v = Tensor::from_vec(by_head(&v, nkv), (1, nkv, seq, hd), dev)?;
+        cache.k[l].slice_set(&k, 2, offset)?;
+        cache.v[l].slice_set(&v, 2, offset)?;
+        let total = offset + seq;
+        let start = window.map_or(0, |w| (offset + 1).saturating_sub(w));
+        let groups = nh / nkv;
+        let q = Tensor::from_vec(by_head(&q, nh), (nkv, groups * seq, hd), dev)?;
+        let causal = super::attention::Causal {
+            seq,
+            offset,
+            window,
+        };
+        let Some(out) = super::attention::prefill_attention_cpu(
+            &q,
+            &cache.k[l],
+            &cache.v[l],
+            start..total,
+            c.attn_scale as f32,
+            c.attn_softcap.map(|x| x as f32),
+            Some(causal),
+        )?
+        else {
+            bail!("prefill attention: the f32 KV cache was not readable as rows");
+        };
+        // `(heads, seq, hd)` back to token-major rows for the output projection.
+        let heads: Vec<f32> = out.flatten_all()?.to_vec1()?;
+        let mut rows = vec![0f32; heads.len()];
+        for (h, head) in heads.chunks_exact(seq * hd).enumerate() {
+            for (t, v) in head.chunks_exact(hd).enumerate() {
+                rows[(t * nh + h) * hd..(t * nh + h + 1) * hd].copy_from_slice(v);
+            }
+        }
+        match layer.o.forward_rows(&rows, seq)? {
+            Some(o) => Ok(Some(Tensor::from_vec(o, (1, seq, c.hidden_size), dev)?)),
+            None => Ok(Some(layer.o.forward(&Tensor::from_vec(
+                rows,
+                (1, seq, nh * hd),
+                dev,
+            )?)?)),
+        }
     }
 
     /// One token's attention on the CPU in f32 without intermediate tensors: q/k/v as one pass
