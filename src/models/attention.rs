@@ -27,7 +27,7 @@ pub struct Causal {
 /// Scales each row of raw scores, soft-caps and causally masks it, and turns it into
 /// probabilities in place: the arithmetic of `scores * scale`, `(s / cap).tanh() * cap`,
 /// `+ mask` and a softmax (its exponentials from [`fast_exp`], within 2 ulp of candle's,
-/// summed in eight partial sums). `first_row` is the
+/// summed in eight partial sums, then scaled by the sum's reciprocal). `first_row` is the
 /// block's first row within its key/value head; `start` the first key's position.
 fn masked_softmax_rows(
     rows: &mut [f32],
@@ -52,22 +52,57 @@ fn masked_softmax_rows(
             }
             None => (0, len),
         };
-        let mut max = f32::NEG_INFINITY;
-        for v in &mut row[lo..hi] {
-            let mut x = *v * scale;
-            if let Some((inv, cap)) = cap {
-                x = (x * inv).tanh() * cap;
+        let max = match cap {
+            None => scale_and_max(&mut row[lo..hi], scale),
+            Some((inv, cap)) => {
+                let mut max = f32::NEG_INFINITY;
+                for v in &mut row[lo..hi] {
+                    *v = (*v * scale * inv).tanh() * cap;
+                    max = max.max(*v);
+                }
+                max
             }
-            *v = x;
-            max = max.max(x);
-        }
+        };
         row[..lo].fill(0.0);
         row[hi..].fill(0.0);
         let sum = fast_exp::exp_shifted_sum(&mut row[lo..hi], max);
+        let inv = 1.0 / sum;
         for v in &mut row[lo..hi] {
-            *v /= sum;
+            *v *= inv;
         }
     }
+}
+
+/// Scales `row` in place and returns its largest value, in eight lanes (so it vectorises).
+fn scale_and_max(row: &mut [f32], scale: f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (v, m) in c.iter_mut().zip(lanes.iter_mut()) {
+            *v *= scale;
+            *m = if *v > *m { *v } else { *m };
+        }
+    }
+    for (v, m) in chunks.into_remainder().iter_mut().zip(lanes.iter_mut()) {
+        *v *= scale;
+        *m = if *v > *m { *v } else { *m };
+    }
+    lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
+/// Keys `lo..hi` (of the `len` from position `start`) that any of the `n` score rows from
+/// `first` sees under the mask `m`.
+fn visible_keys(m: Causal, first: usize, n: usize, start: usize, len: usize) -> (usize, usize) {
+    let (mut lo, mut hi) = (len, 0);
+    for row in first..first + n {
+        let q = m.offset + row % m.seq;
+        let earliest = m.window.map_or(0, |w| (q + 1).saturating_sub(w));
+        lo = lo.min(earliest.saturating_sub(start).min(len));
+        hi = hi.max((q + 1).saturating_sub(start).min(len));
+    }
+    (lo, hi)
 }
 
 /// `(nkv, rows, hd)` attention outputs of queries `q` `(nkv, rows, hd)` over cached keys and
@@ -118,7 +153,18 @@ pub fn prefill_attention_cpu(
         .for_each_init(Vec::<f32>::new, |scores, (b, blk, o)| {
             let first = blk * ROW_BLOCK;
             let n = o.len() / hd;
-            let base = (b * capacity + keys.start) * hd;
+            // Only the keys some row of the block sees: under a causal mask the later keys of
+            // an early block (half the products of a long prompt) are skipped.
+            let (lo, hi) = match causal {
+                Some(m) => visible_keys(m, first, n, keys.start, len),
+                None => (0, len),
+            };
+            if hi <= lo {
+                o.fill(0.0);
+                return;
+            }
+            let len = hi - lo;
+            let base = (b * capacity + keys.start + lo) * hd;
             let (k, v) = (&kd[base..base + len * hd], &vd[base..base + len * hd]);
             let qb = &qs[(b * rows + first) * hd..(b * rows + first + n) * hd];
             scores.resize(n * len, 0.0);
@@ -148,7 +194,7 @@ pub fn prefill_attention_cpu(
                     gemm::Parallelism::None,
                 );
             }
-            masked_softmax_rows(scores, len, first, keys.start, scale, softcap, causal);
+            masked_softmax_rows(scores, len, first, keys.start + lo, scale, softcap, causal);
             unsafe {
                 gemm::gemm(
                     n,
