@@ -30,6 +30,9 @@ const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
 
 /// `--threads` above this many times the logical CPU count is refused: oversubscription that
 /// far only measures the scheduler (thousands of threads turn a 0.02 s job into 39 s).
+/// candle's setting of how long its pool's workers spin before parking.
+const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 pub const MAX_THREADS_PER_CPU: usize = 8;
 
 /// The arguments `vlmbench` alone runs with.
@@ -90,6 +93,14 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         }
         // candle's CPU kernels size their thread pools from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    // candle runs its element-wise operations on a pool of its own whose workers spin 25,000
+    // times after each operation before parking. The engine's kernels run on a rayon pool of
+    // the same size, so a spinning candle worker takes a core from them (7 % of a two-thread
+    // prefill's CPU time went to it; TTFT fell 5-7 % with a short spin). Unless the user set
+    // it, candle's workers park after a short spin and are woken when candle needs them.
+    if std::env::var_os(CANDLE_SPIN_VAR).is_none() {
+        std::env::set_var(CANDLE_SPIN_VAR, "1000");
     }
 
     // Installed before the model loads, so a Ctrl-C at any point still ends in a report.

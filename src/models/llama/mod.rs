@@ -929,8 +929,12 @@ impl LlamaModel {
         };
         if b * s == 1 {
             if let Some([mut g, u]) = Linear::decode_many(x, [gate, &layer.up])? {
-                for (g, u) in g.iter_mut().zip(&u) {
-                    *g = activate_one(*g, act) * u;
+                if act == Activation::Silu {
+                    fast_exp::silu_mul(&mut g, &u);
+                } else {
+                    for (g, u) in g.iter_mut().zip(&u) {
+                        *g = activate_one(*g, act) * u;
+                    }
                 }
                 return layer.down.forward(&gemv::row_tensor(g, x)?);
             }
