@@ -11,6 +11,9 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::fast_exp;
+use super::gemv::Rows;
+use super::kernels::KernelSet;
+use super::panel_gemm;
 
 /// Query rows per task: enough work per GEMM, and blocks for every thread at short prompts.
 const ROW_BLOCK: usize = 64;
@@ -141,6 +144,9 @@ pub fn prefill_attention_cpu(
         &kd[k_layout.start_offset()..],
         &vd[v_layout.start_offset()..],
     );
+    // The AVX2 set multiplies on packed panels (see `panel_gemm`); the others use the `gemm`
+    // crate's kernels (AVX-512 ones where present).
+    let panels = KernelSet::active() == KernelSet::Avx2;
     let mut out = vec![0f32; nkv * rows * hd];
     out.par_chunks_mut(rows * hd)
         .enumerate()
@@ -150,75 +156,86 @@ pub fn prefill_attention_cpu(
                 .enumerate()
                 .map(move |(blk, o)| (b, blk, o))
         })
-        .for_each_init(Vec::<f32>::new, |scores, (b, blk, o)| {
-            let first = blk * ROW_BLOCK;
-            let n = o.len() / hd;
-            // Only the keys some row of the block sees: under a causal mask the later keys of
-            // an early block (half the products of a long prompt) are skipped.
-            let (lo, hi) = match causal {
-                Some(m) => visible_keys(m, first, n, keys.start, len),
-                None => (0, len),
-            };
-            if hi <= lo {
-                o.fill(0.0);
-                return;
-            }
-            let len = hi - lo;
-            let base = (b * capacity + keys.start + lo) * hd;
-            let (k, v) = (&kd[base..base + len * hd], &vd[base..base + len * hd]);
-            let qb = &qs[(b * rows + first) * hd..(b * rows + first + n) * hd];
-            scores.resize(n * len, 0.0);
-            // SAFETY: every operand is a row-major slice of the size given: `qb` (n, hd),
-            // `k` (len, hd) read as its transpose (hd, len), `scores` (n, len), `o` (n, hd),
-            // `v` (len, hd); `scores` and `o` are this task's own.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    len,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    qb.as_ptr(),
-                    1,
-                    hd as isize,
-                    k.as_ptr(),
-                    hd as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            masked_softmax_rows(scores, len, first, keys.start + lo, scale, softcap, causal);
-            unsafe {
-                gemm::gemm(
-                    n,
-                    hd,
-                    len,
-                    o.as_mut_ptr(),
-                    1,
-                    hd as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+        .for_each_init(
+            || (Vec::<f32>::new(), panel_gemm::Scratch::default()),
+            |(scores, scratch), (b, blk, o)| {
+                let first = blk * ROW_BLOCK;
+                let n = o.len() / hd;
+                // Only the keys some row of the block sees: under a causal mask the later keys of
+                // an early block (half the products of a long prompt) are skipped.
+                let (lo, hi) = match causal {
+                    Some(m) => visible_keys(m, first, n, keys.start, len),
+                    None => (0, len),
+                };
+                if hi <= lo {
+                    o.fill(0.0);
+                    return;
+                }
+                let len = hi - lo;
+                let base = (b * capacity + keys.start + lo) * hd;
+                let (k, v) = (&kd[base..base + len * hd], &vd[base..base + len * hd]);
+                let qb = &qs[(b * rows + first) * hd..(b * rows + first + n) * hd];
+                scores.resize(n * len, 0.0);
+                if panels {
+                    panel_gemm::product_serial(qb, n, hd, len, Rows::F32(k), scores, scratch, true);
+                } else {
+                    // SAFETY: every operand is a row-major slice of the size given: `qb`
+                    // (n, hd), `k` (len, hd) read as its transpose (hd, len), `scores`
+                    // (n, len), `o` (n, hd), `v` (len, hd); `scores` and `o` are this task's.
+                    unsafe {
+                        gemm::gemm(
+                            n,
+                            len,
+                            hd,
+                            scores.as_mut_ptr(),
+                            1,
+                            len as isize,
+                            false,
+                            qb.as_ptr(),
+                            1,
+                            hd as isize,
+                            k.as_ptr(),
+                            hd as isize,
+                            1,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                masked_softmax_rows(scores, len, first, keys.start + lo, scale, softcap, causal);
+                if panels {
+                    panel_gemm::product_serial_columns(scores, n, len, v, hd, o, scratch, true);
+                } else {
+                    unsafe {
+                        gemm::gemm(
+                            n,
+                            hd,
+                            len,
+                            o.as_mut_ptr(),
+                            1,
+                            hd as isize,
+                            false,
+                            scores.as_ptr(),
+                            1,
+                            len as isize,
+                            v.as_ptr(),
+                            1,
+                            hd as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            },
+        );
     drop((k_store, v_store));
     Ok(Some(Tensor::from_vec(out, (nkv, rows, hd), q.device())?))
 }

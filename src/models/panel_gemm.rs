@@ -39,7 +39,7 @@ pub(super) fn product(
     }
     let dst = SendPtr(out.as_mut_ptr());
     (0..n.div_ceil(PANEL)).into_par_iter().for_each_init(
-        || (AlignedPanel::new(k), Vec::new()),
+        || (AlignedPanel::default(), Vec::new()),
         |(panel, widened), t| {
             let first = t * PANEL;
             let count = PANEL.min(n - first);
@@ -50,6 +50,67 @@ pub(super) fn product(
         },
     );
     out
+}
+
+/// One thread's buffers for [`product_serial`] and [`product_serial_columns`], kept between
+/// calls so the products allocate nothing.
+#[derive(Default)]
+pub struct Scratch {
+    panel: AlignedPanel,
+    widened: Vec<f32>,
+}
+
+/// [`product`] on the calling thread into `out` (`(m, n)` row-major), for products too small to
+/// split (the attention's blocks, which run in parallel themselves).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product_serial(
+    xs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    rows: Rows<'_>,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+    simd: bool,
+) {
+    assert!(xs.len() >= m * k && out.len() >= m * n, "operand sizes");
+    for first in (0..n).step_by(PANEL) {
+        let count = PANEL.min(n - first);
+        let panel = scratch
+            .panel
+            .fill(rows, k, first, count, &mut scratch.widened, simd);
+        // SAFETY: `out` holds `(m, n)` values (checked above); columns `first..first + count`.
+        unsafe { panel_product(xs, m, k, panel, out.as_mut_ptr().add(first), n, count, simd) };
+    }
+}
+
+/// `out = xs · v` on the calling thread, for `xs` `(m, k)` and `v` `(k, n)` row-major (a
+/// weight given by its columns: each panel is 16 columns of `v`, copied row by row).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn product_serial_columns(
+    xs: &[f32],
+    m: usize,
+    k: usize,
+    v: &[f32],
+    n: usize,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+    simd: bool,
+) {
+    assert!(
+        xs.len() >= m * k && v.len() >= k * n && out.len() >= m * n,
+        "operand sizes"
+    );
+    for first in (0..n).step_by(PANEL) {
+        let count = PANEL.min(n - first);
+        let panel = scratch.panel.sized(k);
+        for (p, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+            dst[..count].copy_from_slice(&v[p * n + first..p * n + first + count]);
+            dst[count..].fill(0.0);
+        }
+        // SAFETY: as for `product_serial`.
+        unsafe { panel_product(xs, m, k, panel, out.as_mut_ptr().add(first), n, count, simd) };
+    }
 }
 
 /// Rows `first..last` of a weight with rows of `k` widened to f32 into `buf`.
@@ -132,15 +193,19 @@ unsafe fn tile_portable(
 }
 
 /// A panel buffer aligned to a cache line, so each value's 16 weights are one line.
+#[derive(Default)]
 struct AlignedPanel {
     buf: Vec<f32>,
 }
 
 impl AlignedPanel {
-    fn new(k: usize) -> Self {
-        AlignedPanel {
-            buf: vec![0f32; k * PANEL + PANEL],
+    /// The aligned panel of `k` values (16 weights each), grown as needed.
+    fn sized(&mut self, k: usize) -> &mut [f32] {
+        if self.buf.len() < k * PANEL + PANEL {
+            self.buf.resize(k * PANEL + PANEL, 0.0);
         }
+        let skip = self.buf.as_ptr().align_offset(64).min(PANEL);
+        &mut self.buf[skip..skip + k * PANEL]
     }
 
     /// Rows `first..first + count` widened and interleaved; rows past `count` are zero. The
@@ -155,8 +220,7 @@ impl AlignedPanel {
         widened: &mut Vec<f32>,
         simd: bool,
     ) -> &[f32] {
-        let skip = self.buf.as_ptr().align_offset(64).min(PANEL);
-        let panel = &mut self.buf[skip..skip + k * PANEL];
+        let panel = self.sized(k);
         let source: &[f32] = match rows {
             Rows::F32(w) if count == PANEL => &w[first * k..(first + PANEL) * k],
             _ => {
@@ -322,6 +386,24 @@ mod tests {
 
     fn run(xs: &[f32], w: &[f32], m: usize, k: usize, n: usize, simd: bool) -> Vec<f32> {
         product(xs, m, k, n, Rows::F32(w), simd)
+    }
+
+    #[test]
+    fn the_serial_products_equal_the_parallel_one() {
+        let simd = KernelSet::active() >= KernelSet::Avx2;
+        let mut scratch = Scratch::default();
+        for (m, n, k) in [(1, 1, 1), (7, 17, 9), (64, 40, 64), (5, 16, 130)] {
+            let (xs, w) = (values(m * k, 0.75), values(n * k, 3.0));
+            let want = run(&xs, &w, m, k, n, simd);
+            let mut got = vec![f32::NAN; m * n];
+            product_serial(&xs, m, k, n, Rows::F32(&w), &mut got, &mut scratch, simd);
+            assert_eq!(got, want, "{m}x{n}x{k} by rows");
+            // The same weight given by its columns: `v` is `wᵀ`, `(k, n)`.
+            let v: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let mut got = vec![f32::NAN; m * n];
+            product_serial_columns(&xs, m, k, &v, n, &mut got, &mut scratch, simd);
+            assert_eq!(got, want, "{m}x{n}x{k} by columns");
+        }
     }
 
     #[test]
