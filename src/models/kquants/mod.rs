@@ -162,6 +162,12 @@ fn q6_quant(block: &[u8], i: usize) -> u8 {
 
 /// Widens one row of `format` blocks into `out` (`out.len()` weights).
 pub fn dequantize_row(format: QuantFormat, row: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if format == QuantFormat::Q8_0 && KernelSet::active() >= KernelSet::Avx2 {
+        // SAFETY: the CPU supports the features the function is compiled for; it reads whole
+        // blocks of `row` and writes whole blocks of `out` only.
+        return unsafe { x86::dequantize_q8_0(row, out) };
+    }
     let (len, bytes) = (format.block_len(), format.block_bytes());
     for (y, block) in out.chunks_exact_mut(len).zip(row.chunks_exact(bytes)) {
         match format {
@@ -330,6 +336,28 @@ pub fn dot_q4_0_portable(xs: &[f32], xq: &[i8], row: &[u8]) -> f32 {
 mod x86 {
     use super::{Q8KRow, QK_K};
     use std::arch::x86_64::*;
+
+    /// [`super::dequantize_row`] for Q8_0, eight weights per instruction: the same product of
+    /// the block's scale and each 8-bit quant (exact in f32), so the same values.
+    ///
+    /// Safety: the CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
+        let blocks = (row.len() / 34).min(out.len() / 32);
+        for b in 0..blocks {
+            let block = row.as_ptr().add(b * 34);
+            let bits = (block as *const i16).read_unaligned();
+            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                i32::from(bits) & 0xFFFF,
+            ))));
+            let dst = out.as_mut_ptr().add(b * 32);
+            for i in 0..4 {
+                let q = _mm_loadl_epi64(block.add(2 + 8 * i) as *const __m128i);
+                let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                _mm256_storeu_ps(dst.add(8 * i), _mm256_mul_ps(d, w));
+            }
+        }
+    }
 
     #[inline(always)]
     unsafe fn hsum_ps(v: __m256) -> f32 {
@@ -596,6 +624,7 @@ mod tests {
         for (dtype, k) in [
             (GgmlDType::Q4_0, 96),
             (GgmlDType::Q8_0, 64),
+            (GgmlDType::Q8_0, 224),
             (GgmlDType::Q4K, 768),
             (GgmlDType::Q5K, 512),
             (GgmlDType::Q6K, 768),
