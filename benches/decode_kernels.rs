@@ -12,29 +12,16 @@
 //! `cargo bench --bench decode_kernels` (threads: `RAYON_NUM_THREADS`, default all cores; kernel
 //! set: `VLMBENCH_CPU_KERNELS=avx2` to compare with the AVX2 kernels on an AVX-512 machine).
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
-use vlmbench::models::kernels;
-
-const HIDDEN: usize = 1024;
-const INTERMEDIATE: usize = 2816;
-const KV: usize = 256;
-
-fn weight(n: usize, k: usize, seed: u64) -> Tensor {
-    // Weight values do not change the time; fixed pseudo-random ones keep it honest anyway.
-    let v: Vec<f32> = (0..n * k)
-        .map(|i| {
-            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0)
-                / 30000.0
-        })
-        .collect();
-    Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
-}
 
 const LAYERS: usize = 16;
 
@@ -46,11 +33,7 @@ const GROUPS: [&[(usize, usize)]; 3] = [
 ];
 
 fn kernels(c: &mut Criterion) {
-    eprintln!(
-        "kernel set: {} (features {:?})",
-        kernels::KernelSet::active().name(),
-        kernels::detected_features()
-    );
+    announce_kernel_set();
     let mut group = c.benchmark_group("decode_step_projections");
     for (format, bytes_per_weight) in [
         ("q4_k", 144.0 / 256.0),

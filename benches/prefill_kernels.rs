@@ -8,17 +8,17 @@
 //! kernel set: `VLMBENCH_CPU_KERNELS=avx2` to compare with the AVX2 kernels on an AVX-512
 //! machine).
 
+mod common;
+
 use std::hint::black_box;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
+use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::Weight;
-use vlmbench::models::{kernels, prefill};
+use vlmbench::models::prefill;
 
-const HIDDEN: usize = 1024;
-const INTERMEDIATE: usize = 2816;
-const KV: usize = 256;
 const TOKENS: usize = 128;
 
 /// `(n, k)` of each projection of one layer, in the order a layer runs them.
@@ -32,27 +32,13 @@ const PROJECTIONS: [(usize, usize); 7] = [
     (HIDDEN, INTERMEDIATE),
 ];
 
-fn weight(n: usize, k: usize, seed: u64) -> Tensor {
-    let v: Vec<f32> = (0..n * k)
-        .map(|i| {
-            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0)
-                / 30000.0
-        })
-        .collect();
-    Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
-}
-
 fn activations(k: usize) -> Tensor {
     let v: Vec<f32> = (0..TOKENS * k).map(|i| ((i as f32) * 0.37).sin()).collect();
     Tensor::from_vec(v, (1, TOKENS, k), &Device::Cpu).unwrap()
 }
 
 fn kernels(c: &mut Criterion) {
-    eprintln!(
-        "kernel set: {} (features {:?})",
-        kernels::KernelSet::active().name(),
-        kernels::detected_features()
-    );
+    announce_kernel_set();
     let mut group = c.benchmark_group("prefill_layer_projections");
     let flops: usize = PROJECTIONS.iter().map(|(n, k)| 2 * TOKENS * n * k).sum();
     group.throughput(Throughput::Elements(flops as u64));

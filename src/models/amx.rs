@@ -25,6 +25,8 @@ use std::arch::asm;
 
 use rayon::prelude::*;
 
+use super::kernels::SendPtr;
+
 /// Weight rows per tile, values of `k` per tile, tokens per tile.
 const ROWS: usize = 16;
 const KSTEP: usize = 32;
@@ -65,7 +67,6 @@ pub fn matmul_bf16(xs: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -
     let dst = SendPtr(out.as_mut_ptr());
     let row_pairs = n.div_ceil(2 * ROWS);
     (0..row_pairs).into_par_iter().for_each(|rp| {
-        let dst = dst;
         let first = rp * 2 * ROWS;
         let count = (n - first).min(2 * ROWS);
         // The last rows of a weight whose row count is not a multiple of 32: copied with zero
@@ -89,7 +90,7 @@ pub fn matmul_bf16(xs: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -
             asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
             for tp in 0..token_pairs {
                 tile_block(rows.as_ptr(), k, &packed, tp, &mut tiles);
-                scatter(&tiles, dst.0, m, n, first, count, tp);
+                scatter(&tiles, dst.at(0), m, n, first, count, tp);
             }
             asm!("tilerelease", options(nostack, nomem));
         }
@@ -231,12 +232,6 @@ unsafe fn scatter(
         }
     }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of the output, which outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

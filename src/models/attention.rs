@@ -14,6 +14,7 @@ use super::fast_exp;
 use super::gemv::Rows;
 use super::kernels::KernelSet;
 use super::panel_gemm;
+use super::prefill::gemm_crate_product;
 
 /// Query rows per task: enough work per GEMM, and blocks for every thread at short prompts.
 const ROW_BLOCK: usize = 64;
@@ -25,6 +26,18 @@ pub struct Causal {
     pub seq: usize,
     pub offset: usize,
     pub window: Option<usize>,
+}
+
+impl Causal {
+    /// Keys `lo..hi` (of the `len` from position `start`) that score row `row` sees.
+    fn row_keys(self, row: usize, start: usize, len: usize) -> (usize, usize) {
+        let q = self.offset + row % self.seq;
+        let earliest = self.window.map_or(0, |w| (q + 1).saturating_sub(w));
+        (
+            earliest.saturating_sub(start).min(len),
+            (q + 1).saturating_sub(start).min(len),
+        )
+    }
 }
 
 /// Scales each row of raw scores, soft-caps and causally masks it, and turns it into
@@ -45,14 +58,7 @@ fn masked_softmax_rows(
     for (i, row) in rows.chunks_exact_mut(len).enumerate() {
         // Keys `lo..hi` of the row are visible (all of them without a mask).
         let (lo, hi) = match causal {
-            Some(m) => {
-                let q = m.offset + (first_row + i) % m.seq;
-                let first = m.window.map_or(0, |w| (q + 1).saturating_sub(w));
-                (
-                    first.saturating_sub(start).min(len),
-                    (q + 1).saturating_sub(start).min(len),
-                )
-            }
+            Some(m) => m.row_keys(first_row + i, start, len),
             None => (0, len),
         };
         let max = match cap {
@@ -98,14 +104,9 @@ fn scale_and_max(row: &mut [f32], scale: f32) -> f32 {
 /// Keys `lo..hi` (of the `len` from position `start`) that any of the `n` score rows from
 /// `first` sees under the mask `m`.
 fn visible_keys(m: Causal, first: usize, n: usize, start: usize, len: usize) -> (usize, usize) {
-    let (mut lo, mut hi) = (len, 0);
-    for row in first..first + n {
-        let q = m.offset + row % m.seq;
-        let earliest = m.window.map_or(0, |w| (q + 1).saturating_sub(w));
-        lo = lo.min(earliest.saturating_sub(start).min(len));
-        hi = hi.max((q + 1).saturating_sub(start).min(len));
-    }
-    (lo, hi)
+    (first..first + n)
+        .map(|row| m.row_keys(row, start, len))
+        .fold((len, 0), |(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
 }
 
 /// `(nkv, rows, hd)` attention outputs of queries `q` `(nkv, rows, hd)` over cached keys and
@@ -179,60 +180,19 @@ pub fn prefill_attention_cpu(
                 if panels {
                     panel_gemm::product_serial(qb, n, hd, len, Rows::F32(k), scores, scratch, true);
                 } else {
-                    // SAFETY: every operand is a row-major slice of the size given: `qb`
-                    // (n, hd), `k` (len, hd) read as its transpose (hd, len), `scores`
-                    // (n, len), `o` (n, hd), `v` (len, hd); `scores` and `o` are this task's.
+                    // SAFETY: `scores` holds `(n, len)` values, this task's own.
                     unsafe {
-                        gemm::gemm(
-                            n,
-                            len,
-                            hd,
-                            scores.as_mut_ptr(),
-                            1,
-                            len as isize,
-                            false,
-                            qb.as_ptr(),
-                            1,
-                            hd as isize,
-                            k.as_ptr(),
-                            hd as isize,
-                            1,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                        gemm_crate_product(qb, k, true, (n, len, hd), scores.as_mut_ptr(), len)
+                    };
                 }
                 masked_softmax_rows(scores, len, first, keys.start + lo, scale, softcap, causal);
                 if panels {
                     panel_gemm::product_serial_columns(scores, n, len, v, hd, o, scratch, true);
                 } else {
+                    // SAFETY: `o` holds `(n, hd)` values, this task's own.
                     unsafe {
-                        gemm::gemm(
-                            n,
-                            hd,
-                            len,
-                            o.as_mut_ptr(),
-                            1,
-                            hd as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            len as isize,
-                            v.as_ptr(),
-                            1,
-                            hd as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                        gemm_crate_product(scores, v, false, (n, hd, len), o.as_mut_ptr(), hd)
+                    };
                 }
             },
         );

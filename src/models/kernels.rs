@@ -165,6 +165,23 @@ pub fn test_may_run(set: KernelSet, what: &str) -> bool {
     false
 }
 
+/// An output buffer's pointer shared by parallel tasks that each write their own disjoint part
+/// of it (columns of a product); the buffer outlives the parallel loop.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the tasks sharing it write disjoint values, and the buffer outlives them.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` values on (a method, so closures capture the whole `Send` value).
+    ///
+    /// Safety: as for `pointer::add`.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

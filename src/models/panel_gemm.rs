@@ -14,6 +14,7 @@ use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::gemv::Rows;
+use super::kernels::SendPtr;
 use super::kquants;
 
 /// Weight rows per panel: two 8-lane registers.
@@ -251,22 +252,6 @@ fn interleave(rows: &[f32], k: usize, panel: &mut [f32], simd: bool) {
         for j in 0..PANEL {
             panel[p * PANEL + j] = rows[j * k + p];
         }
-    }
-}
-
-/// The output pointer, shared by the panel tasks (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `product`: tasks write disjoint columns and the buffer outlives them.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `offset` values on (a method, so closures capture the whole `Send` value).
-    ///
-    /// Safety: as for `pointer::add`.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::gemv::{Rows, Weight};
-use super::kernels::KernelSet;
+use super::kernels::{KernelSet, SendPtr};
 use super::panel_gemm::{self, widen};
 
 /// Widened weight bytes per tile: well inside a core's L2 (1–2 MiB on current x86 parts).
@@ -98,35 +98,50 @@ pub(super) fn product(
                     buf
                 }
             };
-            let dst = dst;
             // SAFETY: `dst` is `out`, `(m, n)` row-major, alive for the whole parallel loop;
-            // this task writes only columns `first..last`, which no other task touches. The
-            // operands are `(m, k)` and `(count, k)` row-major slices of the sizes given.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    count,
-                    k,
-                    dst.0.add(first),
-                    1,
-                    n as isize,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    weights.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
+            // this task writes only columns `first..last`, which no other task touches.
+            unsafe { gemm_crate_product(xs, weights, true, (m, count, k), dst.at(first), n) }
         });
     out
+}
+
+/// `dst = a · b` for `a` `(m, k)` and `b` `(k, n)`, both row-major (`b_transposed`: `b` given
+/// as its transpose, `(n, k)` row-major), on the calling thread with the `gemm` crate's kernels
+/// (its AVX-512 ones where the CPU has them); row `i` of the result starts at `dst + i · ldd`.
+///
+/// Safety: `dst` is writable at `i · ldd + j` for `i < m`, `j < n`, and nothing else reads or
+/// writes those values meanwhile.
+pub(super) unsafe fn gemm_crate_product(
+    a: &[f32],
+    b: &[f32],
+    b_transposed: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    ldd: usize,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n, "operand sizes");
+    let (b_col_stride, b_row_stride) = if b_transposed { (k, 1) } else { (1, n) };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ldd as isize,
+        false,
+        a.as_ptr(),
+        1,
+        k as isize,
+        b.as_ptr(),
+        b_col_stride as isize,
+        b_row_stride as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// The `(m, k, n)` of [`gemm_rate`]: a 256-token prompt through a 2048 × 2048 projection, the
@@ -156,13 +171,6 @@ pub fn gemm_rate() -> (f64, [usize; 3]) {
     }
     ((2 * m * k * n) as f64 / best, GEMM_PROBE)
 }
-
-/// The output pointer, shared by the tile tasks (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: see `product`: tasks write disjoint columns and the buffer outlives them.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -1110,6 +1110,41 @@ impl LlamaModel {
         Ok(layer.o.forward(&out)?)
     }
 
+    /// The q/k norms and the rotary embedding, in place, on token-major rows of queries `q`
+    /// (tokens × heads × head_dim) and keys `k` (tokens × kv heads × head_dim): token `t` at
+    /// the `t`-th position of `angles`.
+    fn norm_and_rotate(
+        &self,
+        layer: &Layer,
+        q: &mut [f32],
+        k: &mut [f32],
+        angles: Option<&Angles>,
+    ) {
+        let c = &self.config;
+        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            let eps = c.rms_norm_eps as f32;
+            qn.rms_rows(q, eps);
+            kn.rms_rows(k, eps);
+        }
+        let Some(a) = angles else {
+            return;
+        };
+        let half = rot / 2;
+        let rows = q
+            .chunks_exact_mut(nh * hd)
+            .zip(k.chunks_exact_mut(nkv * hd));
+        for (t, (qr, kr)) in rows.enumerate() {
+            let (cos, sin) = (
+                &a.cos_row[t * half..(t + 1) * half],
+                &a.sin_row[t * half..(t + 1) * half],
+            );
+            for head in qr.chunks_exact_mut(hd).chain(kr.chunks_exact_mut(hd)) {
+                gemv::rope_in_place(&mut head[..rot], rot, cos, sin, self.interleaved_rope);
+            }
+        }
+    }
+
     /// Several tokens' attention on the CPU in f32 with an f32 cache, on plain rows: the q/k/v
     /// products of one copy of the input, q/k norms and the rotary embedding applied to the
     /// rows in place, keys and values written into the cache, [`super::attention`]'s blocked
@@ -1129,7 +1164,7 @@ impl LlamaModel {
         offset: usize,
     ) -> Result<Option<Tensor>> {
         let c = &self.config;
-        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
         if !(cpu_f32(x) && cpu_f32(&cache.k[l]) && cpu_f32(&cache.v[l])) || nkv == 0 {
             return Ok(None);
@@ -1146,26 +1181,7 @@ impl LlamaModel {
         ) else {
             return Ok(None);
         };
-        let eps = c.rms_norm_eps as f32;
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            qn.rms_rows(&mut q, eps);
-            kn.rms_rows(&mut k, eps);
-        }
-        if let Some(a) = angles {
-            let half = rot / 2;
-            let rows = q
-                .chunks_exact_mut(nh * hd)
-                .zip(k.chunks_exact_mut(nkv * hd));
-            for (t, (qr, kr)) in rows.enumerate() {
-                let (cos, sin) = (
-                    &a.cos_row[t * half..(t + 1) * half],
-                    &a.sin_row[t * half..(t + 1) * half],
-                );
-                for head in qr.chunks_exact_mut(hd).chain(kr.chunks_exact_mut(hd)) {
-                    gemv::rope_in_place(&mut head[..rot], rot, cos, sin, self.interleaved_rope);
-                }
-            }
-        }
+        self.norm_and_rotate(layer, &mut q, &mut k, angles);
         // Token-major rows to head-major `(heads, seq, hd)`, the cache's and the kernel's order.
         let by_head = |rows: &[f32], heads: usize| -> Vec<f32> {
             let mut out = vec![0f32; rows.len()];
@@ -1239,27 +1255,12 @@ impl LlamaModel {
         offset: usize,
     ) -> Result<Option<Tensor>> {
         let c = &self.config;
-        let (nh, nkv, hd, rot) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim);
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let Some([mut q, mut k, v]) = Linear::decode_many(x, [&layer.q, &layer.k, &layer.v])?
         else {
             return Ok(None);
         };
-        let eps = c.rms_norm_eps as f32;
-        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-            qn.rms_rows(&mut q, eps);
-            kn.rms_rows(&mut k, eps);
-        }
-        if let Some(a) = angles {
-            for head in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                gemv::rope_in_place(
-                    &mut head[..rot],
-                    rot,
-                    &a.cos_row,
-                    &a.sin_row,
-                    self.interleaved_rope,
-                );
-            }
-        }
+        self.norm_and_rotate(layer, &mut q, &mut k, angles);
         let k = Tensor::from_vec(k, (1, nkv, 1, hd), &self.device)?;
         let v = Tensor::from_vec(v, (1, nkv, 1, hd), &self.device)?;
         cache.k[l].slice_set(&k.to_dtype(cache.k[l].dtype())?, 2, offset)?;

@@ -1,0 +1,31 @@
+//! What the CPU kernel benches share: the 181 M reference Llama's projection sizes, its
+//! stand-in weights and the line naming the kernel set a run measured.
+
+use candle_core::{Device, Tensor};
+use vlmbench::models::kernels;
+
+pub const HIDDEN: usize = 1024;
+pub const INTERMEDIATE: usize = 2816;
+/// Key/value width: 4 of the 16 heads of 64.
+pub const KV: usize = 256;
+
+/// An `(n, k)` f32 weight. Weight values do not change the time; fixed pseudo-random ones keep
+/// it honest anyway.
+pub fn weight(n: usize, k: usize, seed: u64) -> Tensor {
+    let v: Vec<f32> = (0..n * k)
+        .map(|i| {
+            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0)
+                / 30000.0
+        })
+        .collect();
+    Tensor::from_vec(v, (n, k), &Device::Cpu).unwrap()
+}
+
+/// Prints the kernel set the run measures and the CPU features it was chosen from.
+pub fn announce_kernel_set() {
+    eprintln!(
+        "kernel set: {} (features {:?})",
+        kernels::KernelSet::active().name(),
+        kernels::detected_features()
+    );
+}
