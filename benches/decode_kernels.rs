@@ -22,6 +22,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
+use vlmbench::models::kquants::rows8::Q4KRows8;
 
 const LAYERS: usize = 16;
 
@@ -37,6 +38,7 @@ fn kernels(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_step_projections");
     for (format, bytes_per_weight) in [
         ("q4_k", 144.0 / 256.0),
+        ("q4_k_x8", 148.0 / 256.0),
         ("q6_k", 210.0 / 256.0),
         ("q8_0", 34.0 / 32.0),
         ("f16", 2.0),
@@ -56,7 +58,7 @@ fn kernels(c: &mut Criterion) {
                     .map(|(i, &(n, k))| weight(n, k, (layer * 16 + g * 4 + i) as u64))
                     .collect();
                 let block_format = match format {
-                    "q4_k" => Some(GgmlDType::Q4K),
+                    "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
                     "q6_k" => Some(GgmlDType::Q6K),
                     "q8_0" => Some(GgmlDType::Q8_0),
                     _ => None,
@@ -83,11 +85,31 @@ fn kernels(c: &mut Criterion) {
             dense.push(dl);
             quant.push(ql);
         }
+        // The Q4_K weights repacked eight rows at a time, as the engine loads them.
+        let packed: Vec<Vec<Vec<Q4KRows8>>> = quant
+            .iter()
+            .map(|layer| {
+                layer
+                    .iter()
+                    .map(|mats| {
+                        mats.iter()
+                            .filter(|_| format == "q4_k_x8")
+                            .map(|q| {
+                                let (n, k) = q.shape().dims2().unwrap();
+                                Q4KRows8::repack(&q.data().unwrap(), n, k).unwrap()
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let steps: Vec<Vec<Weight<'_>>> = (0..LAYERS)
             .flat_map(|l| {
-                let (dense, quant) = (&dense, &quant);
+                let (dense, quant, packed) = (&dense, &quant, &packed);
                 (0..GROUPS.len()).map(move |g| {
-                    if !quant[l][g].is_empty() {
+                    if packed[l].get(g).is_some_and(|p| !p.is_empty()) {
+                        packed[l][g].iter().map(Weight::Q4KRows8).collect()
+                    } else if quant[l].get(g).is_some_and(|q| !q.is_empty()) {
                         quant[l][g].iter().map(Weight::Quantized).collect()
                     } else {
                         dense[l][g].iter().map(Weight::Dense).collect()

@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::Weight;
+use vlmbench::models::kquants::rows8::Q4KRows8;
 use vlmbench::models::prefill;
 
 const TOKENS: usize = 128;
@@ -48,10 +49,10 @@ fn kernels(c: &mut Criterion) {
         .enumerate()
         .map(|(i, &(n, k))| weight(n, k, i as u64))
         .collect();
-    for format in ["f32", "f16", "bf16", "q8_0", "q4_k", "q6_k"] {
+    for format in ["f32", "f16", "bf16", "q8_0", "q4_k", "q4_k_x8", "q6_k"] {
         let quant = match format {
             "q8_0" => Some(GgmlDType::Q8_0),
-            "q4_k" => Some(GgmlDType::Q4K),
+            "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
             "q6_k" => Some(GgmlDType::Q6K),
             _ => None,
         };
@@ -74,7 +75,18 @@ fn kernels(c: &mut Criterion) {
                     .collect()
             })
             .unwrap_or_default();
-        let weights: Vec<Weight<'_>> = if quantized.is_empty() {
+        // The Q4_K weights repacked eight rows at a time, as the engine loads them.
+        let packed: Vec<Q4KRows8> = quantized
+            .iter()
+            .filter(|_| format == "q4_k_x8")
+            .map(|q| {
+                let (n, k) = q.shape().dims2().unwrap();
+                Q4KRows8::repack(&q.data().unwrap(), n, k).unwrap()
+            })
+            .collect();
+        let weights: Vec<Weight<'_>> = if !packed.is_empty() {
+            packed.iter().map(Weight::Q4KRows8).collect()
+        } else if quantized.is_empty() {
             dense.iter().map(Weight::Dense).collect()
         } else {
             quantized.iter().map(Weight::Quantized).collect()

@@ -16,24 +16,27 @@ use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::KernelSet;
+use super::kquants::rows8::{self, Q4KRows8};
 use super::kquants::{self, Q8KRow, QuantFormat};
 
 /// Output rows per rayon task: big enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
-/// A weight the decode kernels can read: a dense `(n, k)` tensor (f32, f16 or bf16) or a
+/// A weight the decode kernels can read: a dense `(n, k)` tensor (f32, f16 or bf16), a
 /// llama.cpp tensor in one of the block formats of [`QuantFormat`] (Q8_0, Q4_0, Q4_K, Q5_K,
-/// Q6_K).
+/// Q6_K), or Q4_K rows repacked eight at a time ([`Q4KRows8`]).
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Dense(&'a Tensor),
     Quantized(&'a QTensor),
+    Q4KRows8(&'a Q4KRows8),
 }
 
 /// A weight's storage, held (read-locked or borrowed) while the kernels read it.
 pub(super) enum Held<'a> {
     Dense(StorageRef<'a>, usize),
     Quant(QuantFormat, Cow<'a, [u8]>),
+    Q4KRows8(&'a Q4KRows8),
 }
 
 /// Rows of one weight as the kernels read them.
@@ -43,6 +46,7 @@ pub(super) enum Rows<'a> {
     F16(&'a [half::f16]),
     BF16(&'a [half::bf16]),
     Quant(QuantFormat, &'a [u8]),
+    Q4KRows8(&'a Q4KRows8),
 }
 
 impl<'a> Weight<'a> {
@@ -78,6 +82,7 @@ impl<'a> Weight<'a> {
                 }
                 Ok(Some(((n, k), Held::Quant(format, data))))
             }
+            Weight::Q4KRows8(w) => Ok(Some(((w.rows(), w.cols()), Held::Q4KRows8(w)))),
         }
     }
 }
@@ -98,6 +103,7 @@ impl Held<'_> {
                 }
             }
             Held::Quant(format, data) => Rows::Quant(*format, &data[..n * row_bytes(*format, k)]),
+            Held::Q4KRows8(w) => Rows::Q4KRows8(w),
         })
     }
 }
@@ -147,8 +153,11 @@ pub fn matvec_many(
     }
     let xs: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
     let wants = |k_quant: bool| {
-        mats.iter()
-            .any(|(_, r)| matches!(r, Rows::Quant(f, _) if f.wants_q8k() == k_quant))
+        mats.iter().any(|(_, r)| match r {
+            Rows::Quant(f, _) => f.wants_q8k() == k_quant,
+            Rows::Q4KRows8(_) => k_quant,
+            _ => false,
+        })
     };
     let q8_0 = wants(false).then(|| QuantizedRow::new(&xs));
     let q8_k = wants(true).then(|| Q8KRow::new(&xs));
@@ -175,13 +184,24 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
     let fill = |chunk: usize, dst: &mut [f32]| {
         let first = chunk * ROWS_PER_TASK;
         let mut m = starts.partition_point(|&s| s <= first) - 1;
-        for (i, o) in dst.iter_mut().enumerate() {
+        let mut i = 0;
+        while i < dst.len() {
             let g = first + i;
             while g >= starts[m + 1] {
                 m += 1;
             }
             let r = g - starts[m];
-            *o = match mats[m].1 {
+            if let Rows::Q4KRows8(w) = mats[m].1 {
+                // Eight rows per pass; a task boundary inside a group keeps only its lanes.
+                let xq = x.q8_k.as_ref().expect("activations quantised to Q8_K");
+                let lanes = w.group_dot(r / rows8::ROWS, xq);
+                let from = r % rows8::ROWS;
+                let count = (rows8::ROWS - from).min(dst.len() - i);
+                dst[i..i + count].copy_from_slice(&lanes[from..from + count]);
+                i += count;
+                continue;
+            }
+            dst[i] = match mats[m].1 {
                 Rows::F32(w) => dot_f32(&x.f32, &w[r * k..(r + 1) * k]),
                 Rows::F16(w) => dot_f16(&x.f32, &w[r * k..(r + 1) * k]),
                 Rows::BF16(w) => dot_bf16(&x.f32, &w[r * k..(r + 1) * k]),
@@ -200,7 +220,9 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
                         }
                     }
                 }
+                Rows::Q4KRows8(_) => unreachable!("handled above"),
             };
+            i += 1;
         }
     };
     out.par_chunks_mut(ROWS_PER_TASK)

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::gemv::{Rows, Weight};
 use super::kernels::{KernelSet, SendPtr};
+use super::kquants::Q8KRow;
 use super::panel_gemm::{self, widen};
 
 /// Widened weight bytes per tile: well inside a core's L2 (1–2 MiB on current x86 parts).
@@ -58,6 +59,11 @@ pub fn product_rows(xs: &[f32], m: usize, w: Weight<'_>) -> candle_core::Result<
             drop(held);
             return Ok(Some(out));
         }
+    }
+    // Interleaved Q4_K rows: the int8 product on activations quantised to Q8_K, no widening.
+    if let Rows::Q4KRows8(w) = rows {
+        let quantised: Vec<Q8KRow> = xs.par_chunks(k).map(Q8KRow::new).collect();
+        return Ok(Some(w.product(&quantised)));
     }
     let out = product(xs, m, k, n, rows, rayon::current_num_threads());
     drop(held);

@@ -22,6 +22,7 @@ use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod rows8;
 
 use super::kernels::KernelSet;
 

@@ -18,9 +18,10 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -32,6 +33,8 @@ pub mod weights;
 pub use self::family::{Activation, Family, NormKind};
 use super::fast_exp;
 use super::gemv;
+use super::kernels::KernelSet;
+use super::kquants::rows8::Q4KRows8;
 pub use super::rope::RopeScaling;
 use super::rope::RopeSpec;
 use crate::profile;
@@ -166,6 +169,26 @@ pub(crate) enum LinearWeight {
     /// (out, in) weight.
     Dense(Tensor),
     Quant(QMatMul),
+    /// Q4_K rows repacked eight at a time for the CPU kernels (they replace the blocks).
+    Q4KRows8(Arc<Q4KRows8>),
+}
+
+impl LinearWeight {
+    /// A quantised tensor as the engine keeps it: Q4_K on a CPU with the AVX2 set (or
+    /// stronger) repacked eight rows at a time for the int8 kernels, everything else as is.
+    pub(crate) fn quantized(t: QTensor) -> Result<Self> {
+        if t.dtype() == GgmlDType::Q4K
+            && t.device().is_cpu()
+            && KernelSet::active() >= KernelSet::Avx2
+        {
+            if let Ok((n, k)) = t.shape().dims2() {
+                if let Some(packed) = Q4KRows8::repack(&t.data()?, n, k) {
+                    return Ok(LinearWeight::Q4KRows8(Arc::new(packed)));
+                }
+            }
+        }
+        Ok(LinearWeight::Quant(QMatMul::from_qtensor(t)?))
+    }
 }
 
 /// A projection, with its bias where the family has one.
@@ -202,6 +225,7 @@ impl Linear {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            LinearWeight::Q4KRows8(w) => w.stored_bytes(),
         };
         (weight + self.bias.as_ref().map_or(0, |(_, row)| row.len() * 4)) as u64
     }
@@ -212,6 +236,7 @@ impl Linear {
             LinearWeight::Dense(w)
             | LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.elem_count(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.shape().elem_count(),
+            LinearWeight::Q4KRows8(w) => w.rows() * w.cols(),
         }) as u64
     }
 
@@ -223,6 +248,7 @@ impl Linear {
                 gemv::Weight::Dense(w)
             }
             LinearWeight::Quant(QMatMul::QTensor(t)) => gemv::Weight::Quantized(t),
+            LinearWeight::Q4KRows8(w) => gemv::Weight::Q4KRows8(w),
         }
     }
 
@@ -257,6 +283,16 @@ impl Linear {
         }
         match &self.weight {
             LinearWeight::Dense(w) => dense_matmul(x, w, (b, s, i)),
+            // The kernels decline only inputs that are not f32 rows on the CPU: widen the rows
+            // (every row of a repacked weight widens to its original values).
+            LinearWeight::Q4KRows8(w) => {
+                let mut wide = vec![0f32; w.rows() * w.cols()];
+                for (r, dst) in wide.chunks_exact_mut(w.cols()).enumerate() {
+                    w.dequantize_row(r, dst);
+                }
+                let wide = Tensor::from_vec(wide, (w.rows(), w.cols()), x.device())?;
+                dense_matmul(&x.to_dtype(DType::F32)?, &wide, (b, s, i))?.to_dtype(x.dtype())
+            }
             LinearWeight::Quant(q) => {
                 // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
                 // slower than widening the block to f32 and using the dense GEMM.
@@ -1492,6 +1528,57 @@ mod tests {
             .forward_embeds(&m.embed_tokens(&[1, 2, 3, 4, 5]).unwrap(), &mut cache)
             .unwrap_err();
         assert!(err.to_string().contains("capacity"));
+    }
+
+    /// A Q4_K projection repacked for the int8 kernels gives, for one row (decode) and for
+    /// several (prefill), the product of its widened weights with the activations as quantised
+    /// to Q8_K (what llama.cpp's kernels compute too); shapes that do not interleave keep
+    /// candle's blocks.
+    #[test]
+    fn repacked_q4k_projections_multiply_like_their_widened_weights() {
+        use crate::models::kquants::{Q8KRow, QK_K};
+        use candle_core::quantized::GgmlDType;
+        let (n, k) = (24, 512);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1009) as f32 / 504.5 - 1.0) * 0.1)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let wide: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+        let linear = Linear::new(LinearWeight::quantized(q).unwrap(), None).unwrap();
+        let repacked = matches!(linear.weight, LinearWeight::Q4KRows8(_));
+        assert_eq!(repacked, KernelSet::active() >= KernelSet::Avx2);
+        for rows in [1usize, 6] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
+                .collect();
+            let got: Vec<f32> = linear
+                .forward(&Tensor::from_vec(x.clone(), (1, rows, k), &Device::Cpu).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (t, x) in x.chunks_exact(k).enumerate() {
+                let xq = Q8KRow::new(x);
+                for (r, w) in wide.iter().enumerate() {
+                    let want: f64 = (0..k)
+                        .map(|i| f64::from(w[i]) * f64::from(xq.qs[i]) * f64::from(xq.d[i / QK_K]))
+                        .sum();
+                    let g = got[t * n + r];
+                    assert!(
+                        (f64::from(g) - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{rows} rows, token {t}, output {r}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+        let twelve = Tensor::from_vec(vec![0.5f32; 12 * k], (12, k), &Device::Cpu).unwrap();
+        let odd = QTensor::quantize(&twelve, GgmlDType::Q4K).unwrap();
+        assert!(matches!(
+            LinearWeight::quantized(odd).unwrap(),
+            LinearWeight::Quant(_)
+        ));
     }
 
     /// The same weights written as GGUF (q/k permuted as llama.cpp's converter does) give the

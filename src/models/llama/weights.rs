@@ -8,7 +8,7 @@
 use std::io::{Read, Seek};
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
@@ -513,7 +513,7 @@ pub(crate) fn load_gguf<R: Read + Seek>(
             GgmlDType::F16 => LinearWeight::Dense(t.dequantize_f16(device)?),
             // Plain floats are dense weights: the decode kernels apply.
             GgmlDType::F32 | GgmlDType::BF16 => LinearWeight::Dense(t.dequantize(device)?),
-            _ => LinearWeight::Quant(QMatMul::from_qtensor(t)?),
+            _ => LinearWeight::quantized(t)?,
         })
     };
     // A fused tensor split by rows: float parts stay dense; quantised ones are requantised
@@ -527,7 +527,7 @@ pub(crate) fn load_gguf<R: Read + Seek>(
                 Ok(match dt {
                     GgmlDType::F32 | GgmlDType::BF16 => LinearWeight::Dense(p),
                     GgmlDType::F16 => LinearWeight::Dense(p.to_dtype(DType::F16)?),
-                    q => LinearWeight::Quant(QMatMul::from_qtensor(QTensor::quantize(&p, q)?)?),
+                    q => LinearWeight::quantized(QTensor::quantize(&p, q)?)?,
                 })
             })
             .collect()
@@ -535,7 +535,7 @@ pub(crate) fn load_gguf<R: Read + Seek>(
     let embed_q = get("token_embd.weight")?;
     let embed = embed_q.dequantize(device)?;
     let lm_head = if c.tie_word_embeddings {
-        Linear::new(LinearWeight::Quant(QMatMul::from_qtensor(embed_q)?), None)?
+        Linear::new(LinearWeight::quantized(embed_q)?, None)?
     } else {
         Linear::new(linear_of(get("output.weight")?)?, None)?
     };
