@@ -22,7 +22,8 @@ use candle_core::{DType, Device, Tensor};
 use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
-use vlmbench::models::kquants::rows8::Q4KRows8;
+use vlmbench::models::kquants::rows8::Interleaved;
+use vlmbench::models::kquants::QuantFormat;
 
 const LAYERS: usize = 16;
 
@@ -40,6 +41,7 @@ fn kernels(c: &mut Criterion) {
         ("q4_k", 144.0 / 256.0),
         ("q4_k_x8", 148.0 / 256.0),
         ("q6_k", 210.0 / 256.0),
+        ("q6_k_x8", 210.0 / 256.0),
         ("q8_0", 34.0 / 32.0),
         ("f16", 2.0),
         ("bf16", 2.0),
@@ -59,7 +61,7 @@ fn kernels(c: &mut Criterion) {
                     .collect();
                 let block_format = match format {
                     "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
-                    "q6_k" => Some(GgmlDType::Q6K),
+                    "q6_k" | "q6_k_x8" => Some(GgmlDType::Q6K),
                     "q8_0" => Some(GgmlDType::Q8_0),
                     _ => None,
                 };
@@ -85,18 +87,19 @@ fn kernels(c: &mut Criterion) {
             dense.push(dl);
             quant.push(ql);
         }
-        // The Q4_K weights repacked eight rows at a time, as the engine loads them.
-        let packed: Vec<Vec<Vec<Q4KRows8>>> = quant
+        // The K-quant weights repacked eight rows at a time, as the engine loads them.
+        let packed: Vec<Vec<Vec<Interleaved>>> = quant
             .iter()
             .map(|layer| {
                 layer
                     .iter()
                     .map(|mats| {
                         mats.iter()
-                            .filter(|_| format == "q4_k_x8")
+                            .filter(|_| format.ends_with("_x8"))
                             .map(|q| {
                                 let (n, k) = q.shape().dims2().unwrap();
-                                Q4KRows8::repack(&q.data().unwrap(), n, k).unwrap()
+                                let format = QuantFormat::from_ggml(q.dtype()).unwrap();
+                                Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
                             })
                             .collect()
                     })
@@ -108,7 +111,7 @@ fn kernels(c: &mut Criterion) {
                 let (dense, quant, packed) = (&dense, &quant, &packed);
                 (0..GROUPS.len()).map(move |g| {
                     if packed[l].get(g).is_some_and(|p| !p.is_empty()) {
-                        packed[l][g].iter().map(Weight::Q4KRows8).collect()
+                        packed[l][g].iter().map(Weight::Interleaved).collect()
                     } else if quant[l].get(g).is_some_and(|q| !q.is_empty()) {
                         quant[l][g].iter().map(Weight::Quantized).collect()
                     } else {

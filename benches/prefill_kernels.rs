@@ -17,7 +17,8 @@ use candle_core::{DType, Device, Tensor};
 use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::Weight;
-use vlmbench::models::kquants::rows8::Q4KRows8;
+use vlmbench::models::kquants::rows8::Interleaved;
+use vlmbench::models::kquants::QuantFormat;
 use vlmbench::models::prefill;
 
 const TOKENS: usize = 128;
@@ -49,11 +50,13 @@ fn kernels(c: &mut Criterion) {
         .enumerate()
         .map(|(i, &(n, k))| weight(n, k, i as u64))
         .collect();
-    for format in ["f32", "f16", "bf16", "q8_0", "q4_k", "q4_k_x8", "q6_k"] {
+    for format in [
+        "f32", "f16", "bf16", "q8_0", "q4_k", "q4_k_x8", "q6_k", "q6_k_x8",
+    ] {
         let quant = match format {
             "q8_0" => Some(GgmlDType::Q8_0),
             "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
-            "q6_k" => Some(GgmlDType::Q6K),
+            "q6_k" | "q6_k_x8" => Some(GgmlDType::Q6K),
             _ => None,
         };
         let dense: Vec<Tensor> = match format {
@@ -75,17 +78,18 @@ fn kernels(c: &mut Criterion) {
                     .collect()
             })
             .unwrap_or_default();
-        // The Q4_K weights repacked eight rows at a time, as the engine loads them.
-        let packed: Vec<Q4KRows8> = quantized
+        // The K-quant weights repacked eight rows at a time, as the engine loads them.
+        let packed: Vec<Interleaved> = quantized
             .iter()
-            .filter(|_| format == "q4_k_x8")
+            .filter(|_| format.ends_with("_x8"))
             .map(|q| {
                 let (n, k) = q.shape().dims2().unwrap();
-                Q4KRows8::repack(&q.data().unwrap(), n, k).unwrap()
+                let format = QuantFormat::from_ggml(q.dtype()).unwrap();
+                Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
             })
             .collect();
         let weights: Vec<Weight<'_>> = if !packed.is_empty() {
-            packed.iter().map(Weight::Q4KRows8).collect()
+            packed.iter().map(Weight::Interleaved).collect()
         } else if quantized.is_empty() {
             dense.iter().map(Weight::Dense).collect()
         } else {

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::KernelSet;
-use super::kquants::rows8::{self, Q4KRows8};
+use super::kquants::rows8::{self, Interleaved};
 use super::kquants::{self, Q8KRow, QuantFormat};
 
 /// Output rows per rayon task: big enough to amortise scheduling, small enough to balance.
@@ -24,19 +24,19 @@ const ROWS_PER_TASK: usize = 16;
 
 /// A weight the decode kernels can read: a dense `(n, k)` tensor (f32, f16 or bf16), a
 /// llama.cpp tensor in one of the block formats of [`QuantFormat`] (Q8_0, Q4_0, Q4_K, Q5_K,
-/// Q6_K), or Q4_K rows repacked eight at a time ([`Q4KRows8`]).
+/// Q6_K), or Q4_K / Q6_K rows repacked eight at a time ([`Interleaved`]).
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Dense(&'a Tensor),
     Quantized(&'a QTensor),
-    Q4KRows8(&'a Q4KRows8),
+    Interleaved(&'a Interleaved),
 }
 
 /// A weight's storage, held (read-locked or borrowed) while the kernels read it.
 pub(super) enum Held<'a> {
     Dense(StorageRef<'a>, usize),
     Quant(QuantFormat, Cow<'a, [u8]>),
-    Q4KRows8(&'a Q4KRows8),
+    Interleaved(&'a Interleaved),
 }
 
 /// Rows of one weight as the kernels read them.
@@ -46,7 +46,7 @@ pub(super) enum Rows<'a> {
     F16(&'a [half::f16]),
     BF16(&'a [half::bf16]),
     Quant(QuantFormat, &'a [u8]),
-    Q4KRows8(&'a Q4KRows8),
+    Interleaved(&'a Interleaved),
 }
 
 impl<'a> Weight<'a> {
@@ -82,7 +82,7 @@ impl<'a> Weight<'a> {
                 }
                 Ok(Some(((n, k), Held::Quant(format, data))))
             }
-            Weight::Q4KRows8(w) => Ok(Some(((w.rows(), w.cols()), Held::Q4KRows8(w)))),
+            Weight::Interleaved(w) => Ok(Some(((w.rows(), w.cols()), Held::Interleaved(w)))),
         }
     }
 }
@@ -103,7 +103,7 @@ impl Held<'_> {
                 }
             }
             Held::Quant(format, data) => Rows::Quant(*format, &data[..n * row_bytes(*format, k)]),
-            Held::Q4KRows8(w) => Rows::Q4KRows8(w),
+            Held::Interleaved(w) => Rows::Interleaved(w),
         })
     }
 }
@@ -155,7 +155,7 @@ pub fn matvec_many(
     let wants = |k_quant: bool| {
         mats.iter().any(|(_, r)| match r {
             Rows::Quant(f, _) => f.wants_q8k() == k_quant,
-            Rows::Q4KRows8(_) => k_quant,
+            Rows::Interleaved(_) => k_quant,
             _ => false,
         })
     };
@@ -191,7 +191,7 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
                 m += 1;
             }
             let r = g - starts[m];
-            if let Rows::Q4KRows8(w) = mats[m].1 {
+            if let Rows::Interleaved(w) = mats[m].1 {
                 // Eight rows per pass; a task boundary inside a group keeps only its lanes.
                 let xq = x.q8_k.as_ref().expect("activations quantised to Q8_K");
                 let lanes = w.group_dot(r / rows8::ROWS, xq);
@@ -220,7 +220,7 @@ fn products(x: &Activations, mats: &[(usize, Rows<'_>)]) -> Vec<Vec<f32>> {
                         }
                     }
                 }
-                Rows::Q4KRows8(_) => unreachable!("handled above"),
+                Rows::Interleaved(_) => unreachable!("handled above"),
             };
             i += 1;
         }

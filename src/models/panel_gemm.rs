@@ -126,7 +126,7 @@ pub(super) fn widen(rows: Rows<'_>, k: usize, first: usize, last: usize, buf: &m
                 kquants::dequantize_row(format, &data[r * bytes..(r + 1) * bytes], dst);
             }
         }
-        Rows::Q4KRows8(w) => {
+        Rows::Interleaved(w) => {
             for (r, dst) in (first..last).zip(buf.chunks_exact_mut(k)) {
                 w.dequantize_row(r, dst);
             }

@@ -60,8 +60,8 @@ pub fn product_rows(xs: &[f32], m: usize, w: Weight<'_>) -> candle_core::Result<
             return Ok(Some(out));
         }
     }
-    // Interleaved Q4_K rows: the int8 product on activations quantised to Q8_K, no widening.
-    if let Rows::Q4KRows8(w) = rows {
+    // Interleaved Q4_K / Q6_K rows: the int8 product on activations quantised to Q8_K, no widening.
+    if let Rows::Interleaved(w) = rows {
         let quantised: Vec<Q8KRow> = xs.par_chunks(k).map(Q8KRow::new).collect();
         return Ok(Some(w.product(&quantised)));
     }

@@ -1,16 +1,18 @@
-//! Q4_K weights with eight rows interleaved, so one pass computes eight outputs at once.
+//! K-quant weights (Q4_K, Q6_K) with eight rows interleaved, so one pass computes eight
+//! outputs at once.
 //!
-//! Why: the row-at-a-time Q4_K kernel spends about a third of its instructions on per-row work
-//! (unpacking the 12 scale bytes, broadcasting each scale, a horizontal sum per row). With
-//! 4-byte groups of eight rows side by side, one 32-byte load feeds all eight rows, each group
-//! of four activations is broadcast once for the eight, a sub-block's eight scales are one
-//! vector, and the eight sums land in the eight lanes of one register. Prefill runs the same
-//! loop over several tokens, so each loaded weight serves all of them: an int8 product with
-//! activations quantised to Q8_K, as llama.cpp repacks Q4_K for its own CPU kernels, instead
-//! of widening every weight to f32. The weights are repacked once, at load time, and replace
-//! the original blocks (the same information in 2.8 % more bytes).
+//! Why: the row-at-a-time K-quant kernels spend about a third of their instructions on per-row
+//! work (unpacking scale bytes, broadcasting each scale, a horizontal sum per row). With 4-byte
+//! groups of eight rows side by side, one 32-byte load feeds all eight rows, each group of four
+//! activations is broadcast once for the eight, a sub-block's eight scales are one vector, and
+//! the eight sums land in the eight lanes of one register. Prefill runs the same loop over
+//! several tokens, so each loaded weight serves all of them: an int8 product with activations
+//! quantised to Q8_K, as llama.cpp repacks Q4_K for its own CPU kernels, instead of widening
+//! every weight to f32. The weights are repacked once, at load time, and replace the original
+//! blocks.
 //!
-//! Layout, per group of 8 rows and per 256-weight block (1184 bytes):
+//! Q4_K layout, per group of 8 rows and per 256-weight block (1184 bytes: 8 × 144 plus 32 for
+//! the unpacked scales and mins):
 //! - bytes 0–15: the rows' f16 `d`; 16–31: their f16 `dmin`;
 //! - 32–95: the 6-bit scales, sub-block-major: byte `32 + 8 j + r` is row `r`'s scale of
 //!   sub-block `j`;
@@ -19,71 +21,86 @@
 //! - 160–1183: the quant bytes: byte `160 + 256 c + 32 g + 4 r + i` is row `r`'s quant byte
 //!   `32 c + 4 g + i` of the block, whose low nibble is weight `64 c + 4 g + i` and whose high
 //!   nibble is weight `64 c + 32 + 4 g + i`.
+//!
+//! Q6_K layout, per group and block (1680 bytes, 8 × 210: the same bytes, reordered):
+//! - bytes 0–15: the rows' f16 `d`;
+//! - 16–143: the signed 8-bit scales of the 16-weight groups: byte `16 + 8 s + r` is row `r`'s
+//!   scale of group `s`;
+//! - 144–1167: the low-nibble bytes `ql`: byte `144 + 256 c + 32 g + 4 r + i` is row `r`'s
+//!   `ql[32 c + 4 g + i]`;
+//! - 1168–1679: the high-bit bytes `qh`: byte `1168 + 256 n + 32 g + 4 r + i` is row `r`'s
+//!   `qh[32 n + 4 g + i]`.
 
 use rayon::prelude::*;
 
-use super::{f16_at, scales_mins, Q8KRow, QK_K};
+use super::{f16_at, scales_mins, Q8KRow, QuantFormat, QK_K};
 use crate::models::kernels::{KernelSet, SendPtr};
 
 /// Rows per interleaved group.
 pub const ROWS: usize = 8;
-/// Bytes of one group's block of 256 weights (8 × 144 original bytes, plus 32 for the unpacked
-/// scales and mins).
-const GROUP_BLOCK_BYTES: usize = 1184;
-/// Bytes of one original Q4_K block.
-const Q4K_BLOCK_BYTES: usize = 144;
 /// Tokens per pass of the prefill product: each loaded weight vector serves this many.
 const TOKENS_PER_PASS: usize = 4;
-/// Groups of rows per rayon task in the products.
+/// Groups of rows per rayon task in the prefill product.
 const GROUPS_PER_TASK: usize = 2;
 
-/// A Q4_K weight of `(rows, cols)` in the interleaved layout of this module.
+/// Bytes of one group's block of 256 weights in `format`'s interleaved layout.
+fn group_block_bytes(format: QuantFormat) -> usize {
+    match format {
+        QuantFormat::Q6K => 1680,
+        _ => 1184,
+    }
+}
+
+/// A Q4_K or Q6_K weight of `(rows, cols)` in the interleaved layouts of this module.
 #[derive(Debug, Clone)]
-pub struct Q4KRows8 {
+pub struct Interleaved {
+    format: QuantFormat,
     data: Vec<u8>,
     rows: usize,
     cols: usize,
 }
 
-impl Q4KRows8 {
-    /// Repacks `rows` rows of `cols` Q4_K weights (llama.cpp's row-major blocks); `None` when
-    /// the shape does not interleave (`rows` not a multiple of 8, `cols` not of 256) or `blocks`
-    /// is too short.
-    pub fn repack(blocks: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if rows == 0 || rows % ROWS != 0 || cols == 0 || cols % QK_K != 0 {
-            return None;
-        }
-        let per_row = cols / QK_K;
-        if blocks.len() < rows * per_row * Q4K_BLOCK_BYTES {
-            return None;
-        }
-        let mut data = vec![0u8; rows / ROWS * per_row * GROUP_BLOCK_BYTES];
-        for (g, group) in data
-            .chunks_exact_mut(per_row * GROUP_BLOCK_BYTES)
-            .enumerate()
+impl Interleaved {
+    /// Repacks `rows` rows of `cols` weights in llama.cpp's row-major `format` blocks; `None`
+    /// for formats other than Q4_K and Q6_K, shapes that do not interleave (`rows` not a
+    /// multiple of 8, `cols` not of 256) or `blocks` too short.
+    pub fn repack(format: QuantFormat, blocks: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        if !matches!(format, QuantFormat::Q4K | QuantFormat::Q6K)
+            || rows == 0
+            || !rows.is_multiple_of(ROWS)
+            || cols == 0
+            || !cols.is_multiple_of(QK_K)
         {
-            for (b, out) in group.chunks_exact_mut(GROUP_BLOCK_BYTES).enumerate() {
+            return None;
+        }
+        let (per_row, bytes) = (cols / QK_K, format.block_bytes());
+        if blocks.len() < rows * per_row * bytes {
+            return None;
+        }
+        let out_bytes = group_block_bytes(format);
+        let mut data = vec![0u8; rows / ROWS * per_row * out_bytes];
+        for (g, group) in data.chunks_exact_mut(per_row * out_bytes).enumerate() {
+            for (b, out) in group.chunks_exact_mut(out_bytes).enumerate() {
                 for r in 0..ROWS {
-                    let at = ((g * ROWS + r) * per_row + b) * Q4K_BLOCK_BYTES;
-                    let block = &blocks[at..at + Q4K_BLOCK_BYTES];
-                    out[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
-                    out[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&block[2..4]);
-                    let (sc, m) = scales_mins(&block[4..16]);
-                    for j in 0..8 {
-                        out[32 + 8 * j + r] = sc[j];
-                        out[96 + 16 * (j / 2) + 2 * r + j % 2] = m[j];
-                    }
-                    for c in 0..4 {
-                        for q in 0..8 {
-                            let to = 160 + 256 * c + 32 * q + 4 * r;
-                            let from = 16 + 32 * c + 4 * q;
-                            out[to..to + 4].copy_from_slice(&block[from..from + 4]);
-                        }
+                    let at = ((g * ROWS + r) * per_row + b) * bytes;
+                    let block = &blocks[at..at + bytes];
+                    match format {
+                        QuantFormat::Q4K => repack_q4k(block, r, out),
+                        _ => repack_q6k(block, r, out),
                     }
                 }
             }
         }
-        Some(Self { data, rows, cols })
+        Some(Self {
+            format,
+            data,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn format(&self) -> QuantFormat {
+        self.format
     }
 
     pub fn rows(&self) -> usize {
@@ -100,24 +117,33 @@ impl Q4KRows8 {
     }
 
     fn group(&self, g: usize) -> &[u8] {
-        let len = self.cols / QK_K * GROUP_BLOCK_BYTES;
+        let len = self.cols / QK_K * group_block_bytes(self.format);
         &self.data[g * len..(g + 1) * len]
     }
 
-    /// Widens row `r` into `out` (`cols` values): the same values as the original block's
+    /// Widens row `r` into `out` (`cols` values): the same values as the original blocks'
     /// widening (`super::dequantize_row`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let (group, lane) = (self.group(r / ROWS), r % ROWS);
-        for (block, y) in group
-            .chunks_exact(GROUP_BLOCK_BYTES)
-            .zip(out.chunks_exact_mut(QK_K))
-        {
-            let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
-            for (i, o) in y.iter_mut().enumerate() {
-                let j = i / 32;
-                let scale = d * f32::from(block[32 + 8 * j + lane]);
-                let min = dmin * f32::from(block[96 + 16 * (j / 2) + 2 * lane + j % 2]);
-                *o = scale * f32::from(quant(block, lane, i)) - min;
+        let blocks = group.chunks_exact(group_block_bytes(self.format));
+        for (block, y) in blocks.zip(out.chunks_exact_mut(QK_K)) {
+            match self.format {
+                QuantFormat::Q4K => {
+                    let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
+                    for (i, o) in y.iter_mut().enumerate() {
+                        let j = i / 32;
+                        let scale = d * f32::from(block[32 + 8 * j + lane]);
+                        let min = dmin * f32::from(block[96 + 16 * (j / 2) + 2 * lane + j % 2]);
+                        *o = scale * f32::from(q4k_quant(block, lane, i)) - min;
+                    }
+                }
+                _ => {
+                    let d = f16_at(block, 2 * lane);
+                    for (i, o) in y.iter_mut().enumerate() {
+                        let scale = d * f32::from(block[16 + 8 * (i / 16) + lane] as i8);
+                        *o = scale * (f32::from(q6k_quant(block, lane, i)) - 32.0);
+                    }
+                }
             }
         }
     }
@@ -125,7 +151,7 @@ impl Q4KRows8 {
     /// The eight outputs of group `g` against one token's activations.
     pub fn group_dot(&self, g: usize, x: &Q8KRow) -> [f32; ROWS] {
         let mut out = [[0f32; ROWS]; 1];
-        group_dots::<1>(self.group(g), [x], &mut out);
+        group_dots::<1>(self.format, self.group(g), [x], &mut out);
         out[0]
     }
 
@@ -147,10 +173,10 @@ impl Q4KRows8 {
                         let mut sums = [[0f32; ROWS]; TOKENS_PER_PASS];
                         let count = if m - t >= TOKENS_PER_PASS {
                             let x = std::array::from_fn(|i| &xs[t + i]);
-                            group_dots::<TOKENS_PER_PASS>(weights, x, &mut sums);
+                            group_dots::<TOKENS_PER_PASS>(self.format, weights, x, &mut sums);
                             TOKENS_PER_PASS
                         } else {
-                            group_dots::<1>(weights, [&xs[t]], &mut sums[..1]);
+                            group_dots::<1>(self.format, weights, [&xs[t]], &mut sums[..1]);
                             1
                         };
                         for (i, row) in sums.iter().take(count).enumerate() {
@@ -172,8 +198,44 @@ impl Q4KRows8 {
     }
 }
 
-/// The 4-bit quant of weight `i` of row `lane` in one group block.
-fn quant(block: &[u8], lane: usize, i: usize) -> u8 {
+/// Row `r`'s Q4_K block placed into the group block `out` (layout in the module's doc).
+fn repack_q4k(block: &[u8], r: usize, out: &mut [u8]) {
+    out[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
+    out[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&block[2..4]);
+    let (sc, m) = scales_mins(&block[4..16]);
+    for j in 0..8 {
+        out[32 + 8 * j + r] = sc[j];
+        out[96 + 16 * (j / 2) + 2 * r + j % 2] = m[j];
+    }
+    for c in 0..4 {
+        for q in 0..8 {
+            let to = 160 + 256 * c + 32 * q + 4 * r;
+            let from = 16 + 32 * c + 4 * q;
+            out[to..to + 4].copy_from_slice(&block[from..from + 4]);
+        }
+    }
+}
+
+/// Row `r`'s Q6_K block placed into the group block `out` (layout in the module's doc).
+fn repack_q6k(block: &[u8], r: usize, out: &mut [u8]) {
+    out[2 * r..2 * r + 2].copy_from_slice(&block[208..210]);
+    for s in 0..16 {
+        out[16 + 8 * s + r] = block[192 + s];
+    }
+    for q in 0..8 {
+        for c in 0..4 {
+            let to = 144 + 256 * c + 32 * q + 4 * r;
+            out[to..to + 4].copy_from_slice(&block[32 * c + 4 * q..][..4]);
+        }
+        for n in 0..2 {
+            let to = 1168 + 256 * n + 32 * q + 4 * r;
+            out[to..to + 4].copy_from_slice(&block[128 + 32 * n + 4 * q..][..4]);
+        }
+    }
+}
+
+/// The 4-bit quant of weight `i` of row `lane` in a Q4_K group block.
+fn q4k_quant(block: &[u8], lane: usize, i: usize) -> u8 {
     let (c, l) = (i / 64, i % 64);
     let byte = block[160 + 256 * c + 32 * (l % 32 / 4) + 4 * lane + l % 4];
     if l < 32 {
@@ -183,47 +245,87 @@ fn quant(block: &[u8], lane: usize, i: usize) -> u8 {
     }
 }
 
+/// The 6-bit quant (0..64) of weight `i` of row `lane` in a Q6_K group block: weight
+/// `128 n + 32 t + l` has its low nibble in `ql[64 n + 32 (t % 2) + l]` (the high nibble for
+/// `t ≥ 2`) and its top two bits at bit `2 t` of `qh[32 n + l]`.
+fn q6k_quant(block: &[u8], lane: usize, i: usize) -> u8 {
+    let (n, t, l) = (i / 128, i % 128 / 32, i % 32);
+    let at = 32 * (l / 4) + 4 * lane + l % 4;
+    let low = (block[144 + 256 * (2 * n + t % 2) + at] >> (4 * (t / 2))) & 0xF;
+    let high = (block[1168 + 256 * n + at] >> (2 * t)) & 3;
+    low | (high << 4)
+}
+
 /// `out[t][r] = Σ row r · x[t]` for the group's rows and `T` tokens, with the active kernel set.
-fn group_dots<const T: usize>(weights: &[u8], x: [&Q8KRow; T], out: &mut [[f32; ROWS]]) {
-    let blocks = weights.len() / GROUP_BLOCK_BYTES;
+fn group_dots<const T: usize>(
+    format: QuantFormat,
+    weights: &[u8],
+    x: [&Q8KRow; T],
+    out: &mut [[f32; ROWS]],
+) {
+    let blocks = weights.len() / group_block_bytes(format);
     assert!(
         out.len() >= T
-            && x.iter()
-                .all(|x| x.d.len() >= blocks && x.qs.len() >= blocks * QK_K),
+            && x.iter().all(|x| x.d.len() >= blocks
+                && x.qs.len() >= blocks * QK_K
+                && x.bsums.len() >= blocks * 16),
         "activations shorter than the weight rows"
     );
     #[cfg(target_arch = "x86_64")]
     if KernelSet::active() >= KernelSet::Avx2 {
-        // SAFETY: the CPU has the AVX2 set; the kernel reads `blocks` whole blocks of
+        // SAFETY: the CPU has the AVX2 set; the kernels read `blocks` whole blocks of
         // `weights` and of each `x` (checked above).
-        unsafe { x86::group_dots::<T>(weights.as_ptr(), blocks, &x, out) };
+        unsafe {
+            match format {
+                QuantFormat::Q4K => x86::q4k_dots::<T>(weights.as_ptr(), blocks, &x, out),
+                _ => x86::q6k_dots::<T>(weights.as_ptr(), blocks, &x, out),
+            }
+        }
         return;
     }
-    group_dots_portable(weights, &x, out);
+    group_dots_portable(format, weights, &x, out);
 }
 
-/// The portable twin of the AVX2 kernel: the same integer sums and the same f32 operations in
-/// the same order (fused multiply-adds included), so the results are bit-identical.
-fn group_dots_portable(weights: &[u8], x: &[&Q8KRow], out: &mut [[f32; ROWS]]) {
+/// The portable twin of the AVX2 kernels: the same integer sums and the same f32 operations
+/// in the same order (fused multiply-adds included), so the results are bit-identical.
+fn group_dots_portable(
+    format: QuantFormat,
+    weights: &[u8],
+    x: &[&Q8KRow],
+    out: &mut [[f32; ROWS]],
+) {
+    let block_bytes = group_block_bytes(format);
     for (x, out) in x.iter().zip(out.iter_mut()) {
         let mut acc = [0f32; ROWS];
-        for (b, block) in weights.chunks_exact(GROUP_BLOCK_BYTES).enumerate() {
+        for (b, block) in weights.chunks_exact(block_bytes).enumerate() {
             let xq = &x.qs[b * QK_K..(b + 1) * QK_K];
             let bsums = &x.bsums[b * 16..(b + 1) * 16];
             for (r, acc) in acc.iter_mut().enumerate() {
-                let (mut sumi, mut summ) = (0i32, 0i32);
-                for j in 0..8 {
-                    let dot: i32 = (32 * j..32 * j + 32)
-                        .map(|i| i32::from(quant(block, r, i)) * i32::from(xq[i]))
-                        .sum();
-                    sumi += i32::from(block[32 + 8 * j + r]) * dot;
-                    let min = i32::from(block[96 + 16 * (j / 2) + 2 * r + j % 2]);
-                    summ += min * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+                let dot = |quant: &dyn Fn(usize) -> u8, span: std::ops::Range<usize>| -> i32 {
+                    span.map(|i| i32::from(quant(i)) * i32::from(xq[i])).sum()
+                };
+                if format == QuantFormat::Q4K {
+                    let (mut sumi, mut summ) = (0i32, 0i32);
+                    for j in 0..8 {
+                        let part = dot(&|i| q4k_quant(block, r, i), 32 * j..32 * j + 32);
+                        sumi += i32::from(block[32 + 8 * j + r]) * part;
+                        let min = i32::from(block[96 + 16 * (j / 2) + 2 * r + j % 2]);
+                        summ += min * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+                    }
+                    let scale = f16_at(block, 2 * r) * x.d[b];
+                    let offset = f16_at(block, 16 + 2 * r) * x.d[b];
+                    *acc = scale.mul_add(sumi as f32, *acc);
+                    *acc = (-offset).mul_add(summ as f32, *acc);
+                } else {
+                    let (mut sumi, mut offset) = (0i32, 0i32);
+                    for s in 0..16 {
+                        let sc = i32::from(block[16 + 8 * s + r] as i8);
+                        sumi += sc * dot(&|i| q6k_quant(block, r, i), 16 * s..16 * s + 16);
+                        offset += sc * i32::from(bsums[s]);
+                    }
+                    let scale = f16_at(block, 2 * r) * x.d[b];
+                    *acc = scale.mul_add((sumi - 32 * offset) as f32, *acc);
                 }
-                let scale = f16_at(block, 2 * r) * x.d[b];
-                let offset = f16_at(block, 16 + 2 * r) * x.d[b];
-                *acc = scale.mul_add(sumi as f32, *acc);
-                *acc = (-offset).mul_add(summ as f32, *acc);
             }
         }
         *out = acc;
@@ -232,29 +334,45 @@ fn group_dots_portable(weights: &[u8], x: &[&Q8KRow], out: &mut [[f32; ROWS]]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q8KRow, GROUP_BLOCK_BYTES, QK_K, ROWS};
+    use super::{Q8KRow, QK_K, ROWS};
     use std::arch::x86_64::*;
 
-    const PREFETCH: usize = 8 * GROUP_BLOCK_BYTES;
+    /// Bytes ahead of the block in use that each block's loop asks the memory to bring in
+    /// (decode streams the weights once; without this one core reads them at about half the
+    /// memory's speed).
+    const Q4K_PREFETCH: usize = 8 * 1184;
+    const Q6K_PREFETCH: usize = 6 * 1680;
 
-    /// A sub-block's eight scales (bytes at `p`, one per row) as sixteen i16, each row's twice:
-    /// the multiplier of the `madd` that turns a row's two i16 partial sums into its i32 lane.
+    /// Eight bytes at `p` (one per row) as sixteen i16, each row's twice, sign- or
+    /// zero-extended: the multiplier of the `madd` that turns a row's two i16 partial sums
+    /// into its i32 lane.
     #[inline(always)]
-    unsafe fn scale_pairs(p: *const u8) -> __m256i {
+    unsafe fn row_pairs<const SIGNED: bool>(p: *const u8) -> __m256i {
         let s = _mm_loadl_epi64(p as *const __m128i);
-        _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s, s))
+        let twice = _mm_unpacklo_epi8(s, s);
+        if SIGNED {
+            _mm256_cvtepi8_epi16(twice)
+        } else {
+            _mm256_cvtepu8_epi16(twice)
+        }
     }
 
-    /// Per token: for each 4-byte group of the eight rows, `maddubs` of the nibbles with the
-    /// token's four quants broadcast gives each row two i16 partial sums; eight such groups (a
-    /// 32-weight sub-block, at most 16 · 15 · 128 = 30 720 per i16, no overflow) are added,
+    /// The four activation quants at `p` in every 32-bit lane.
+    #[inline(always)]
+    unsafe fn broadcast4(p: *const i8) -> __m256i {
+        _mm256_set1_epi32((p as *const i32).read_unaligned())
+    }
+
+    /// Q4_K, per token: for each 4-byte group of the eight rows, `maddubs` of the nibbles with
+    /// the token's four quants broadcast gives each row two i16 partial sums; eight such groups
+    /// (a 32-weight sub-block, at most 16 · 15 · 128 = 30 720 per i16, no overflow) are added,
     /// then weighted by the sub-block's scales in the `madd` that widens to i32. The mins are
     /// taken off once per block through the Q8_K sums of 16, paired per 32.
     ///
     /// Safety: the CPU has AVX2, FMA and F16C; `weights` holds `blocks` group blocks, each
     /// `x[t]` at least `blocks` Q8_K blocks, and `out` at least `T` rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn group_dots<const T: usize>(
+    pub unsafe fn q4k_dots<const T: usize>(
         weights: *const u8,
         blocks: usize,
         x: &[&Q8KRow; T],
@@ -263,14 +381,16 @@ mod x86 {
         let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
-            let p = weights.add(b * GROUP_BLOCK_BYTES);
+            let p = weights.add(b * 1184);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
             let qs = p.add(160);
             let mut sumi = [_mm256_setzero_si256(); T];
             for c in 0..4 {
                 for line in 0..5 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(PREFETCH + 296 * c + 64 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        p.add(Q4K_PREFETCH + 296 * c + 64 * line) as *const i8
+                    );
                 }
                 let mut lo = [_mm256_setzero_si256(); T];
                 let mut hi = [_mm256_setzero_si256(); T];
@@ -280,14 +400,15 @@ mod x86 {
                     let wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
                     for t in 0..T {
                         let xq = x[t].qs.as_ptr().add(b * QK_K + 64 * c + 4 * g);
-                        let xl = _mm256_set1_epi32((xq as *const i32).read_unaligned());
-                        let xh = _mm256_set1_epi32((xq.add(32) as *const i32).read_unaligned());
-                        lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, xl));
-                        hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(wh, xh));
+                        lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, broadcast4(xq)));
+                        hi[t] = _mm256_add_epi16(
+                            hi[t],
+                            _mm256_maddubs_epi16(wh, broadcast4(xq.add(32))),
+                        );
                     }
                 }
-                let sl = scale_pairs(p.add(32 + 16 * c));
-                let sh = scale_pairs(p.add(32 + 16 * c + 8));
+                let sl = row_pairs::<false>(p.add(32 + 16 * c));
+                let sh = row_pairs::<false>(p.add(32 + 16 * c + 8));
                 for t in 0..T {
                     let s = _mm256_add_epi32(
                         _mm256_madd_epi16(lo[t], sl),
@@ -306,8 +427,8 @@ mod x86 {
                     _mm_loadu_si128(bs as *const __m128i),
                     _mm_loadu_si128(bs.add(8) as *const __m128i),
                 );
-                let mut summ = _mm256_setzero_si256();
                 let words: [i32; 4] = std::mem::transmute(pairs);
+                let mut summ = _mm256_setzero_si256();
                 for (q, min) in mins.iter().enumerate() {
                     let bsum = _mm256_set1_epi32(words[q]);
                     summ = _mm256_add_epi32(summ, _mm256_madd_epi16(*min, bsum));
@@ -322,18 +443,117 @@ mod x86 {
             _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
         }
     }
+
+    /// Q6_K, per token: each 4-byte group of the eight rows gives four vectors of 6-bit quants
+    /// (0..64, from two `ql` loads and one `qh` load), each `maddubs`ed with its four
+    /// activation quants; two groups (at most 4 · 63 · 128 = 32 256 per i16) are added, then
+    /// weighted by their 16-weight group's signed scales in the widening `madd`. The −32
+    /// offset is taken off once per block through the Q8_K sums of 16.
+    ///
+    /// Safety: as for [`q4k_dots`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6k_dots<const T: usize>(
+        weights: *const u8,
+        blocks: usize,
+        x: &[&Q8KRow; T],
+        out: &mut [[f32; ROWS]],
+    ) {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let low2 = _mm256_set1_epi8(3);
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..blocks {
+            let p = weights.add(b * 1680);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+            let (ql, qh) = (p.add(144), p.add(1168));
+            let mut sumi = [_mm256_setzero_si256(); T];
+            for n in 0..2 {
+                for pair in 0..4 {
+                    for line in 0..4 {
+                        let ahead = Q6K_PREFETCH + 840 * n + 210 * pair + 64 * line;
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(ahead) as *const i8);
+                    }
+                    let mut part = [[_mm256_setzero_si256(); 4]; T];
+                    for g in 2 * pair..2 * pair + 2 {
+                        let l0 = _mm256_loadu_si256(ql.add(512 * n + 32 * g) as *const __m256i);
+                        let l1 =
+                            _mm256_loadu_si256(ql.add(512 * n + 256 + 32 * g) as *const __m256i);
+                        let h = _mm256_loadu_si256(qh.add(256 * n + 32 * g) as *const __m256i);
+                        let top = |shift: i32| {
+                            let bits = _mm256_and_si256(
+                                _mm256_srl_epi16(h, _mm_cvtsi32_si128(shift)),
+                                low2,
+                            );
+                            _mm256_slli_epi16(bits, 4)
+                        };
+                        let quants = [
+                            _mm256_or_si256(_mm256_and_si256(l0, low4), top(0)),
+                            _mm256_or_si256(_mm256_and_si256(l1, low4), top(2)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                top(4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                top(6),
+                            ),
+                        ];
+                        for t in 0..T {
+                            let xq = x[t].qs.as_ptr().add(b * QK_K + 128 * n + 4 * g);
+                            for (s, q) in quants.iter().enumerate() {
+                                let prod = _mm256_maddubs_epi16(*q, broadcast4(xq.add(32 * s)));
+                                part[t][s] = _mm256_add_epi16(part[t][s], prod);
+                            }
+                        }
+                    }
+                    for s in 0..4 {
+                        // Group of 16 weights: 32 s + 4 g lies in group 2 s + pair / 2.
+                        let sc = row_pairs::<true>(p.add(16 + 8 * (8 * n + 2 * s + pair / 2)));
+                        for t in 0..T {
+                            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(part[t][s], sc));
+                        }
+                    }
+                }
+            }
+            // Σ scale · bsum per row, two groups per `madd`: (s_r,2k, s_r,2k+1) pairs.
+            let scale_pairs: [__m256i; 8] = std::array::from_fn(|k| {
+                let a = _mm_loadl_epi64(p.add(16 + 16 * k) as *const __m128i);
+                let b = _mm_loadl_epi64(p.add(24 + 16 * k) as *const __m128i);
+                _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b))
+            });
+            for t in 0..T {
+                let bs = x[t].bsums.as_ptr().add(b * 16);
+                let words: [i32; 8] = std::mem::transmute(_mm256_loadu_si256(bs as *const __m256i));
+                let mut offset = _mm256_setzero_si256();
+                for (k, sc) in scale_pairs.iter().enumerate() {
+                    let bsum = _mm256_set1_epi32(words[k]);
+                    offset = _mm256_add_epi32(offset, _mm256_madd_epi16(*sc, bsum));
+                }
+                let total = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(offset, 5));
+                let xd = _mm256_set1_ps(*x[t].d.get_unchecked(b));
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, xd), _mm256_cvtepi32_ps(total), acc[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::kquants::{dequantize_row, dot_k_portable, QuantFormat};
+    use crate::models::kquants::{dequantize_row, dot_k_portable};
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
+    const FORMATS: [(QuantFormat, GgmlDType); 2] = [
+        (QuantFormat::Q4K, GgmlDType::Q4K),
+        (QuantFormat::Q6K, GgmlDType::Q6K),
+    ];
+
     /// Weights of mixed sign and magnitude; rows 8–15 all zero (a whole group, so its scales
     /// and mins are zero) when there are at least 24 rows.
-    fn weights(rows: usize, cols: usize) -> Vec<u8> {
+    fn weights(dtype: GgmlDType, rows: usize, cols: usize) -> Vec<u8> {
         let mut v: Vec<f32> = (0..rows * cols)
             .map(|i| {
                 let t = (i * 7919 + 31) % 2003;
@@ -344,7 +564,7 @@ mod tests {
             v[8 * cols..16 * cols].fill(0.0);
         }
         let w = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
         q.data().unwrap().to_vec()
     }
 
@@ -360,30 +580,31 @@ mod tests {
     }
 
     #[test]
-    fn declines_shapes_that_do_not_interleave() {
-        let bytes = weights(16, 256);
-        assert!(Q4KRows8::repack(&bytes, 12, 256).is_none());
-        assert!(Q4KRows8::repack(&bytes, 16, 250).is_none());
-        assert!(Q4KRows8::repack(&bytes[..100], 16, 256).is_none());
-        assert!(Q4KRows8::repack(&bytes, 16, 256).is_some());
+    fn declines_shapes_and_formats_that_do_not_interleave() {
+        let bytes = weights(GgmlDType::Q4K, 16, 256);
+        let q4k = QuantFormat::Q4K;
+        assert!(Interleaved::repack(q4k, &bytes, 12, 256).is_none());
+        assert!(Interleaved::repack(q4k, &bytes, 16, 250).is_none());
+        assert!(Interleaved::repack(q4k, &bytes[..100], 16, 256).is_none());
+        assert!(Interleaved::repack(QuantFormat::Q5K, &bytes, 8, 256).is_none());
+        assert!(Interleaved::repack(q4k, &bytes, 16, 256).is_some());
     }
 
     #[test]
     fn repacked_rows_widen_to_the_original_values() {
         let (rows, cols) = (24, 768);
-        let bytes = weights(rows, cols);
-        let packed = Q4KRows8::repack(&bytes, rows, cols).unwrap();
-        let row_bytes = cols / QK_K * 144;
-        for r in 0..rows {
-            let mut want = vec![0f32; cols];
-            dequantize_row(
-                QuantFormat::Q4K,
-                &bytes[r * row_bytes..][..row_bytes],
-                &mut want,
-            );
-            let mut got = vec![0f32; cols];
-            packed.dequantize_row(r, &mut got);
-            assert_eq!(got, want, "row {r}");
+        for (format, dtype) in FORMATS {
+            let bytes = weights(dtype, rows, cols);
+            let packed = Interleaved::repack(format, &bytes, rows, cols).unwrap();
+            assert_eq!(packed.format(), format);
+            let row_bytes = cols / QK_K * format.block_bytes();
+            for r in 0..rows {
+                let mut want = vec![0f32; cols];
+                dequantize_row(format, &bytes[r * row_bytes..][..row_bytes], &mut want);
+                let mut got = vec![0f32; cols];
+                packed.dequantize_row(r, &mut got);
+                assert_eq!(got, want, "{format:?} row {r}");
+            }
         }
     }
 
@@ -391,37 +612,39 @@ mod tests {
     fn group_products_equal_the_row_kernel_on_awkward_shapes() {
         // One block, an odd number (the 2816 of the reference model), a zero group of rows
         // and a zero block of activations.
-        for (rows, cols) in [(8, 256), (24, 768), (16, 2816)] {
-            let bytes = weights(rows, cols);
-            let packed = Q4KRows8::repack(&bytes, rows, cols).unwrap();
-            let row_bytes = cols / QK_K * 144;
-            let x = activations(cols, rows);
-            for g in 0..rows / ROWS {
-                let mut portable = [[0f32; ROWS]; 1];
-                group_dots_portable(packed.group(g), &[&x], &mut portable);
-                for r in 0..ROWS {
-                    let row = &bytes[(g * ROWS + r) * row_bytes..][..row_bytes];
-                    let want = dot_k_portable(QuantFormat::Q4K, &x, row);
-                    let got = portable[0][r];
-                    assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{rows}x{cols} row {}: {got} vs {want}",
-                        g * ROWS + r
-                    );
-                }
-                #[cfg(target_arch = "x86_64")]
-                if crate::models::kernels::test_may_run(KernelSet::Avx2, "AVX2 Q4_K x8 kernel") {
-                    let mut simd = [[0f32; ROWS]; 1];
-                    // SAFETY: AVX2 checked just above; whole blocks of both operands.
-                    unsafe {
-                        x86::group_dots::<1>(
-                            packed.group(g).as_ptr(),
-                            cols / QK_K,
-                            &[&x],
-                            &mut simd,
-                        )
-                    };
-                    assert_eq!(simd, portable, "{rows}x{cols} group {g}");
+        for (format, dtype) in FORMATS {
+            for (rows, cols) in [(8, 256), (24, 768), (16, 2816)] {
+                let bytes = weights(dtype, rows, cols);
+                let packed = Interleaved::repack(format, &bytes, rows, cols).unwrap();
+                let row_bytes = cols / QK_K * format.block_bytes();
+                let x = activations(cols, rows);
+                for g in 0..rows / ROWS {
+                    let mut portable = [[0f32; ROWS]; 1];
+                    group_dots_portable(format, packed.group(g), &[&x], &mut portable);
+                    for r in 0..ROWS {
+                        let row = &bytes[(g * ROWS + r) * row_bytes..][..row_bytes];
+                        let want = dot_k_portable(format, &x, row);
+                        let got = portable[0][r];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{format:?} {rows}x{cols} row {}: {got} vs {want}",
+                            g * ROWS + r
+                        );
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::models::kernels::test_may_run(KernelSet::Avx2, "AVX2 x8 kernels") {
+                        let mut simd = [[0f32; ROWS]; 1];
+                        let blocks = cols / QK_K;
+                        let w = packed.group(g).as_ptr();
+                        // SAFETY: AVX2 checked just above; whole blocks of both operands.
+                        unsafe {
+                            match format {
+                                QuantFormat::Q4K => x86::q4k_dots::<1>(w, blocks, &[&x], &mut simd),
+                                _ => x86::q6k_dots::<1>(w, blocks, &[&x], &mut simd),
+                            }
+                        };
+                        assert_eq!(simd, portable, "{format:?} {rows}x{cols} group {g}");
+                    }
                 }
             }
         }
@@ -431,16 +654,19 @@ mod tests {
     fn the_many_token_product_equals_one_token_at_a_time() {
         // 7 tokens: one pass of four and three single tails.
         let (rows, cols, m) = (24, 512, 7);
-        let bytes = weights(rows, cols);
-        let packed = Q4KRows8::repack(&bytes, rows, cols).unwrap();
-        let xs: Vec<Q8KRow> = (0..m).map(|t| activations(cols, t)).collect();
-        let got = packed.product(&xs);
-        assert_eq!(got.len(), m * rows);
-        for (t, x) in xs.iter().enumerate() {
-            for g in 0..rows / ROWS {
-                let mut want = [[0f32; ROWS]; 1];
-                group_dots_portable(packed.group(g), &[x], &mut want);
-                assert_eq!(&got[t * rows + g * ROWS..][..ROWS], &want[0], "token {t}");
+        for (format, dtype) in FORMATS {
+            let bytes = weights(dtype, rows, cols);
+            let packed = Interleaved::repack(format, &bytes, rows, cols).unwrap();
+            let xs: Vec<Q8KRow> = (0..m).map(|t| activations(cols, t)).collect();
+            let got = packed.product(&xs);
+            assert_eq!(got.len(), m * rows);
+            for (t, x) in xs.iter().enumerate() {
+                for g in 0..rows / ROWS {
+                    let mut want = [[0f32; ROWS]; 1];
+                    group_dots_portable(format, packed.group(g), &[x], &mut want);
+                    let at = t * rows + g * ROWS;
+                    assert_eq!(&got[at..at + ROWS], &want[0], "{format:?} token {t}");
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ use std::io::{Read, Seek};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
@@ -34,7 +34,8 @@ pub use self::family::{Activation, Family, NormKind};
 use super::fast_exp;
 use super::gemv;
 use super::kernels::KernelSet;
-use super::kquants::rows8::Q4KRows8;
+use super::kquants::rows8::Interleaved;
+use super::kquants::QuantFormat;
 pub use super::rope::RopeScaling;
 use super::rope::RopeSpec;
 use crate::profile;
@@ -169,21 +170,22 @@ pub(crate) enum LinearWeight {
     /// (out, in) weight.
     Dense(Tensor),
     Quant(QMatMul),
-    /// Q4_K rows repacked eight at a time for the CPU kernels (they replace the blocks).
-    Q4KRows8(Arc<Q4KRows8>),
+    /// Q4_K / Q6_K rows repacked eight at a time for the CPU kernels (they replace the blocks).
+    Interleaved(Arc<Interleaved>),
 }
 
 impl LinearWeight {
-    /// A quantised tensor as the engine keeps it: Q4_K on a CPU with the AVX2 set (or
-    /// stronger) repacked eight rows at a time for the int8 kernels, everything else as is.
+    /// A quantised tensor as the engine keeps it: Q4_K and Q6_K on a CPU with the AVX2 set
+    /// (or stronger) repacked eight rows at a time for the int8 kernels, everything else as is.
     pub(crate) fn quantized(t: QTensor) -> Result<Self> {
-        if t.dtype() == GgmlDType::Q4K
+        let format = QuantFormat::from_ggml(t.dtype());
+        if matches!(format, Some(QuantFormat::Q4K | QuantFormat::Q6K))
             && t.device().is_cpu()
             && KernelSet::active() >= KernelSet::Avx2
         {
-            if let Ok((n, k)) = t.shape().dims2() {
-                if let Some(packed) = Q4KRows8::repack(&t.data()?, n, k) {
-                    return Ok(LinearWeight::Q4KRows8(Arc::new(packed)));
+            if let (Ok((n, k)), Some(format)) = (t.shape().dims2(), format) {
+                if let Some(packed) = Interleaved::repack(format, &t.data()?, n, k) {
+                    return Ok(LinearWeight::Interleaved(Arc::new(packed)));
                 }
             }
         }
@@ -225,7 +227,7 @@ impl Linear {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            LinearWeight::Q4KRows8(w) => w.stored_bytes(),
+            LinearWeight::Interleaved(w) => w.stored_bytes(),
         };
         (weight + self.bias.as_ref().map_or(0, |(_, row)| row.len() * 4)) as u64
     }
@@ -236,7 +238,7 @@ impl Linear {
             LinearWeight::Dense(w)
             | LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => w.elem_count(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.shape().elem_count(),
-            LinearWeight::Q4KRows8(w) => w.rows() * w.cols(),
+            LinearWeight::Interleaved(w) => w.rows() * w.cols(),
         }) as u64
     }
 
@@ -248,7 +250,7 @@ impl Linear {
                 gemv::Weight::Dense(w)
             }
             LinearWeight::Quant(QMatMul::QTensor(t)) => gemv::Weight::Quantized(t),
-            LinearWeight::Q4KRows8(w) => gemv::Weight::Q4KRows8(w),
+            LinearWeight::Interleaved(w) => gemv::Weight::Interleaved(w),
         }
     }
 
@@ -285,7 +287,7 @@ impl Linear {
             LinearWeight::Dense(w) => dense_matmul(x, w, (b, s, i)),
             // The kernels decline only inputs that are not f32 rows on the CPU: widen the rows
             // (every row of a repacked weight widens to its original values).
-            LinearWeight::Q4KRows8(w) => {
+            LinearWeight::Interleaved(w) => {
                 let mut wide = vec![0f32; w.rows() * w.cols()];
                 for (r, dst) in wide.chunks_exact_mut(w.cols()).enumerate() {
                     w.dequantize_row(r, dst);
@@ -1546,7 +1548,7 @@ mod tests {
         let q = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
         let wide: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
         let linear = Linear::new(LinearWeight::quantized(q).unwrap(), None).unwrap();
-        let repacked = matches!(linear.weight, LinearWeight::Q4KRows8(_));
+        let repacked = matches!(linear.weight, LinearWeight::Interleaved(_));
         assert_eq!(repacked, KernelSet::active() >= KernelSet::Avx2);
         for rows in [1usize, 6] {
             let x: Vec<f32> = (0..rows * k)
