@@ -40,6 +40,8 @@ fn kernels(c: &mut Criterion) {
     for (format, bytes_per_weight) in [
         ("q4_k", 144.0 / 256.0),
         ("q4_k_x8", 148.0 / 256.0),
+        ("q5_k", 176.0 / 256.0),
+        ("q5_k_x8", 180.0 / 256.0),
         ("q6_k", 210.0 / 256.0),
         ("q6_k_x8", 210.0 / 256.0),
         ("q8_0", 34.0 / 32.0),
@@ -61,6 +63,7 @@ fn kernels(c: &mut Criterion) {
                     .collect();
                 let block_format = match format {
                     "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
+                    "q5_k" | "q5_k_x8" => Some(GgmlDType::Q5K),
                     "q6_k" | "q6_k_x8" => Some(GgmlDType::Q6K),
                     "q8_0" => Some(GgmlDType::Q8_0),
                     _ => None,

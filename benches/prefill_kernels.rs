@@ -51,11 +51,12 @@ fn kernels(c: &mut Criterion) {
         .map(|(i, &(n, k))| weight(n, k, i as u64))
         .collect();
     for format in [
-        "f32", "f16", "bf16", "q8_0", "q4_k", "q4_k_x8", "q6_k", "q6_k_x8",
+        "f32", "f16", "bf16", "q8_0", "q4_k", "q4_k_x8", "q5_k", "q5_k_x8", "q6_k", "q6_k_x8",
     ] {
         let quant = match format {
             "q8_0" => Some(GgmlDType::Q8_0),
             "q4_k" | "q4_k_x8" => Some(GgmlDType::Q4K),
+            "q5_k" | "q5_k_x8" => Some(GgmlDType::Q5K),
             "q6_k" | "q6_k_x8" => Some(GgmlDType::Q6K),
             _ => None,
         };

@@ -24,7 +24,7 @@ const ROWS_PER_TASK: usize = 16;
 
 /// A weight the decode kernels can read: a dense `(n, k)` tensor (f32, f16 or bf16), a
 /// llama.cpp tensor in one of the block formats of [`QuantFormat`] (Q8_0, Q4_0, Q4_K, Q5_K,
-/// Q6_K), or Q4_K / Q6_K rows repacked eight at a time ([`Interleaved`]).
+/// Q6_K), or K-quant rows repacked eight at a time ([`Interleaved`]).
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Dense(&'a Tensor),

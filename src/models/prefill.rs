@@ -60,7 +60,7 @@ pub fn product_rows(xs: &[f32], m: usize, w: Weight<'_>) -> candle_core::Result<
             return Ok(Some(out));
         }
     }
-    // Interleaved Q4_K / Q6_K rows: 8-bit products on activations quantised to Q8_K.
+    // Interleaved K-quant rows: 8-bit products on activations quantised to Q8_K.
     if let Rows::Interleaved(w) = rows {
         let quantised: Vec<Q8KRow> = xs.par_chunks(k).map(Q8KRow::new).collect();
         return Ok(Some(w.product(&quantised)));

@@ -1,4 +1,4 @@
-//! K-quant weights (Q4_K, Q6_K) with eight rows interleaved, so one pass computes eight
+//! K-quant weights (Q4_K, Q5_K, Q6_K) with eight rows interleaved, so one pass computes eight
 //! outputs at once.
 //!
 //! Why: the row-at-a-time K-quant kernels spend about a third of their instructions on per-row
@@ -21,6 +21,10 @@
 //! - 160–1183: the quant bytes: byte `160 + 256 c + 32 g + 4 r + i` is row `r`'s quant byte
 //!   `32 c + 4 g + i` of the block, whose low nibble is weight `64 c + 4 g + i` and whose high
 //!   nibble is weight `64 c + 32 + 4 g + i`.
+//!
+//! Q5_K layout: the Q4_K layout (its nibbles in the same places), then 256 bytes of fifth bits
+//! (1440 bytes in all, 8 × 176 plus 32): byte `1184 + 32 g + 4 r + i` is row `r`'s `qh[4 g + i]`,
+//! whose bit `j` is the fifth bit of weight `32 j + 4 g + i`.
 //!
 //! Q6_K layout, per group and block (1680 bytes, 8 × 210: the same bytes, reordered):
 //! - bytes 0–15: the rows' f16 `d`;
@@ -47,11 +51,12 @@ const GROUPS_PER_TASK: usize = 2;
 fn group_block_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q6K => 1680,
+        QuantFormat::Q5K => 1440,
         _ => 1184,
     }
 }
 
-/// A Q4_K or Q6_K weight of `(rows, cols)` in the interleaved layouts of this module.
+/// A Q4_K, Q5_K or Q6_K weight of `(rows, cols)` in the interleaved layouts of this module.
 #[derive(Debug, Clone)]
 pub struct Interleaved {
     format: QuantFormat,
@@ -62,10 +67,10 @@ pub struct Interleaved {
 
 impl Interleaved {
     /// Repacks `rows` rows of `cols` weights in llama.cpp's row-major `format` blocks; `None`
-    /// for formats other than Q4_K and Q6_K, shapes that do not interleave (`rows` not a
+    /// for formats other than the K-quants, shapes that do not interleave (`rows` not a
     /// multiple of 8, `cols` not of 256) or `blocks` too short.
     pub fn repack(format: QuantFormat, blocks: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if !matches!(format, QuantFormat::Q4K | QuantFormat::Q6K)
+        if !format.wants_q8k()
             || rows == 0
             || !rows.is_multiple_of(ROWS)
             || cols == 0
@@ -85,7 +90,7 @@ impl Interleaved {
                     let at = ((g * ROWS + r) * per_row + b) * bytes;
                     let block = &blocks[at..at + bytes];
                     match format {
-                        QuantFormat::Q4K => repack_q4k(block, r, out),
+                        QuantFormat::Q4K | QuantFormat::Q5K => repack_q45k(format, block, r, out),
                         _ => repack_q6k(block, r, out),
                     }
                 }
@@ -128,13 +133,14 @@ impl Interleaved {
         let blocks = group.chunks_exact(group_block_bytes(self.format));
         for (block, y) in blocks.zip(out.chunks_exact_mut(QK_K)) {
             match self.format {
-                QuantFormat::Q4K => {
+                QuantFormat::Q4K | QuantFormat::Q5K => {
+                    let five = self.format == QuantFormat::Q5K;
                     let (d, dmin) = (f16_at(block, 2 * lane), f16_at(block, 16 + 2 * lane));
                     for (i, o) in y.iter_mut().enumerate() {
                         let j = i / 32;
                         let scale = d * f32::from(block[32 + 8 * j + lane]);
                         let min = dmin * f32::from(block[96 + 16 * (j / 2) + 2 * lane + j % 2]);
-                        *o = scale * f32::from(q4k_quant(block, lane, i)) - min;
+                        *o = scale * f32::from(q45k_quant(block, five, lane, i)) - min;
                     }
                 }
                 _ => {
@@ -198,8 +204,18 @@ impl Interleaved {
     }
 }
 
-/// Row `r`'s Q4_K block placed into the group block `out` (layout in the module's doc).
-fn repack_q4k(block: &[u8], r: usize, out: &mut [u8]) {
+/// Row `r`'s Q4_K or Q5_K block placed into the group block `out` (layouts in the module's
+/// doc).
+fn repack_q45k(format: QuantFormat, block: &[u8], r: usize, out: &mut [u8]) {
+    let qs = if format == QuantFormat::Q5K {
+        for g in 0..8 {
+            let to = 1184 + 32 * g + 4 * r;
+            out[to..to + 4].copy_from_slice(&block[16 + 4 * g..][..4]);
+        }
+        48
+    } else {
+        16
+    };
     out[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
     out[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&block[2..4]);
     let (sc, m) = scales_mins(&block[4..16]);
@@ -210,7 +226,7 @@ fn repack_q4k(block: &[u8], r: usize, out: &mut [u8]) {
     for c in 0..4 {
         for q in 0..8 {
             let to = 160 + 256 * c + 32 * q + 4 * r;
-            let from = 16 + 32 * c + 4 * q;
+            let from = qs + 32 * c + 4 * q;
             out[to..to + 4].copy_from_slice(&block[from..from + 4]);
         }
     }
@@ -234,14 +250,17 @@ fn repack_q6k(block: &[u8], r: usize, out: &mut [u8]) {
     }
 }
 
-/// The 4-bit quant of weight `i` of row `lane` in a Q4_K group block.
-fn q4k_quant(block: &[u8], lane: usize, i: usize) -> u8 {
+/// The 4-bit (Q4_K) or 5-bit (Q5_K, `five`) quant of weight `i` of row `lane` in a group
+/// block.
+fn q45k_quant(block: &[u8], five: bool, lane: usize, i: usize) -> u8 {
     let (c, l) = (i / 64, i % 64);
-    let byte = block[160 + 256 * c + 32 * (l % 32 / 4) + 4 * lane + l % 4];
-    if l < 32 {
-        byte & 0xF
+    let at = 32 * (l % 32 / 4) + 4 * lane + l % 4;
+    let byte = block[160 + 256 * c + at];
+    let low = if l < 32 { byte & 0xF } else { byte >> 4 };
+    if five {
+        low | (((block[1184 + at] >> (i / 32)) & 1) << 4)
     } else {
-        byte >> 4
+        low
     }
 }
 
@@ -277,7 +296,8 @@ fn group_dots<const T: usize>(
         // `weights` and of each `x` (checked above).
         unsafe {
             match format {
-                QuantFormat::Q4K => x86::q4k_dots::<T>(weights.as_ptr(), blocks, &x, out),
+                QuantFormat::Q4K => x86::q45k_dots::<T, false>(weights.as_ptr(), blocks, &x, out),
+                QuantFormat::Q5K => x86::q45k_dots::<T, true>(weights.as_ptr(), blocks, &x, out),
                 _ => x86::q6k_dots::<T>(weights.as_ptr(), blocks, &x, out),
             }
         }
@@ -304,10 +324,11 @@ fn group_dots_portable(
                 let dot = |quant: &dyn Fn(usize) -> u8, span: std::ops::Range<usize>| -> i32 {
                     span.map(|i| i32::from(quant(i)) * i32::from(xq[i])).sum()
                 };
-                if format == QuantFormat::Q4K {
+                if format != QuantFormat::Q6K {
+                    let five = format == QuantFormat::Q5K;
                     let (mut sumi, mut summ) = (0i32, 0i32);
                     for j in 0..8 {
-                        let part = dot(&|i| q4k_quant(block, r, i), 32 * j..32 * j + 32);
+                        let part = dot(&|i| q45k_quant(block, five, r, i), 32 * j..32 * j + 32);
                         sumi += i32::from(block[32 + 8 * j + r]) * part;
                         let min = i32::from(block[96 + 16 * (j / 2) + 2 * r + j % 2]);
                         summ += min * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
@@ -341,6 +362,7 @@ mod x86 {
     /// (decode streams the weights once; without this one core reads them at about half the
     /// memory's speed).
     const Q4K_PREFETCH: usize = 8 * 1184;
+    const Q5K_PREFETCH: usize = 8 * 1440;
     const Q6K_PREFETCH: usize = 6 * 1680;
 
     /// Eight bytes at `p` (one per row) as sixteen i16, each row's twice, sign- or
@@ -363,58 +385,77 @@ mod x86 {
         _mm256_set1_epi32((p as *const i32).read_unaligned())
     }
 
-    /// Q4_K, per token: for each 4-byte group of the eight rows, `maddubs` of the nibbles with
-    /// the token's four quants broadcast gives each row two i16 partial sums; eight such groups
-    /// (a 32-weight sub-block, at most 16 · 15 · 128 = 30 720 per i16, no overflow) are added,
-    /// then weighted by the sub-block's scales in the `madd` that widens to i32. The mins are
+    /// Q4_K (`FIVE` false) or Q5_K, per token: for each 4-byte group of the eight rows,
+    /// `maddubs` of the nibbles (with their fifth bits for Q5_K) with the token's four quants
+    /// broadcast gives each row two i16 partial sums; eight such groups for Q4_K (a 32-weight
+    /// sub-block, at most 16 · 15 · 128 = 30 720 per i16, no overflow), four for Q5_K (8 · 31 ·
+    /// 128 = 31 744) are added, then weighted by the sub-block's scales in the `madd` that
+    /// widens to i32. The mins are
     /// taken off once per block through the Q8_K sums of 16, paired per 32.
     ///
     /// Safety: the CPU has AVX2, FMA and F16C; `weights` holds `blocks` group blocks, each
     /// `x[t]` at least `blocks` Q8_K blocks, and `out` at least `T` rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4k_dots<const T: usize>(
+    pub unsafe fn q45k_dots<const T: usize, const FIVE: bool>(
         weights: *const u8,
         blocks: usize,
         x: &[&Q8KRow; T],
         out: &mut [[f32; ROWS]],
     ) {
         let nibble = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        let (bytes, ahead) = if FIVE {
+            (1440, Q5K_PREFETCH)
+        } else {
+            (1184, Q4K_PREFETCH)
+        };
+        // Groups added in i16 before the widening `madd`, within the i16 range.
+        let span = if FIVE { 4 } else { 8 };
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
-            let p = weights.add(b * 1184);
+            let p = weights.add(b * bytes);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
             let qs = p.add(160);
             let mut sumi = [_mm256_setzero_si256(); T];
             for c in 0..4 {
-                for line in 0..5 {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        p.add(Q4K_PREFETCH + 296 * c + 64 * line) as *const i8
-                    );
-                }
-                let mut lo = [_mm256_setzero_si256(); T];
-                let mut hi = [_mm256_setzero_si256(); T];
-                for g in 0..8 {
-                    let w = _mm256_loadu_si256(qs.add(256 * c + 32 * g) as *const __m256i);
-                    let wl = _mm256_and_si256(w, nibble);
-                    let wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
-                    for t in 0..T {
-                        let xq = x[t].qs.as_ptr().add(b * QK_K + 64 * c + 4 * g);
-                        lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, broadcast4(xq)));
-                        hi[t] = _mm256_add_epi16(
-                            hi[t],
-                            _mm256_maddubs_epi16(wh, broadcast4(xq.add(32))),
-                        );
-                    }
+                for line in 0..bytes / 256 + 1 {
+                    let at = ahead + bytes / 4 * c + 64 * line;
+                    _mm_prefetch::<_MM_HINT_T0>(p.add(at) as *const i8);
                 }
                 let sl = row_pairs::<false>(p.add(32 + 16 * c));
                 let sh = row_pairs::<false>(p.add(32 + 16 * c + 8));
-                for t in 0..T {
-                    let s = _mm256_add_epi32(
-                        _mm256_madd_epi16(lo[t], sl),
-                        _mm256_madd_epi16(hi[t], sh),
-                    );
-                    sumi[t] = _mm256_add_epi32(sumi[t], s);
+                for first in (0..8).step_by(span) {
+                    let mut lo = [_mm256_setzero_si256(); T];
+                    let mut hi = [_mm256_setzero_si256(); T];
+                    for g in first..first + span {
+                        let w = _mm256_loadu_si256(qs.add(256 * c + 32 * g) as *const __m256i);
+                        let mut wl = _mm256_and_si256(w, nibble);
+                        let mut wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
+                        if FIVE {
+                            let h = _mm256_loadu_si256(p.add(1184 + 32 * g) as *const __m256i);
+                            let bit = |j: i32| {
+                                let b = _mm256_srl_epi16(h, _mm_cvtsi32_si128(j));
+                                _mm256_slli_epi16(_mm256_and_si256(b, one), 4)
+                            };
+                            wl = _mm256_or_si256(wl, bit(2 * c as i32));
+                            wh = _mm256_or_si256(wh, bit(2 * c as i32 + 1));
+                        }
+                        for t in 0..T {
+                            let xq = x[t].qs.as_ptr().add(b * QK_K + 64 * c + 4 * g);
+                            let pl = _mm256_maddubs_epi16(wl, broadcast4(xq));
+                            let ph = _mm256_maddubs_epi16(wh, broadcast4(xq.add(32)));
+                            lo[t] = _mm256_add_epi16(lo[t], pl);
+                            hi[t] = _mm256_add_epi16(hi[t], ph);
+                        }
+                    }
+                    for t in 0..T {
+                        let s = _mm256_add_epi32(
+                            _mm256_madd_epi16(lo[t], sl),
+                            _mm256_madd_epi16(hi[t], sh),
+                        );
+                        sumi[t] = _mm256_add_epi32(sumi[t], s);
+                    }
                 }
             }
             let mins: [__m256i; 4] = std::array::from_fn(|q| {
@@ -450,7 +491,7 @@ mod x86 {
     /// weighted by their 16-weight group's signed scales in the widening `madd`. The −32
     /// offset is taken off once per block through the Q8_K sums of 16.
     ///
-    /// Safety: as for [`q4k_dots`].
+    /// Safety: as for [`q45k_dots`].
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q6k_dots<const T: usize>(
         weights: *const u8,
@@ -546,8 +587,9 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    const FORMATS: [(QuantFormat, GgmlDType); 2] = [
+    const FORMATS: [(QuantFormat, GgmlDType); 3] = [
         (QuantFormat::Q4K, GgmlDType::Q4K),
+        (QuantFormat::Q5K, GgmlDType::Q5K),
         (QuantFormat::Q6K, GgmlDType::Q6K),
     ];
 
@@ -586,7 +628,7 @@ mod tests {
         assert!(Interleaved::repack(q4k, &bytes, 12, 256).is_none());
         assert!(Interleaved::repack(q4k, &bytes, 16, 250).is_none());
         assert!(Interleaved::repack(q4k, &bytes[..100], 16, 256).is_none());
-        assert!(Interleaved::repack(QuantFormat::Q5K, &bytes, 8, 256).is_none());
+        assert!(Interleaved::repack(QuantFormat::Q8_0, &bytes, 8, 256).is_none());
         assert!(Interleaved::repack(q4k, &bytes, 16, 256).is_some());
     }
 
@@ -639,7 +681,12 @@ mod tests {
                         // SAFETY: AVX2 checked just above; whole blocks of both operands.
                         unsafe {
                             match format {
-                                QuantFormat::Q4K => x86::q4k_dots::<1>(w, blocks, &[&x], &mut simd),
+                                QuantFormat::Q4K => {
+                                    x86::q45k_dots::<1, false>(w, blocks, &[&x], &mut simd)
+                                }
+                                QuantFormat::Q5K => {
+                                    x86::q45k_dots::<1, true>(w, blocks, &[&x], &mut simd)
+                                }
                                 _ => x86::q6k_dots::<1>(w, blocks, &[&x], &mut simd),
                             }
                         };

@@ -170,16 +170,17 @@ pub(crate) enum LinearWeight {
     /// (out, in) weight.
     Dense(Tensor),
     Quant(QMatMul),
-    /// Q4_K / Q6_K rows repacked eight at a time for the CPU kernels (they replace the blocks).
+    /// K-quant rows repacked eight at a time for the CPU kernels (they replace the blocks).
     Interleaved(Arc<Interleaved>),
 }
 
 impl LinearWeight {
-    /// A quantised tensor as the engine keeps it: Q4_K and Q6_K on a CPU with the AVX2 set
-    /// (or stronger) repacked eight rows at a time for the int8 kernels, everything else as is.
+    /// A quantised tensor as the engine keeps it: the K-quants (Q4_K, Q5_K, Q6_K) on a CPU with
+    /// the AVX2 set (or stronger) repacked eight rows at a time for the int8 kernels,
+    /// everything else as is.
     pub(crate) fn quantized(t: QTensor) -> Result<Self> {
         let format = QuantFormat::from_ggml(t.dtype());
-        if matches!(format, Some(QuantFormat::Q4K | QuantFormat::Q6K))
+        if format.is_some_and(QuantFormat::wants_q8k)
             && t.device().is_cpu()
             && KernelSet::active() >= KernelSet::Avx2
         {
