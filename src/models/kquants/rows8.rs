@@ -421,7 +421,7 @@ mod x86 {
             for c in 0..4 {
                 for line in 0..bytes / 256 + 1 {
                     let at = ahead + bytes / 4 * c + 64 * line;
-                    _mm_prefetch::<_MM_HINT_T0>(p.add(at) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at) as *const i8);
                 }
                 let sl = row_pairs::<false>(p.add(32 + 16 * c));
                 let sh = row_pairs::<false>(p.add(32 + 16 * c + 8));
@@ -511,7 +511,7 @@ mod x86 {
                 for pair in 0..4 {
                     for line in 0..4 {
                         let ahead = Q6K_PREFETCH + 840 * n + 210 * pair + 64 * line;
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(ahead) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead) as *const i8);
                     }
                     let mut part = [[_mm256_setzero_si256(); 4]; T];
                     for g in 2 * pair..2 * pair + 2 {
