@@ -96,22 +96,12 @@ impl Q8KRow {
             bsums: vec![0; blocks * QK_K / 16],
         };
         for (b, xs) in x.chunks_exact(QK_K).enumerate() {
-            let mut max = 0f32;
-            let mut amax = 0f32;
-            for &v in xs {
-                if amax < v.abs() {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
-            if amax == 0.0 {
+            let Some(max) = signed_absmax(xs) else {
                 continue;
-            }
+            };
             let iscale = -127.0 / max;
             let qs = &mut out.qs[b * QK_K..(b + 1) * QK_K];
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
-            }
+            quantize_q8k_block(iscale, xs, qs);
             for (s, group) in out.bsums[b * 16..(b + 1) * 16]
                 .iter_mut()
                 .zip(qs.chunks_exact(16))
@@ -121,6 +111,47 @@ impl Q8KRow {
             out.d[b] = 1.0 / iscale;
         }
         out
+    }
+}
+
+/// The first value of largest magnitude (NaNs ignored); `None` when all are zero.
+fn signed_absmax(xs: &[f32]) -> Option<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 && xs.len() % 8 == 0 {
+        // SAFETY: the CPU has the AVX2 set; whole vectors of `xs` only.
+        let amax = unsafe { x86::absmax(xs) };
+        return (amax > 0.0)
+            .then(|| xs.iter().copied().find(|v| v.abs() == amax))
+            .flatten();
+    }
+    signed_absmax_portable(xs)
+}
+
+fn signed_absmax_portable(xs: &[f32]) -> Option<f32> {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in xs {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax > 0.0).then_some(max)
+}
+
+/// `qs[i] = round(iscale · xs[i])` (half away from zero) clamped to i8, with the active
+/// kernel set: it runs on every row of a prefill's activations for K-quant weights.
+fn quantize_q8k_block(iscale: f32, xs: &[f32], qs: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if KernelSet::active() >= KernelSet::Avx2 && xs.len() == QK_K && qs.len() == QK_K {
+        // SAFETY: the CPU has the AVX2 set; both slices hold one whole block.
+        return unsafe { x86::quantize_q8k_block(iscale, xs, qs) };
+    }
+    quantize_q8k_block_portable(iscale, xs, qs);
+}
+
+fn quantize_q8k_block_portable(iscale: f32, xs: &[f32], qs: &mut [i8]) {
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
     }
 }
 
@@ -357,6 +388,52 @@ mod x86 {
                 let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
                 _mm256_storeu_ps(dst.add(8 * i), _mm256_mul_ps(d, w));
             }
+        }
+    }
+
+    /// The largest magnitude in `xs` (a multiple of 8 long), NaNs ignored.
+    ///
+    /// Safety: the CPU supports AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn absmax(xs: &[f32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for c in xs.chunks_exact(8) {
+            // `max` returns its second operand when either is NaN: the running maximum.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(c.as_ptr())), m);
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)))
+    }
+
+    /// [`super::quantize_q8k_block_portable`] eight values per instruction, the same results:
+    /// the product is the same f32 multiply, and rounding half away from zero is done exactly
+    /// (truncate, then step away from zero where the dropped fraction is at least one half).
+    ///
+    /// Safety: the CPU supports AVX2; `xs` and `qs` hold 256 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_q8k_block(iscale: f32, xs: &[f32], qs: &mut [i8]) {
+        let scale = _mm256_set1_ps(iscale);
+        let sign = _mm256_set1_ps(-0.0);
+        let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+        let (low, high) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let round = |p: *const f32| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p), scale);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+            let away = _mm256_or_ps(_mm256_and_ps(v, sign), one);
+            let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), away);
+            let r = _mm256_add_ps(t, step);
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, low), high))
+        };
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for c in 0..QK_K / 32 {
+            let p = xs.as_ptr().add(32 * c);
+            let w01 = _mm256_packs_epi32(round(p), round(p.add(8)));
+            let w23 = _mm256_packs_epi32(round(p.add(16)), round(p.add(24)));
+            let b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order);
+            _mm256_storeu_si256(qs.as_mut_ptr().add(32 * c) as *mut __m256i, b);
         }
     }
 
@@ -618,6 +695,39 @@ mod tests {
         let q = QTensor::quantize(&w, format).unwrap();
         let bytes = q.data().unwrap().to_vec();
         (q, bytes)
+    }
+
+    #[test]
+    fn vector_q8k_quantisation_equals_the_portable_loop() {
+        // Exact halves (rounded away from zero), the largest magnitude negative and positive,
+        // values just under a half, zeros and a NaN-free spread.
+        let mut xs = values(QK_K, 5);
+        xs[3] = -2.5;
+        xs[4] = 2.5;
+        xs[5] = 0.49999997;
+        xs[6] = -0.49999997;
+        xs[7] = 0.0;
+        xs[200] = -9.0;
+        for iscale in [-127.0 / -9.0, 1.0, -1.0, 12.7, 0.0] {
+            let mut want = vec![0i8; QK_K];
+            quantize_q8k_block_portable(iscale, &xs, &mut want);
+            #[cfg(target_arch = "x86_64")]
+            if crate::models::kernels::test_may_run(KernelSet::Avx2, "AVX2 Q8_K quantisation") {
+                let mut got = vec![0i8; QK_K];
+                // SAFETY: AVX2 checked just above; one whole block each.
+                unsafe { x86::quantize_q8k_block(iscale, &xs, &mut got) };
+                assert_eq!(got, want, "iscale {iscale}");
+                assert_eq!(unsafe { x86::absmax(&xs) }, 9.0);
+            }
+        }
+        assert_eq!(signed_absmax(&xs), Some(-9.0));
+        assert_eq!(signed_absmax_portable(&xs), Some(-9.0));
+        assert_eq!(signed_absmax(&[0.0; 16]), None);
+        // The first of equal magnitudes wins, as in the portable loop.
+        let mut tie = vec![0f32; 16];
+        tie[2] = 3.0;
+        tie[9] = -3.0;
+        assert_eq!(signed_absmax(&tie), Some(3.0));
     }
 
     #[test]
