@@ -117,7 +117,7 @@ impl Q8KRow {
 /// The first value of largest magnitude (NaNs ignored); `None` when all are zero.
 fn signed_absmax(xs: &[f32]) -> Option<f32> {
     #[cfg(target_arch = "x86_64")]
-    if KernelSet::active() >= KernelSet::Avx2 && xs.len() % 8 == 0 {
+    if KernelSet::active() >= KernelSet::Avx2 && xs.len().is_multiple_of(8) {
         // SAFETY: the CPU has the AVX2 set; whole vectors of `xs` only.
         let amax = unsafe { x86::absmax(xs) };
         return (amax > 0.0)
