@@ -729,6 +729,12 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// Bytes ahead of the blocks in use that the Q8_0 kernel asks the memory to bring in: a
+    /// decode step streams each weight once, and one core's hardware prefetch alone left part
+    /// of the memory's speed unused (12–15 % faster on the decode bench, paired runs; the same
+    /// hint in the f32 / f16 loops measured no gain).
+    const Q8_0_PREFETCH: usize = 8192;
+
     /// Two accumulators of 8 lanes, 16 elements per iteration; unaligned loads.
     macro_rules! kernel {
         ($name:ident, $w:ty, $load:expr, $widen:expr) => {
@@ -895,6 +901,10 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut b = 0;
         while b + 8 <= blocks {
+            for line in 0..5 {
+                let ahead = rp.wrapping_add(b * 34 + Q8_0_PREFETCH + 64 * line);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             let half = _mm_set_epi16(
                 scale_bits(b + 7),
                 scale_bits(b + 6),
