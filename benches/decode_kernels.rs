@@ -19,11 +19,10 @@ use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
+use common::{announce_kernel_set, interleaved, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
 use vlmbench::models::kquants::rows8::Interleaved;
-use vlmbench::models::kquants::QuantFormat;
 
 const LAYERS: usize = 16;
 
@@ -90,7 +89,6 @@ fn kernels(c: &mut Criterion) {
             dense.push(dl);
             quant.push(ql);
         }
-        // The K-quant weights repacked eight rows at a time, as the engine loads them.
         let packed: Vec<Vec<Vec<Interleaved>>> = quant
             .iter()
             .map(|layer| {
@@ -99,11 +97,7 @@ fn kernels(c: &mut Criterion) {
                     .map(|mats| {
                         mats.iter()
                             .filter(|_| format.ends_with("_x8"))
-                            .map(|q| {
-                                let (n, k) = q.shape().dims2().unwrap();
-                                let format = QuantFormat::from_ggml(q.dtype()).unwrap();
-                                Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
-                            })
+                            .map(interleaved)
                             .collect()
                     })
                     .collect()

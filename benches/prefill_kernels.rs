@@ -14,11 +14,10 @@ use std::hint::black_box;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use common::{announce_kernel_set, weight, HIDDEN, INTERMEDIATE, KV};
+use common::{announce_kernel_set, interleaved, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::Weight;
 use vlmbench::models::kquants::rows8::Interleaved;
-use vlmbench::models::kquants::QuantFormat;
 use vlmbench::models::prefill;
 
 const TOKENS: usize = 128;
@@ -79,15 +78,10 @@ fn kernels(c: &mut Criterion) {
                     .collect()
             })
             .unwrap_or_default();
-        // The K-quant weights repacked eight rows at a time, as the engine loads them.
         let packed: Vec<Interleaved> = quantized
             .iter()
             .filter(|_| format.ends_with("_x8"))
-            .map(|q| {
-                let (n, k) = q.shape().dims2().unwrap();
-                let format = QuantFormat::from_ggml(q.dtype()).unwrap();
-                Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
-            })
+            .map(interleaved)
             .collect();
         let weights: Vec<Weight<'_>> = if !packed.is_empty() {
             packed.iter().map(Weight::Interleaved).collect()

@@ -1,8 +1,11 @@
 //! What the CPU kernel benches share: the 181 M reference Llama's projection sizes, its
 //! stand-in weights and the line naming the kernel set a run measured.
 
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use vlmbench::models::kernels;
+use vlmbench::models::kquants::rows8::Interleaved;
+use vlmbench::models::kquants::QuantFormat;
 
 pub const HIDDEN: usize = 1024;
 pub const INTERMEDIATE: usize = 2816;
@@ -28,4 +31,11 @@ pub fn announce_kernel_set() {
         kernels::KernelSet::active().name(),
         kernels::detected_features()
     );
+}
+
+/// A K-quant weight repacked eight rows at a time, as the engine loads it.
+pub fn interleaved(q: &QTensor) -> Interleaved {
+    let (n, k) = q.shape().dims2().unwrap();
+    let format = QuantFormat::from_ggml(q.dtype()).unwrap();
+    Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
 }

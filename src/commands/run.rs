@@ -28,11 +28,11 @@ use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus}
 /// How often the GPU memory sampler reads NVML.
 const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
 
-/// `--threads` above this many times the logical CPU count is refused: oversubscription that
-/// far only measures the scheduler (thousands of threads turn a 0.02 s job into 39 s).
 /// candle's setting of how long its pool's workers spin before parking.
 const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
+/// `--threads` above this many times the logical CPU count is refused: oversubscription that
+/// far only measures the scheduler (thousands of threads turn a 0.02 s job into 39 s).
 pub const MAX_THREADS_PER_CPU: usize = 8;
 
 /// The arguments `vlmbench` alone runs with.

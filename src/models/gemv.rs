@@ -269,21 +269,26 @@ pub fn row_tensor(out: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(like.dtype())
 }
 
-/// A weight in one of the block formats of [`QuantFormat`] widened to f32 on the CPU, rows
-/// split across the rayon pool; `None` for other types or devices. Why: a prefill on the CPU
-/// multiplies many rows by every weight, which the dense GEMM does fastest on f32, and candle
-/// widens a quantised tensor on one thread.
-pub fn dequantize(w: &QTensor) -> candle_core::Result<Option<Tensor>> {
-    let Some(((n, k), held)) = Weight::Quantized(w).hold()? else {
-        return Ok(None);
-    };
-    let Some(Rows::Quant(format, data)) = held.rows(n, k) else {
+/// A weight in one of the block formats of [`QuantFormat`] (as stored, or interleaved)
+/// widened to f32 on the CPU, rows split across the rayon pool; `None` for other types or
+/// devices. Why: a prefill on the CPU multiplies many rows by every weight, which the dense
+/// GEMM does fastest on f32, and candle widens a quantised tensor on one thread.
+pub fn dequantize(w: Weight<'_>) -> candle_core::Result<Option<Tensor>> {
+    let Some(((n, k), held)) = w.hold()? else {
         return Ok(None);
     };
     let mut out = vec![0f32; n * k];
-    out.par_chunks_mut(k)
-        .zip(data.par_chunks(row_bytes(format, k)))
-        .for_each(|(dst, row)| kquants::dequantize_row(format, row, dst));
+    match held.rows(n, k) {
+        Some(Rows::Quant(format, data)) => out
+            .par_chunks_mut(k)
+            .zip(data.par_chunks(row_bytes(format, k)))
+            .for_each(|(dst, row)| kquants::dequantize_row(format, row, dst)),
+        Some(Rows::Interleaved(w)) => out
+            .par_chunks_mut(k)
+            .enumerate()
+            .for_each(|(r, dst)| w.dequantize_row(r, dst)),
+        _ => return Ok(None),
+    }
     Ok(Some(Tensor::from_vec(out, (n, k), &Device::Cpu)?))
 }
 
@@ -1000,6 +1005,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::testutil::values_f32;
 
     fn reference(x: &Tensor, w: &Tensor) -> Vec<f32> {
         x.to_dtype(DType::F32)
@@ -1026,13 +1032,7 @@ mod tests {
                     .expect("a CPU row and a 2-D weight");
                 assert_eq!(got.dims(), &[1, 1, n]);
                 assert_eq!(got.dtype(), dt);
-                let got: Vec<f32> = got
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let got = values_f32(&got);
                 // The reference sees the same rounded inputs (x in dt, widened to f32).
                 let want = reference(&xd.to_dtype(DType::F32).unwrap(), &wd);
                 let tol = if dt == DType::F32 { 1e-4 } else { 0.1 };
@@ -1094,7 +1094,7 @@ mod tests {
             );
         }
         // The parallel widening is candle's, value for value.
-        let widened = dequantize(&q).unwrap().unwrap();
+        let widened = dequantize(Weight::Quantized(&q)).unwrap().unwrap();
         assert_eq!(widened.to_vec2::<f32>().unwrap(), wd);
         // ...and equal, up to summation order, to candle's Q8_0 matmul, which also quantises
         // the activations.

@@ -47,12 +47,18 @@ const TOKENS_PER_PASS: usize = 4;
 /// Groups of rows per rayon task in the prefill product.
 const GROUPS_PER_TASK: usize = 2;
 
+/// Bytes of one group's block in each layout (see the module's doc); Q5_K's fifth bits start
+/// where a Q4_K block ends.
+const Q4K_GROUP_BYTES: usize = 1184;
+const Q5K_GROUP_BYTES: usize = Q4K_GROUP_BYTES + 256;
+const Q6K_GROUP_BYTES: usize = 1680;
+
 /// Bytes of one group's block of 256 weights in `format`'s interleaved layout.
 fn group_block_bytes(format: QuantFormat) -> usize {
     match format {
-        QuantFormat::Q6K => 1680,
-        QuantFormat::Q5K => 1440,
-        _ => 1184,
+        QuantFormat::Q6K => Q6K_GROUP_BYTES,
+        QuantFormat::Q5K => Q5K_GROUP_BYTES,
+        _ => Q4K_GROUP_BYTES,
     }
 }
 
@@ -209,7 +215,7 @@ impl Interleaved {
 fn repack_q45k(format: QuantFormat, block: &[u8], r: usize, out: &mut [u8]) {
     let qs = if format == QuantFormat::Q5K {
         for g in 0..8 {
-            let to = 1184 + 32 * g + 4 * r;
+            let to = Q4K_GROUP_BYTES + 32 * g + 4 * r;
             out[to..to + 4].copy_from_slice(&block[16 + 4 * g..][..4]);
         }
         48
@@ -258,7 +264,7 @@ fn q45k_quant(block: &[u8], five: bool, lane: usize, i: usize) -> u8 {
     let byte = block[160 + 256 * c + at];
     let low = if l < 32 { byte & 0xF } else { byte >> 4 };
     if five {
-        low | (((block[1184 + at] >> (i / 32)) & 1) << 4)
+        low | (((block[Q4K_GROUP_BYTES + at] >> (i / 32)) & 1) << 4)
     } else {
         low
     }
@@ -355,15 +361,15 @@ fn group_dots_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q8KRow, QK_K, ROWS};
+    use super::{Q8KRow, Q4K_GROUP_BYTES, Q5K_GROUP_BYTES, Q6K_GROUP_BYTES, QK_K, ROWS};
     use std::arch::x86_64::*;
 
     /// Bytes ahead of the block in use that each block's loop asks the memory to bring in
     /// (decode streams the weights once; without this one core reads them at about half the
     /// memory's speed).
-    const Q4K_PREFETCH: usize = 8 * 1184;
-    const Q5K_PREFETCH: usize = 8 * 1440;
-    const Q6K_PREFETCH: usize = 6 * 1680;
+    const Q4K_PREFETCH: usize = 8 * Q4K_GROUP_BYTES;
+    const Q5K_PREFETCH: usize = 8 * Q5K_GROUP_BYTES;
+    const Q6K_PREFETCH: usize = 6 * Q6K_GROUP_BYTES;
 
     /// Eight bytes at `p` (one per row) as sixteen i16, each row's twice, sign- or
     /// zero-extended: the multiplier of the `madd` that turns a row's two i16 partial sums
@@ -405,9 +411,9 @@ mod x86 {
         let nibble = _mm256_set1_epi8(0x0F);
         let one = _mm256_set1_epi8(1);
         let (bytes, ahead) = if FIVE {
-            (1440, Q5K_PREFETCH)
+            (Q5K_GROUP_BYTES, Q5K_PREFETCH)
         } else {
-            (1184, Q4K_PREFETCH)
+            (Q4K_GROUP_BYTES, Q4K_PREFETCH)
         };
         // Groups added in i16 before the widening `madd`, within the i16 range.
         let span = if FIVE { 4 } else { 8 };
@@ -433,7 +439,9 @@ mod x86 {
                         let mut wl = _mm256_and_si256(w, nibble);
                         let mut wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
                         if FIVE {
-                            let h = _mm256_loadu_si256(p.add(1184 + 32 * g) as *const __m256i);
+                            let h = _mm256_loadu_si256(
+                                p.add(Q4K_GROUP_BYTES + 32 * g) as *const __m256i
+                            );
                             let bit = |j: i32| {
                                 let b = _mm256_srl_epi16(h, _mm_cvtsi32_si128(j));
                                 _mm256_slli_epi16(_mm256_and_si256(b, one), 4)
@@ -503,7 +511,7 @@ mod x86 {
         let low2 = _mm256_set1_epi8(3);
         let mut acc = [_mm256_setzero_ps(); T];
         for b in 0..blocks {
-            let p = weights.add(b * 1680);
+            let p = weights.add(b * Q6K_GROUP_BYTES);
             let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
             let (ql, qh) = (p.add(144), p.add(1168));
             let mut sumi = [_mm256_setzero_si256(); T];

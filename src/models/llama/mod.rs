@@ -288,20 +288,16 @@ impl Linear {
             LinearWeight::Dense(w) => dense_matmul(x, w, (b, s, i)),
             // The kernels decline only inputs that are not f32 rows on the CPU: widen the rows
             // (every row of a repacked weight widens to its original values).
-            LinearWeight::Interleaved(w) => {
-                let mut wide = vec![0f32; w.rows() * w.cols()];
-                for (r, dst) in wide.chunks_exact_mut(w.cols()).enumerate() {
-                    w.dequantize_row(r, dst);
-                }
-                let wide = Tensor::from_vec(wide, (w.rows(), w.cols()), x.device())?;
-                dense_matmul(&x.to_dtype(DType::F32)?, &wide, (b, s, i))?.to_dtype(x.dtype())
-            }
+            LinearWeight::Interleaved(w) => match gemv::dequantize(gemv::Weight::Interleaved(w))? {
+                Some(wide) => dense_matmul(x, &wide, (b, s, i)),
+                None => candle_core::bail!("an interleaved weight always widens"),
+            },
             LinearWeight::Quant(q) => {
                 // Prefill on the CPU: candle's quantised matmul runs many rows about 4x
                 // slower than widening the block to f32 and using the dense GEMM.
                 if let QMatMul::QTensor(t) = q {
                     if b * s > 1 && t.device().is_cpu() {
-                        let wide = match gemv::dequantize(t)? {
+                        let wide = match gemv::dequantize(gemv::Weight::Quantized(t))? {
                             Some(w) => w,
                             None => t.dequantize(&t.device())?,
                         };
@@ -1390,7 +1386,7 @@ pub type Weights = HashMap<String, Tensor>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::testutil::max_abs_diff;
+    use crate::models::testutil::{max_abs_diff, values_f32};
     use crate::synth::llama_preset;
 
     fn tiny() -> (LlamaModel, Weights) {
@@ -1555,13 +1551,8 @@ mod tests {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
                 .collect();
-            let got: Vec<f32> = linear
-                .forward(&Tensor::from_vec(x.clone(), (1, rows, k), &Device::Cpu).unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let x_rows = Tensor::from_vec(x.clone(), (1, rows, k), &Device::Cpu).unwrap();
+            let got = values_f32(&linear.forward(&x_rows).unwrap());
             for (t, x) in x.chunks_exact(k).enumerate() {
                 let xq = Q8KRow::new(x);
                 for (r, w) in wide.iter().enumerate() {
@@ -1574,6 +1565,24 @@ mod tests {
                         "{rows} rows, token {t}, output {r}: {g} vs {want}"
                     );
                 }
+            }
+        }
+        // Activations in f16 the kernels do not read: the widened weights serve them.
+        let x16: Vec<f32> = (0..6 * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+        let x16 = Tensor::from_vec(x16, (1, 6, k), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let got = values_f32(&linear.forward(&x16).unwrap());
+        let x16 = values_f32(&x16);
+        for (t, x) in x16.chunks_exact(k).enumerate() {
+            for (r, w) in wide.iter().enumerate() {
+                let want: f32 = x.iter().zip(w).map(|(a, b)| a * b).sum();
+                let g = got[t * n + r];
+                assert!(
+                    (g - want).abs() < 1e-2 * (1.0 + want.abs()),
+                    "f16 token {t} output {r}: {g} vs {want}"
+                );
             }
         }
         let twelve = Tensor::from_vec(vec![0.5f32; 12 * k], (12, k), &Device::Cpu).unwrap();
