@@ -720,6 +720,10 @@ fn dot_bf16(x: &[f32], w: &[half::bf16]) -> f32 {
     dot_generic(x, w, half::bf16::to_f32)
 }
 
+/// Eight stored values loaded as f32 lanes, for the other modules' AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::Lanes;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -792,6 +796,18 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const half::f16) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    impl Lanes for half::bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::bf16) -> __m256 {
+            let raw = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16))
         }
         #[inline(always)]
         fn widen(self) -> f32 {
@@ -988,16 +1004,13 @@ mod x86 {
     kernel!(
         dot_f16,
         half::f16,
-        |p: *const half::f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+        |p: *const half::f16| half::f16::load8(p),
         half::f16::to_f32
     );
     kernel!(
         dot_bf16,
         half::bf16,
-        |p: *const half::bf16| {
-            let raw = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
-            _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16))
-        },
+        |p: *const half::bf16| half::bf16::load8(p),
         half::bf16::to_f32
     );
 }
