@@ -2,7 +2,8 @@
 //! to f32 and interleaved (`panel[p · 16 + j]` is row `j`'s value `p`), then every group of six
 //! activation rows is multiplied by the panel in registers: per value `p`, two 8-lane loads of
 //! the panel, six broadcasts of the activations and twelve fused multiply-adds, each output
-//! written once.
+//! written once. Each parallel task widens up to 8 panels and runs 24 activation rows at a
+//! time through all of them, so a long prompt's rows stay in L2.
 //!
 //! Why not the `gemm` crate here: for the prefill's shape (a prompt's rows times a weight widened
 //! a tile at a time) it repacks the whole activation matrix for every tile of the weight, and
