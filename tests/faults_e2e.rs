@@ -214,6 +214,12 @@ fn argument_errors_exit_2_and_nothing_measured_is_not_success() {
         .unwrap()
         .starts_with("rustc "));
     assert!(v["environment"]["git_dirty"].is_boolean());
+    // Recorded for every run: null here, the tiny model's mappings are below the threshold.
+    assert!(v["environment"]["huge_page_bytes"].is_null());
+    assert!(v["environment"]
+        .as_object()
+        .unwrap()
+        .contains_key("huge_page_bytes"));
 }
 
 #[test]

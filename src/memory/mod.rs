@@ -2,10 +2,12 @@
 //!
 //! A missing measurement is `None` with a reason, never a made-up zero.
 //!
-//! [`server_gpus`] samples a served model's GPUs per serving level.
+//! [`server_gpus`] samples a served model's GPUs per serving level; [`huge_pages`] moves a
+//! loaded CPU model's weights onto huge pages.
 //!
 //! A leaf: depends on no other vlmbench module.
 
+pub mod huge_pages;
 pub mod server_gpus;
 
 use serde::{Deserialize, Serialize};

@@ -41,6 +41,12 @@ pub struct Environment {
     /// `--threads`), since it sizes thread pools too.
     #[serde(default)]
     pub rayon_num_threads_env: Option<String>,
+    /// Bytes of memory (the CPU engine's weights, once loaded) the kernel moved onto 2 MiB
+    /// huge pages at vlmbench's request; `null` where none were (a GPU or server run, not
+    /// Linux 6.1+, huge pages off, or `VLMBENCH_HUGE_PAGES=off`). Decode streams the weights,
+    /// and huge pages change how fast it does.
+    #[serde(default)]
+    pub huge_page_bytes: Option<u64>,
     /// GPU name, driver and CUDA driver version where NVML is available.
     #[serde(default)]
     pub gpu: Option<GpuInfo>,
@@ -100,6 +106,7 @@ impl Environment {
             cpu_kernels: Some(CpuKernels::detect()),
             model_threads: None,
             rayon_num_threads_env: std::env::var("RAYON_NUM_THREADS").ok(),
+            huge_page_bytes: None,
             gpu: gpu_ordinal.and_then(gpu_info),
             command_line: redact_secrets(std::env::args()),
         }

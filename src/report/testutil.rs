@@ -38,6 +38,7 @@ pub fn environment() -> Environment {
         }),
         model_threads: Some(2),
         rayon_num_threads_env: None,
+        huge_page_bytes: None,
         gpu: None,
         command_line: vec!["vlmbench".into(), "run".into()],
     }
