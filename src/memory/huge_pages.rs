@@ -7,12 +7,42 @@
 //! walk every 4 KiB. Collapsing after the load touches nothing the prefill's short-lived
 //! buffers use, so their allocation stays as it was.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const HUGE: usize = 2 << 20;
+
+/// Whether [`collapse_large_mappings`] moved anything: what the read-bandwidth probe asks, so
+/// that it reads from pages of the size the weights got.
+static COLLAPSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process's large mappings were collapsed onto huge pages.
+pub fn weights_on_huge_pages() -> bool {
+    COLLAPSED.load(Ordering::Relaxed)
+}
+
+/// Asks for huge pages under `buf`'s whole 2 MiB stretches before it is first written (the
+/// kernel then faults them in as huge pages); `false` where refused or not Linux.
+pub fn advise_huge_pages<T>(buf: &[T]) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        // SAFETY: advice on memory `buf` owns; it changes no contents.
+        end > start
+            && unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_HUGEPAGE) } == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = buf;
+        false
+    }
+}
+
 /// Bytes of anonymous mappings of at least `min_bytes` that the kernel collapsed into huge
 /// pages, or `None` where the platform has no such request (or refused every range).
 pub fn collapse_large_mappings(min_bytes: usize) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 2 << 20;
         let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
         let mut collapsed = 0u64;
         for line in maps.lines() {
@@ -29,6 +59,7 @@ pub fn collapse_large_mappings(min_bytes: usize) -> Option<u64> {
                 collapsed += (end - start) as u64;
             }
         }
+        COLLAPSED.store(collapsed > 0, Ordering::Relaxed);
         (collapsed > 0).then_some(collapsed)
     }
     #[cfg(not(target_os = "linux"))]
@@ -90,5 +121,14 @@ mod tests {
             assert!(bytes >= 8 << 20);
         }
         assert!(buf.iter().all(|&b| b == 1), "contents unchanged");
+    }
+
+    #[test]
+    fn advice_on_a_buffer_without_a_whole_huge_page_is_not_given() {
+        assert!(!advise_huge_pages(&[0u8; 4096]));
+        let big = vec![0u64; 1 << 20];
+        // 8 MiB holds whole 2 MiB stretches; the kernel may still refuse (huge pages off).
+        let _ = advise_huge_pages(&big);
+        assert!(big.iter().all(|&v| v == 0));
     }
 }

@@ -18,6 +18,11 @@ const CHUNK: usize = 1 << 20;
 pub fn read_bandwidth(bytes: u64, passes: usize) -> f64 {
     let words = (bytes.clamp(64 << 20, 4 << 30) / 8) as usize;
     let mut buf = vec![0u64; words];
+    // On pages of the size the weights got (see `memory::huge_pages`), or the probe would
+    // measure the page walks the weights no longer pay.
+    if crate::memory::huge_pages::weights_on_huge_pages() {
+        crate::memory::huge_pages::advise_huge_pages(&buf);
+    }
     // Touch every page from the pool (first-touch placement, no page faults while timing).
     buf.par_chunks_mut(CHUNK / 8)
         .enumerate()

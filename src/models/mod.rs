@@ -2,7 +2,7 @@
 //! [`family`] and [`rope`], weights found by [`weights`]), LLaVA and its CLIP tower, Qwen2-VL / Qwen2.5-VL ([`qwen2vl`]), the CPU
 //! matrix-vector kernels, and the tokenizer read from GGUF metadata.
 //!
-//! Depends on candle and [`crate::profile`] only. Must not depend on engine (which wraps these
+//! Depends on candle, [`crate::profile`] and [`crate::memory`] (a leaf) only. Must not depend on engine (which wraps these
 //! models), synth, dataset or anything above; unit tests may borrow synth's preset shapes.
 
 #[cfg(target_arch = "x86_64")]
