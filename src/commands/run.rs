@@ -28,8 +28,6 @@ use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus}
 /// How often the GPU memory sampler reads NVML.
 const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
 
-/// Set to `off` to keep the CPU engine's weights on the kernel's default pages (to compare).
-const HUGE_PAGES_VAR: &str = "VLMBENCH_HUGE_PAGES";
 /// Mappings smaller than this are left alone: a model's weights are far larger, and the
 /// small ones are the allocator's working memory.
 const HUGE_PAGES_MIN_BYTES: usize = 8 << 20;
@@ -143,7 +141,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     // The weights are in place now: ask for huge pages under them (CPU engines only).
     let huge_page_bytes = engine
         .cpu_threads()
-        .filter(|_| std::env::var(HUGE_PAGES_VAR).map_or(true, |v| v != "off"))
+        .filter(|_| crate::memory::huge_pages::wanted())
         .and_then(|_| crate::memory::huge_pages::collapse_large_mappings(HUGE_PAGES_MIN_BYTES));
     let info = engine.info().clone();
     if !info.vision && dataset.file.samples.iter().any(|s| !s.images.is_empty()) {

@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const HUGE: usize = 2 << 20;
 
+/// Set to `off` to keep the kernel's default pages under the weights (to compare).
+pub const OPT_OUT_VAR: &str = "VLMBENCH_HUGE_PAGES";
+
+/// Whether huge pages are wanted: not turned off through [`OPT_OUT_VAR`].
+pub fn wanted() -> bool {
+    std::env::var(OPT_OUT_VAR).map_or(true, |v| v != "off")
+}
+
 /// Whether [`collapse_large_mappings`] moved anything: what the read-bandwidth probe asks, so
 /// that it reads from pages of the size the weights got.
 static COLLAPSED: AtomicBool = AtomicBool::new(false);
