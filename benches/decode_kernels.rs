@@ -137,9 +137,7 @@ fn kernels(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((elems as f64 * bytes_per_weight) as u64));
         // On the pages the engine gives its weights after loading (`VLMBENCH_HUGE_PAGES=off`:
         // the kernel's default ones, as the engine then keeps them).
-        if vlmbench::memory::huge_pages::wanted() {
-            vlmbench::memory::huge_pages::collapse_large_mappings(8 << 20);
-        }
+        vlmbench::memory::huge_pages::collapse_weights();
         // Timed on a worker of the pool, as decode steps run (see `prefill_and_decode`).
         group.bench_function(format, |b| {
             b.iter_custom(|iters| {

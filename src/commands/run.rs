@@ -28,10 +28,6 @@ use crate::report::{self, DatasetRef, Environment, Report, RunConfig, RunStatus}
 /// How often the GPU memory sampler reads NVML.
 const GPU_SAMPLE_INTERVAL_MS: u64 = 20;
 
-/// Mappings smaller than this are left alone: a model's weights are far larger, and the
-/// small ones are the allocator's working memory.
-const HUGE_PAGES_MIN_BYTES: usize = 8 << 20;
-
 /// candle's setting of how long its pool's workers spin before parking.
 const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 
@@ -141,8 +137,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     // The weights are in place now: ask for huge pages under them (CPU engines only).
     let huge_page_bytes = engine
         .cpu_threads()
-        .filter(|_| crate::memory::huge_pages::wanted())
-        .and_then(|_| crate::memory::huge_pages::collapse_large_mappings(HUGE_PAGES_MIN_BYTES));
+        .and_then(|_| crate::memory::huge_pages::collapse_weights());
     let info = engine.info().clone();
     if !info.vision && dataset.file.samples.iter().any(|s| !s.images.is_empty()) {
         bail!(

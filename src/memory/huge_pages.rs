@@ -15,7 +15,7 @@ const HUGE: usize = 2 << 20;
 pub const OPT_OUT_VAR: &str = "VLMBENCH_HUGE_PAGES";
 
 /// Whether huge pages are wanted: not turned off through [`OPT_OUT_VAR`].
-pub fn wanted() -> bool {
+fn wanted() -> bool {
     std::env::var(OPT_OUT_VAR).map_or(true, |v| v != "off")
 }
 
@@ -33,17 +33,38 @@ pub fn weights_on_huge_pages() -> bool {
 pub fn advise_huge_pages<T>(buf: &[T]) -> bool {
     #[cfg(target_os = "linux")]
     {
-        let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
-        let end = (buf.as_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        let begin = buf.as_ptr() as usize;
+        let Some((start, end)) = whole_huge_pages(begin, begin + std::mem::size_of_val(buf)) else {
+            return false;
+        };
         // SAFETY: advice on memory `buf` owns; it changes no contents.
-        end > start
-            && unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_HUGEPAGE) } == 0
+        unsafe { libc::madvise(start as *mut _, end - start, libc::MADV_HUGEPAGE) == 0 }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = buf;
         false
     }
+}
+
+/// The 2 MiB-aligned stretch inside addresses `start..end`; `None` where it holds no whole
+/// huge page.
+fn whole_huge_pages(start: usize, end: usize) -> Option<(usize, usize)> {
+    let (start, end) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    (end > start).then_some((start, end))
+}
+
+/// Mappings smaller than this are left alone: a model's weights are far larger, and the small
+/// ones are the allocator's working memory.
+const WEIGHT_MAPPING_MIN_BYTES: usize = 8 << 20;
+
+/// [`collapse_large_mappings`] for a loaded model's weights, unless turned off through
+/// [`OPT_OUT_VAR`]: what a CPU run (and the decode bench, to match it) calls once the weights
+/// are in place.
+pub fn collapse_weights() -> Option<u64> {
+    wanted()
+        .then(|| collapse_large_mappings(WEIGHT_MAPPING_MIN_BYTES))
+        .flatten()
 }
 
 /// Bytes of anonymous mappings of at least `min_bytes` that the kernel collapsed into huge
@@ -57,8 +78,10 @@ pub fn collapse_large_mappings(min_bytes: usize) -> Option<u64> {
             let Some((start, end)) = anonymous_writable_range(line) else {
                 continue;
             };
-            let (start, end) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-            if end <= start || end - start < min_bytes {
+            let Some((start, end)) = whole_huge_pages(start, end) else {
+                continue;
+            };
+            if end - start < min_bytes {
                 continue;
             }
             // SAFETY: advice on a range of this process's own mapping; it changes no contents.

@@ -99,18 +99,7 @@ pub(super) fn product_serial(
         let panel = scratch
             .panel
             .fill(rows, k, first, count, &mut scratch.widened, simd);
-        // SAFETY: `out` holds `(m, n)` values (checked above); columns `first..first + count`.
-        unsafe {
-            blocked_product(
-                xs,
-                m,
-                k,
-                &[(panel, count)],
-                out.as_mut_ptr().add(first),
-                n,
-                simd,
-            )
-        };
+        one_panel_product(xs, m, k, panel, count, out, first, n, simd);
     }
 }
 
@@ -138,20 +127,38 @@ pub(super) fn product_serial_columns(
             dst[..count].copy_from_slice(&v[p * n + first..p * n + first + count]);
             dst[count..].fill(0.0);
         }
-        // SAFETY: as for `product_serial`.
-        let panel = &*panel;
-        unsafe {
-            blocked_product(
-                xs,
-                m,
-                k,
-                &[(panel, count)],
-                out.as_mut_ptr().add(first),
-                n,
-                simd,
-            )
-        };
+        one_panel_product(xs, m, k, panel, count, out, first, n, simd);
     }
+}
+
+/// Columns `first..first + count` of `out` (`(m, n)` row-major, checked by the callers) from
+/// one panel: the serial products' step.
+#[allow(clippy::too_many_arguments)]
+fn one_panel_product(
+    xs: &[f32],
+    m: usize,
+    k: usize,
+    panel: &[f32],
+    count: usize,
+    out: &mut [f32],
+    first: usize,
+    n: usize,
+    simd: bool,
+) {
+    assert!(out.len() >= m * n && first + count <= n, "output columns");
+    // SAFETY: `out` holds `(m, n)` values and the panel's columns lie inside its rows (asserted
+    // above); `xs` and the panel are sized by the callers' own checks.
+    unsafe {
+        blocked_product(
+            xs,
+            m,
+            k,
+            &[(panel, count)],
+            out.as_mut_ptr().add(first),
+            n,
+            simd,
+        )
+    };
 }
 
 /// Rows `first..last` of a weight with rows of `k` widened to f32 into `buf`.
