@@ -19,9 +19,7 @@ use candle_core::Device;
 
 /// llama.cpp's `use_more_bits`: the layers of a Q4_K_M file that get Q6_K `attn_v`/`ffn_down`.
 fn more_bits(layer: usize, layers: usize) -> bool {
-    layer < layers / 8
-        || layer >= 7 * layers / 8
-        || (layer >= layers / 8 && (layer - layers / 8) % 3 == 2)
+    layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
 }
 
 fn target_type(name: &str, layers: usize, cols: usize) -> GgmlDType {
@@ -32,16 +30,14 @@ fn target_type(name: &str, layers: usize, cols: usize) -> GgmlDType {
         .strip_prefix("blk.")
         .and_then(|r| r.split('.').next())
         .and_then(|l| l.parse::<usize>().ok());
-    let wanted = if name == "output.weight" {
-        GgmlDType::Q6K
-    } else if (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
-        && layer.is_some_and(|l| more_bits(l, layers))
-    {
+    let more_bits_tensor = (name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight"))
+        && layer.is_some_and(|l| more_bits(l, layers));
+    let wanted = if name == "output.weight" || more_bits_tensor {
         GgmlDType::Q6K
     } else {
         GgmlDType::Q4K
     };
-    if cols % 256 == 0 {
+    if cols.is_multiple_of(256) {
         wanted
     } else {
         GgmlDType::Q8_0

@@ -1,6 +1,9 @@
 //! The HTTP client against a streaming server inside the test, with injected delays and
 //! failures: vlmbench's TTFT and per-token ITL must match what the server injected.
 
+// The timing tests hold `TIMING` across their awaits on purpose (see there).
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -170,7 +173,8 @@ struct Errors {
     itl_client_mean: f64,
 }
 
-/// Timing tests run one at a time, so they do not load the 2 cores against each other.
+/// Timing tests run one at a time, so they do not load the 2 cores against each other. Each
+/// test has its own runtime, so the guard held across its awaits blocks only the other tests.
 static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The best of three measurements (lowest mean client error): a burst of unrelated load on a

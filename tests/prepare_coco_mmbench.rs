@@ -331,7 +331,7 @@ fn mmbench_errors_name_row_and_field_and_leave_nothing() {
     run(&tsv)
         .code(1)
         .stderr(contains("t.tsv: row index 7, field `image`"));
-    mmbench_tsv(&tsv, &[row(b64(&vec![7u8; 200]))]);
+    mmbench_tsv(&tsv, &[row(b64(&[7u8; 200]))]);
     run(&tsv)
         .code(1)
         .stderr(contains("t.tsv: row index 7, field `image`"));

@@ -79,7 +79,7 @@ async fn serve(
             .requests
             .push(((received - t0).as_secs_f64(), prompt, max_tokens));
         let ttft = match mode.as_str() {
-            "every4th" if nth % 4 == 0 => Duration::from_millis(250),
+            "every4th" if nth.is_multiple_of(4) => Duration::from_millis(250),
             "crowded" => Duration::from_millis(100 * crowd as u64),
             _ => Duration::from_millis(20),
         };

@@ -150,7 +150,7 @@ impl RequestTimeline {
             let gap = ms(w[0].at, w[1].at);
             gaps.push(gap);
             let n = w[1].tokens.max(1);
-            itl.extend(std::iter::repeat(gap / n as f64).take(n as usize));
+            itl.extend(std::iter::repeat_n(gap / n as f64, n as usize));
         }
         let ttft_ms = ms(self.scheduled, first.at);
         let e2e_ms = ms(self.scheduled, self.end);

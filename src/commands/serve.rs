@@ -65,7 +65,10 @@ fn execute_unscrubbed(mut args: RunArgs) -> Result<ExitCode> {
     if s.concurrency.contains(&0) {
         usage_bail!("--concurrency values must be at least 1");
     }
-    if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0) || !(s.burstiness > 0.0) {
+    if s.request_rate.is_some_and(|r| r.is_nan() || r <= 0.0)
+        || s.burstiness.is_nan()
+        || s.burstiness <= 0.0
+    {
         usage_bail!("--request-rate must be positive (or inf) and --burstiness positive");
     }
     // An explicit report path is checked before the server is asked anything.

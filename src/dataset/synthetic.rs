@@ -71,7 +71,10 @@ pub fn prepare(opts: &SyntheticOptions, out: &Path) -> Result<DatasetFile> {
     if opts.num_samples == 0 {
         bail!("--num-samples must be at least 1");
     }
-    if !(opts.input_tokens_mean >= 1.0) || opts.input_tokens_stddev < 0.0 {
+    if opts.input_tokens_mean.is_nan()
+        || opts.input_tokens_mean < 1.0
+        || opts.input_tokens_stddev < 0.0
+    {
         bail!("--input-tokens-mean must be at least 1 and --input-tokens-stddev not negative");
     }
     let (tokenizer, tokenizer_source) = load_tokenizer(opts.tokenizer.as_deref())?;

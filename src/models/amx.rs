@@ -50,7 +50,7 @@ impl TileConfig {
 /// `(m, n)` row-major `X · Wᵀ` for `xs` of `(m, k)` f32 and `w` of `(n, k)` bf16, or `None`
 /// when AMX is not usable here or `k` is not a multiple of 32.
 pub fn matmul_bf16(xs: &[f32], m: usize, k: usize, w: &[half::bf16], n: usize) -> Option<Vec<f32>> {
-    if !super::kernels::amx_usable() || k % KSTEP != 0 || m == 0 || n == 0 {
+    if !super::kernels::amx_usable() || !k.is_multiple_of(KSTEP) || m == 0 || n == 0 {
         return None;
     }
     if xs.len() < m * k || w.len() < n * k {

@@ -13,6 +13,10 @@ use std::arch::x86_64::*;
 /// Two accumulators of 16 lanes, 32 elements per iteration, masked loads for the tail.
 macro_rules! dense_kernel {
     ($name:ident, $w:ty, $load:expr, $masked:expr) => {
+        /// `Σ x_i · w_i` over the shorter of the two slices.
+        ///
+        /// # Safety
+        /// The CPU has the `KernelSet::Avx512` features (see the module).
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
         pub unsafe fn $name(x: &[f32], w: &[$w]) -> f32 {
             let n = x.len().min(w.len());
@@ -78,7 +82,8 @@ dense_kernel!(
 /// both blocks' scales; the weight scales of eight blocks are widened together, as in the
 /// AVX2 kernel.
 ///
-/// Safety: see the module; `xs` has at least `row.len() / 34` scales and `xq` 32 quants each.
+/// # Safety
+/// See the module; `xs` has at least `row.len() / 34` scales and `xq` 32 quants each.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(xs: &[f32], xq: &[i8], row: &[u8]) -> f32 {
     let blocks = (row.len() / 34).min(xs.len()).min(xq.len() / 32);

@@ -146,7 +146,7 @@ impl ClipVisionConfig {
                 cfg.patch_size
             );
         }
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+        if cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
             bail!(
                 "vision_config: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size,

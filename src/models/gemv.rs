@@ -485,7 +485,7 @@ pub fn decode_attention_window(
     if qs.len() != heads * hd
         || v_cache.dims4()? != (1, kv_heads, capacity, hd)
         || kv_heads == 0
-        || heads % kv_heads != 0
+        || !heads.is_multiple_of(kv_heads)
         || total > capacity
         || keys.start > keys.end
     {

@@ -61,7 +61,7 @@ pub(super) fn product(
                 .zip((first..last).step_by(PANEL))
                 .map(|(buffer, start)| {
                     let count = PANEL.min(last - start);
-                    (&*buffer.fill(rows, k, start, count, widened, simd), count)
+                    (buffer.fill(rows, k, start, count, widened, simd), count)
                 })
                 .collect();
             // SAFETY: `dst` is `out`, `(m, n)` row-major and alive for the whole loop; this
@@ -287,7 +287,7 @@ impl AlignedPanel {
         // Half-precision rows widen straight into the panel: one pass over the stored values
         // instead of a widening pass and an interleaving pass (a tenth of an f16 prefill).
         #[cfg(target_arch = "x86_64")]
-        if simd && count == PANEL && k % 8 == 0 {
+        if simd && count == PANEL && k.is_multiple_of(8) {
             let (begin, end) = (first * k, (first + PANEL) * k);
             match rows {
                 // SAFETY: the caller checked the CPU's features; each source holds the 16

@@ -4,10 +4,12 @@
 //! Why: widening a whole half-precision or quantised weight to f32 before the GEMM writes and
 //! re-reads four bytes per weight through memory (for the 181 M reference model, 700 MB per
 //! prompt), which cost a third of a 128-token prefill. Here the weight's rows are widened a tile
-//! at a time into a buffer that stays in the core's cache, and each tile runs through the
-//! `gemm` crate's f32 kernels (built with their AVX-512 variants, chosen at run time), tiles
-//! spread over the rayon pool that `--threads` sizes. bf16 weights go to AMX tiles where the
-//! CPU has them (`amx`).
+//! at a time into a buffer that stays in the core's cache, tiles spread over the rayon pool that
+//! `--threads` sizes. Under the AVX2 set the tiles are packed panels multiplied by
+//! `panel_gemm`'s kernel (f16 / bf16 rows widen straight into the panel); under the others
+//! they run through the `gemm` crate's f32 kernels (its AVX-512 ones where the CPU has them).
+//! Interleaved K-quant rows multiply in 8-bit integers on Q8_K activations, and bf16 weights
+//! go to AMX tiles where the CPU and OS offer them (`amx`).
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;

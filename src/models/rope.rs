@@ -295,7 +295,7 @@ impl RopeSpec {
 
     /// Checks that list-valued parameters fit the rotary dimension.
     pub fn validate(&self) -> Result<()> {
-        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 {
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) {
             bail!(
                 "rotary dimension {} must be even and positive",
                 self.rotary_dim

@@ -148,6 +148,10 @@ pub struct Journal {
 }
 
 /// Either kind of journal.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "read once per recovery; boxing would only add an indirection"
+)]
 pub enum AnyJournal {
     InProcess(Journal),
     Serving(ServingJournal),

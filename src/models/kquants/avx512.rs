@@ -72,7 +72,7 @@ unsafe fn dot_q45k<const FIVE: bool>(x: &Q8KRow, row: &[u8]) -> f32 {
         };
         let qs = bp.add(if FIVE { 48 } else { 16 });
         let mut sumi = _mm512_setzero_si512();
-        for c in 0..4 {
+        for (c, sub_scales) in idx.iter().enumerate() {
             let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
             let mut lo = _mm256_and_si256(q, nibble);
             let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble);
@@ -87,7 +87,7 @@ unsafe fn dot_q45k<const FIVE: bool>(x: &Q8KRow, row: &[u8]) -> f32 {
             }
             let xv = _mm512_loadu_si512(xq.add(64 * c) as *const __m512i);
             let p = _mm512_maddubs_epi16(wide(lo, hi), xv);
-            let sc = _mm512_permutexvar_epi16(idx[c], scales);
+            let sc = _mm512_permutexvar_epi16(*sub_scales, scales);
             sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, sc));
         }
         let d = _mm_cvtss_f32(dd);

@@ -557,8 +557,8 @@ mod x86 {
                     for s in 0..4 {
                         // Group of 16 weights: 32 s + 4 g lies in group 2 s + pair / 2.
                         let sc = row_pairs::<true>(p.add(16 + 8 * (8 * n + 2 * s + pair / 2)));
-                        for t in 0..T {
-                            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(part[t][s], sc));
+                        for (sum, products) in sumi.iter_mut().zip(&part) {
+                            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(products[s], sc));
                         }
                     }
                 }
