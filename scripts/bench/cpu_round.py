@@ -145,7 +145,8 @@ def percent(value):
 
 
 def main():
-    parser = argparse.ArgumentParser(usage=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("vlmbench")
     parser.add_argument("model_dir")
     parser.add_argument("--llama-bench", default=shutil.which("llama-bench"))
