@@ -62,7 +62,7 @@ fn masked_softmax_rows(
             None => (0, len),
         };
         let max = match cap {
-            None => scale_and_max(&mut row[lo..hi], scale),
+            None => fast_exp::scale_and_max(&mut row[lo..hi], scale),
             Some((inv, cap)) => {
                 let mut max = f32::NEG_INFINITY;
                 for v in &mut row[lo..hi] {
@@ -80,25 +80,6 @@ fn masked_softmax_rows(
             *v *= inv;
         }
     }
-}
-
-/// Scales `row` in place and returns its largest value, in eight lanes (so it vectorises).
-fn scale_and_max(row: &mut [f32], scale: f32) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact_mut(8);
-    for c in &mut chunks {
-        for (v, m) in c.iter_mut().zip(lanes.iter_mut()) {
-            *v *= scale;
-            *m = if *v > *m { *v } else { *m };
-        }
-    }
-    for (v, m) in chunks.into_remainder().iter_mut().zip(lanes.iter_mut()) {
-        *v *= scale;
-        *m = if *v > *m { *v } else { *m };
-    }
-    lanes
-        .into_iter()
-        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
 }
 
 /// Keys `lo..hi` (of the `len` from position `start`) that any of the `n` score rows from

@@ -56,6 +56,26 @@ pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     exp_shifted_sum_portable(row, max)
 }
 
+/// Scales `row` in place and returns its largest value, in eight lanes (so it
+/// vectorises: one `max` chain per value waited on the previous one's latency).
+pub fn scale_and_max(row: &mut [f32], scale: f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (v, m) in c.iter_mut().zip(lanes.iter_mut()) {
+            *v *= scale;
+            *m = if *v > *m { *v } else { *m };
+        }
+    }
+    for (v, m) in chunks.into_remainder().iter_mut().zip(lanes.iter_mut()) {
+        *v *= scale;
+        *m = if *v > *m { *v } else { *m };
+    }
+    lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+}
+
 /// `gate[i] = silu(gate[i]) · up[i]`, SiLU being `x / (1 + e^-x)`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]

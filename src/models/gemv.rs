@@ -15,6 +15,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
+use super::fast_exp;
 use super::kernels::KernelSet;
 use super::kquants::rows8::{self, Interleaved};
 use super::kquants::{self, Q8KRow, QuantFormat};
@@ -553,17 +554,18 @@ fn attend<E: CacheValue>(
             let rows = base + keys.start * hd..base + keys.end * hd;
             let mut scores = vec![0f32; groups * n];
             E::head_scores(qg, &kd[rows.clone()], hd, &mut scores);
-            for s in scores.iter_mut() {
-                let scaled = *s * scale;
-                *s = match softcap {
-                    Some(cap) => (scaled / cap).tanh() * cap,
-                    None => scaled,
-                };
-            }
             let mut sums = vec![0f32; groups];
             for (g, row) in scores.chunks_exact_mut(n).enumerate() {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                sums[g] = super::fast_exp::exp_shifted_sum(row, max);
+                let max = match softcap {
+                    None => fast_exp::scale_and_max(row, scale),
+                    Some(cap) => {
+                        for s in row.iter_mut() {
+                            *s = ((*s * scale) / cap).tanh() * cap;
+                        }
+                        fast_exp::scale_and_max(row, 1.0)
+                    }
+                };
+                sums[g] = fast_exp::exp_shifted_sum(row, max);
             }
             E::weighted_values(&scores, &vd[rows], hd, o);
             for (og, sum) in o.chunks_exact_mut(hd).zip(&sums) {
