@@ -137,7 +137,7 @@ fn kernels(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((elems as f64 * bytes_per_weight) as u64));
         // On the pages the engine gives its weights after loading (`VLMBENCH_HUGE_PAGES=off`:
         // the kernel's default ones, as the engine then keeps them).
-        vlmbench::memory::huge_pages::collapse_weights();
+        vlmbench::memory::huge_pages::collapse_large_buffers();
         // Timed on a worker of the pool, as decode steps run (see `prefill_and_decode`).
         group.bench_function(format, |b| {
             b.iter_custom(|iters| {

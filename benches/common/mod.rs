@@ -1,5 +1,7 @@
 //! What the CPU kernel benches share: the 181 M reference Llama's projection sizes, its
 //! stand-in weights and the line naming the kernel set a run measured.
+// Each bench is its own crate and uses a part of this.
+#![allow(dead_code)]
 
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};

@@ -137,7 +137,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     // The weights are in place now: ask for huge pages under them (CPU engines only).
     let huge_page_bytes = engine
         .cpu_threads()
-        .and_then(|_| crate::memory::huge_pages::collapse_weights());
+        .and_then(|_| crate::memory::huge_pages::collapse_large_buffers());
     let info = engine.info().clone();
     if !info.vision && dataset.file.samples.iter().any(|s| !s.images.is_empty()) {
         bail!(

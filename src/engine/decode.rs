@@ -78,6 +78,10 @@ pub(crate) fn reserve_cache(
         // Drop the old buffers first, so peak memory is not old + new.
         *cache = model.new_cache(1)?;
         *cache = model.new_cache(needed)?;
+        if model.device().is_cpu() {
+            // Every decode step reads the cache as it reads the weights: huge pages under it too.
+            crate::memory::huge_pages::collapse_large_buffers();
+        }
     }
     cache.reset();
     note_cache(cache);

@@ -54,16 +54,17 @@ fn whole_huge_pages(start: usize, end: usize) -> Option<(usize, usize)> {
     (end > start).then_some((start, end))
 }
 
-/// Mappings smaller than this are left alone: a model's weights are far larger, and the small
-/// ones are the allocator's working memory.
-const WEIGHT_MAPPING_MIN_BYTES: usize = 8 << 20;
+/// Mappings smaller than this are left alone: a model's weights and a long context's KV cache
+/// are far larger, and the small ones are the allocator's working memory.
+const LARGE_MAPPING_MIN_BYTES: usize = 8 << 20;
 
-/// [`collapse_large_mappings`] for a loaded model's weights, unless turned off through
-/// [`OPT_OUT_VAR`]: what a CPU run (and the decode bench, to match it) calls once the weights
-/// are in place.
-pub fn collapse_weights() -> Option<u64> {
+/// [`collapse_large_mappings`] for what a CPU run streams on every decode step, unless turned
+/// off through [`OPT_OUT_VAR`]: called once the weights are in place, and again once the KV
+/// cache is allocated (its per-layer buffers are too small to hold a huge page each, but
+/// adjacent ones form one mapping). The decode benches call it to match.
+pub fn collapse_large_buffers() -> Option<u64> {
     wanted()
-        .then(|| collapse_large_mappings(WEIGHT_MAPPING_MIN_BYTES))
+        .then(|| collapse_large_mappings(LARGE_MAPPING_MIN_BYTES))
         .flatten()
 }
 
