@@ -23,7 +23,8 @@ vlmbench chose, then markdown tables with every ratio: decode tok/s and TTFT per
 against llama-bench's prefill time of the same prompt length; TTFT also holds tokenisation,
 the LM head and the first argmax), decode bandwidth and prefill compute utilisation from the
 report, TTFT growth from 512 to 2,048 prompt tokens, TBT at 2,048 tokens of context against 128
-(f32 and f16 KV cache), and decode tok/s with 1 thread.
+(f32 and f16 KV cache; llama.cpp's the same way, `llama-bench -d 128,2048`), and decode tok/s
+with 1 thread.
 """
 import argparse
 import csv
@@ -108,15 +109,20 @@ class Round:
         with open(report) as f:
             return json.load(f)
 
-    def llama_bench(self, model, prompt_tokens, new_tokens, threads=None):
+    def llama_bench(self, model, prompt_tokens, new_tokens, threads=None, depths=None):
+        """pp{N}_ms and tg{N}_tps, or with `depths` (after that many cached tokens)
+        tg{N}@{D}_tps."""
+        extra = ["-d", depths] if depths else []
         rows = csv.DictReader(io.StringIO(quiet(
             [self.args.llama_bench, "-m", model, "-p", prompt_tokens, "-n", str(new_tokens),
-             "-t", threads or self.threads, "-r", "3", "-o", "csv"])))
+             "-t", threads or self.threads, "-r", "3", "-o", "csv", *extra])))
         out = {}
         for row in rows:
             rate = float(row["avg_ts"])
             if int(row["n_prompt"]) > 0:
                 out[f"pp{row['n_prompt']}_ms"] = int(row["n_prompt"]) / rate * 1000
+            elif depths:
+                out[f"tg{row['n_gen']}@{row.get('n_depth', '0')}_tps"] = rate
             else:
                 out[f"tg{row['n_gen']}_tps"] = rate
         return out
@@ -211,6 +217,10 @@ def main():
             long = summary(r.vlmbench(long_model, 2048, 32, extra))["tbt_ms"]
             print(f"TBT at 2,048 tokens of context against 128, {cache} KV cache: "
                   f"{short:.2f} → {long:.2f} ms ({long / short:.2f}x).")
+        peer = r.llama_bench(long_model, "0", 32, depths="128,2048")
+        short, long = 1000 / peer["tg32@128_tps"], 1000 / peer["tg32@2048_tps"]
+        print(f"llama.cpp (its default f16 cache), tg32 after 128 and 2,048 tokens: "
+              f"{short:.2f} → {long:.2f} ms a token ({long / short:.2f}x).")
 
         one = summary(r.vlmbench(long_model, 128, 64, threads="1"))["decode_tps"]
         two = next(o for label, o, *_ in rows if label == f"GGUF {args.long_format}")["decode_tps"]

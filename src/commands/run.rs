@@ -102,6 +102,9 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     if std::env::var_os(CANDLE_SPIN_VAR).is_none() {
         std::env::set_var(CANDLE_SPIN_VAR, "1000");
     }
+    // Before any pool starts: a long prompt's layer buffers are then reused, not faulted in
+    // afresh per layer (see `memory::allocator`).
+    crate::memory::allocator::keep_freed_memory();
 
     // Installed before the model loads, so a Ctrl-C at any point still ends in a report.
     let cancel = install_ctrl_c();

@@ -3,10 +3,11 @@
 //! A missing measurement is `None` with a reason, never a made-up zero.
 //!
 //! [`server_gpus`] samples a served model's GPUs per serving level; [`huge_pages`] moves a
-//! loaded CPU model's weights onto huge pages.
+//! loaded CPU model's weights onto huge pages; [`allocator`] keeps freed buffers for reuse.
 //!
 //! A leaf: depends on no other vlmbench module.
 
+pub mod allocator;
 pub mod huge_pages;
 pub mod server_gpus;
 
