@@ -4,6 +4,9 @@
 //! is bound by arithmetic, so the figure is FLOP/s (criterion's "elements" are FLOPs), to
 //! compare with the `prefill_compute.machine_flops_per_s` a run reports.
 //!
+//! A second group times one layer's causal attention at 512 and 2,048 tokens (the part of a
+//! long prompt's prefill that grows with the square of its length).
+//!
 //! `cargo bench --bench prefill_kernels` (threads: `RAYON_NUM_THREADS`, default all cores;
 //! kernel set: `VLMBENCH_CPU_KERNELS=avx2` to compare with the AVX2 kernels on an AVX-512
 //! machine).
@@ -102,9 +105,44 @@ fn kernels(c: &mut Criterion) {
     group.finish();
 }
 
+/// One layer's causal attention (16 query heads on 4 key/value heads of 64) over a whole
+/// prompt of 512 and of 2,048 tokens, from the f32 KV cache: the part of a prefill that grows
+/// with the square of the prompt. FLOPs: the scores and the weighted values of every visible
+/// (query, key) pair, 4 · heads · 64 each.
+fn attention(c: &mut Criterion) {
+    use vlmbench::models::attention::{prefill_attention_cpu, Causal};
+    const HEADS: usize = 16;
+    const KV_HEADS: usize = 4;
+    const HEAD_DIM: usize = 64;
+    let mut group = c.benchmark_group("prefill_attention");
+    for seq in [512usize, 2048] {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (KV_HEADS, HEADS / KV_HEADS * seq, HEAD_DIM), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, KV_HEADS, seq, HEAD_DIM), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, KV_HEADS, seq, HEAD_DIM), &dev).unwrap();
+        let pairs = seq * (seq + 1) / 2;
+        group.throughput(Throughput::Elements((4 * HEADS * HEAD_DIM * pairs) as u64));
+        let causal = Causal {
+            seq,
+            offset: 0,
+            window: None,
+        };
+        group.bench_function(format!("{seq}_tokens"), |b| {
+            b.iter(|| {
+                black_box(
+                    prefill_attention_cpu(&q, &k, &v, 0..seq, 0.125, None, Some(causal))
+                        .unwrap()
+                        .expect("the kernel applies"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(std::time::Duration::from_millis(500));
-    targets = kernels
+    targets = kernels, attention
 }
 criterion_main!(benches);
