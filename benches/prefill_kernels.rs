@@ -117,7 +117,13 @@ fn attention(c: &mut Criterion) {
     let mut group = c.benchmark_group("prefill_attention");
     for seq in [512usize, 2048] {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (KV_HEADS, HEADS / KV_HEADS * seq, HEAD_DIM), &dev).unwrap();
+        let q = Tensor::randn(
+            0f32,
+            1.0,
+            (KV_HEADS, HEADS / KV_HEADS * seq, HEAD_DIM),
+            &dev,
+        )
+        .unwrap();
         let k = Tensor::randn(0f32, 1.0, (1, KV_HEADS, seq, HEAD_DIM), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (1, KV_HEADS, seq, HEAD_DIM), &dev).unwrap();
         let pairs = seq * (seq + 1) / 2;
