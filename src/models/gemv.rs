@@ -852,6 +852,17 @@ mod x86 {
     /// beat 2 and 16 KiB in paired runs of the `decode_attention` bench).
     const ATTN_PREFETCH: usize = 4096;
 
+    /// Asks for the `len` values [`ATTN_PREFETCH`] bytes past `row`, a cache line at a time.
+    #[inline(always)]
+    unsafe fn prefetch_ahead<E>(row: *const E, len: usize) {
+        let p = (row as *const i8).wrapping_add(ATTN_PREFETCH);
+        let mut line = 0;
+        while line < len * std::mem::size_of::<E>() {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
+            line += 64;
+        }
+    }
+
     /// The eight per-lane sums of each of `acc[0..8]`, as one vector of eight totals, each
     /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` (the order
     /// [`super::dot_lanes`] follows).
@@ -933,14 +944,8 @@ mod x86 {
             // Rows past the last key repeat it; their sums are dropped.
             let row = |r: usize| k.add((i + r.min(live - 1)) * hd);
             let mut acc = [_mm256_setzero_ps(); 8];
-            let bytes = hd * std::mem::size_of::<E>();
             for r in 0..KT {
-                let p = (row(r) as *const i8).wrapping_add(ATTN_PREFETCH);
-                let mut line = 0;
-                while line < bytes {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
-                    line += 64;
-                }
+                prefetch_ahead(row(r), hd);
             }
             let mut j = 0;
             while j < body {
@@ -1057,12 +1062,7 @@ mod x86 {
         for i in at.keys.clone() {
             let row = at.v.add(i * at.hd + lane);
             if lane == 0 && g0 == 0 {
-                let p = (row as *const i8).wrapping_add(ATTN_PREFETCH);
-                let mut line = 0;
-                while line < at.hd * std::mem::size_of::<E>() {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
-                    line += 64;
-                }
+                prefetch_ahead(row, at.hd);
             }
             let mut x = [_mm256_setzero_ps(); LW];
             for (l, xv) in x.iter_mut().enumerate() {
