@@ -9,10 +9,9 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use common::announce_kernel_set;
+use common::{announce_kernel_set, time_on_pool};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::decode_attention_window;
 
@@ -47,26 +46,12 @@ fn attention(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(bytes as u64));
             group.bench_function(format!("{cache}_cache/{context}"), |b| {
                 b.iter_custom(|iters| {
-                    rayon::scope(|_| {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            for (k, v) in &caches {
-                                black_box(
-                                    decode_attention_window(
-                                        &q,
-                                        HEADS,
-                                        k,
-                                        v,
-                                        0..context,
-                                        0.125,
-                                        None,
-                                    )
-                                    .unwrap()
-                                    .expect("the kernel applies"),
-                                );
-                            }
+                    time_on_pool(iters, || {
+                        for (k, v) in &caches {
+                            let out =
+                                decode_attention_window(&q, HEADS, k, v, 0..context, 0.125, None);
+                            black_box(out.unwrap().expect("the kernel applies"));
                         }
-                        start.elapsed()
                     })
                 })
             });

@@ -15,11 +15,10 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use common::{announce_kernel_set, interleaved, weight, HIDDEN, INTERMEDIATE, KV};
+use common::{announce_kernel_set, interleaved, time_on_pool, weight, HIDDEN, INTERMEDIATE, KV};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vlmbench::models::gemv::{matvec_many, Weight};
 use vlmbench::models::kquants::rows8::Interleaved;
@@ -138,18 +137,13 @@ fn kernels(c: &mut Criterion) {
         // On the pages the engine gives its weights after loading (`VLMBENCH_HUGE_PAGES=off`:
         // the kernel's default ones, as the engine then keeps them).
         vlmbench::memory::huge_pages::collapse_large_buffers();
-        // Timed on a worker of the pool, as decode steps run (see `prefill_and_decode`).
         group.bench_function(format, |b| {
             b.iter_custom(|iters| {
-                rayon::scope(|_| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        for (i, weights) in steps.iter().enumerate() {
-                            let x = if i % 3 == 2 { &x_inter } else { &x_hidden };
-                            black_box(matvec_many(x, weights).unwrap().expect("kernel applies"));
-                        }
+                time_on_pool(iters, || {
+                    for (i, weights) in steps.iter().enumerate() {
+                        let x = if i % 3 == 2 { &x_inter } else { &x_hidden };
+                        black_box(matvec_many(x, weights).unwrap().expect("kernel applies"));
                     }
-                    start.elapsed()
                 })
             })
         });

@@ -41,3 +41,15 @@ pub fn interleaved(q: &QTensor) -> Interleaved {
     let format = QuantFormat::from_ggml(q.dtype()).unwrap();
     Interleaved::repack(format, &q.data().unwrap(), n, k).unwrap()
 }
+
+/// Time of `iters` calls of `step`, run on a worker of the rayon pool as the engine's decode
+/// steps run (see `prefill_and_decode`): for `Bencher::iter_custom`.
+pub fn time_on_pool(iters: u64, mut step: impl FnMut() + Send) -> std::time::Duration {
+    rayon::scope(|_| {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            step();
+        }
+        start.elapsed()
+    })
+}
